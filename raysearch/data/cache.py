@@ -1,0 +1,164 @@
+"""Preprocessed arrays, computed once per (dataset content, preprocessing) and shared by every trial.
+
+A cache entry is a folder `<cache_root>/<key>/` of `.npy` arrays plus `meta.json`, written into a
+temporary sibling and renamed into place, so a reader never sees half of one. Trials memory-map the
+arrays, so every trial and worker on a machine shares the same pages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from raysearch.data.preprocess import Preprocessing, enhance, fit, placement
+from raysearch.data.samples import SPLITS, DataIssue, DatasetIndex, Sample
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CachedDataset:
+    """The arrays of one cache entry; `polygons` is NaN and `labels` -1 where a sample has none."""
+
+    directory: Path
+    images: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+    polygons: np.ndarray
+    splits: np.ndarray
+    classes: list[str]
+    paths: list[str]
+
+    def indices(self, split: str) -> np.ndarray:
+        """Row numbers of one split."""
+        return np.flatnonzero(self.splits == SPLITS.index(split))
+
+
+def dataset_fingerprint(index: DatasetIndex) -> str:
+    """A hash of every sample's image bytes, labels and mask bytes: equal datasets, equal keys."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps([index.format, index.classes]).encode())
+    for sample in index.samples:
+        digest.update(f"{sample.split}|{sample.image_path.name}|{sample.class_id}".encode())
+        digest.update(hashlib.blake2b(sample.image_path.read_bytes(), digest_size=16).digest())
+        if sample.polygon is not None:
+            digest.update(np.ascontiguousarray(sample.polygon, dtype=np.float32).tobytes())
+        for shape in sample.shapes:
+            digest.update(np.ascontiguousarray(shape.points, dtype=np.float32).tobytes())
+        if sample.mask_path is not None:
+            digest.update(sample.mask_path.read_bytes())
+    return digest.hexdigest()
+
+
+def cache_key(fingerprint: str, preprocessing: Preprocessing) -> str:
+    """The folder name of a cache entry."""
+    payload = json.dumps([CACHE_VERSION, fingerprint, preprocessing.cache_fields()], sort_keys=True)
+    return hashlib.blake2b(payload.encode(), digest_size=10).hexdigest()
+
+
+def read_mask(path: Path) -> np.ndarray | None:
+    """A binary mask (H, W) uint8 0/1 from a 0/1 or 0/255 grey, RGB or RGBA image; None if unreadable."""
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        return None
+    if raw.ndim == 3:
+        colour = raw[..., :3].max(axis=2)
+        raw = colour if colour.any() or raw.shape[2] < 4 else raw[..., 3]
+    return (raw > 0).astype(np.uint8)
+
+
+def _rasterise(sample: Sample, width: int, height: int) -> np.ndarray:
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for shape in sample.shapes:
+        points = np.round(shape.points * [width, height]).astype(np.int32)
+        cv2.fillPoly(mask, [points], 1)
+    return mask
+
+
+def _process(sample: Sample, config: Preprocessing) -> tuple[np.ndarray, np.ndarray, np.ndarray] | str:
+    image = cv2.imread(str(sample.image_path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        return "unreadable or corrupt image"
+    height, width = image.shape
+    if sample.mask_path is not None:
+        mask = read_mask(sample.mask_path)
+        if mask is None:
+            return f"unreadable mask {sample.mask_path.name}"
+        if mask.shape != image.shape:
+            return f"mask {sample.mask_path.name} is {mask.shape[1]}x{mask.shape[0]}, image {width}x{height}"
+    else:
+        mask = _rasterise(sample, width, height)
+    where = placement(width, height, config.image_size, config.resize)
+    pixels = enhance(fit(image, where), config)
+    mask = fit(mask, where, cv2.INTER_NEAREST)
+    polygon = (
+        where.points(sample.polygon, width, height)
+        if sample.polygon is not None
+        else np.full((4, 2), np.nan, dtype=np.float32)
+    )
+    return pixels, mask, polygon
+
+
+def build_cache(
+    index: DatasetIndex, config: Preprocessing, directory: Path, *, progress: bool = True
+) -> list[DataIssue]:
+    """Decode and preprocess every sample into `directory` (atomically); returns unreadable samples."""
+    from tqdm.auto import tqdm
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        jobs = pool.map(lambda s: _process(s, config), index.samples)
+        results = list(tqdm(jobs, total=len(index.samples), desc="preprocess", disable=not progress))
+    kept = [(s, r) for s, r in zip(index.samples, results) if not isinstance(r, str)]
+    issues = [DataIssue(s.image_path, r) for s, r in zip(index.samples, results) if isinstance(r, str)]
+    size = config.image_size
+    tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "images": np.stack([r[0] for _, r in kept]) if kept else np.zeros((0, size, size), np.uint8),
+        "masks": np.stack([r[1] for _, r in kept]) if kept else np.zeros((0, size, size), np.uint8),
+        "polygons": np.stack([r[2] for _, r in kept]).reshape(-1, 8) if kept else np.zeros((0, 8), np.float32),
+        "labels": np.array([-1 if s.class_id is None else s.class_id for s, _ in kept], dtype=np.int64),
+        "splits": np.array([SPLITS.index(s.split) for s, _ in kept], dtype=np.int8),
+    }
+    for name, array in arrays.items():
+        np.save(tmp / f"{name}.npy", array)
+    meta = {
+        "classes": index.classes,
+        "paths": [str(s.image_path) for s, _ in kept],
+        "issues": [str(i) for i in issues],
+        "preprocessing": config.cache_fields(),
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    try:
+        os.replace(tmp, directory)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (directory / "meta.json").is_file():
+            raise
+    return issues
+
+
+def load_cache(directory: Path) -> CachedDataset:
+    """Memory-map a cache entry's arrays."""
+    meta = json.loads((directory / "meta.json").read_text())
+    arrays = {n: np.load(directory / f"{n}.npy", mmap_mode="r") for n in ("images", "masks", "polygons", "labels", "splits")}
+    return CachedDataset(directory, classes=meta["classes"], paths=meta["paths"], **arrays)
+
+
+def ensure_cache(
+    index: DatasetIndex, fingerprint: str, config: Preprocessing, cache_root: Path, *, progress: bool = True
+) -> tuple[Path, bool]:
+    """The cache folder for this preprocessing, building it if absent; returns (folder, was_hit)."""
+    directory = cache_root / cache_key(fingerprint, config)
+    if (directory / "meta.json").is_file():
+        return directory, True
+    build_cache(index, config, directory, progress=progress)
+    return directory, False

@@ -1,0 +1,108 @@
+"""Deterministic image preprocessing with OpenCV: resize or letterbox, CLAHE, denoising filters.
+
+These steps run once per (dataset, configuration) when the cache is built. Normalisation and the
+channel count are applied per batch (see `normalise`), so they never multiply the cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+
+ResizeMode = Literal["stretch", "letterbox"]
+FilterName = Literal["none", "median", "gaussian", "bilateral"]
+Normalisation = Literal["none", "minus_one_one", "imagenet", "standardize"]
+IMAGENET_MEAN, IMAGENET_STD = 0.449, 0.226  # grey-level mean of ImageNet's RGB statistics
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What is done to every image before training; the cached part is everything but the last two."""
+
+    image_size: int = 64
+    resize: ResizeMode = "letterbox"
+    clahe: bool = False
+    clahe_clip: float = 2.0
+    clahe_grid: int = 8
+    filter: FilterName = "none"
+    filter_size: int = 3
+    normalisation: Normalisation = "minus_one_one"
+    channels: int = 1
+
+    def cache_fields(self) -> dict[str, object]:
+        """The fields that change the cached pixels (the cache key is built from these)."""
+        fields = asdict(self)
+        del fields["normalisation"], fields["channels"]
+        return fields
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a source image lands in the square output: scale per axis and padding, in pixels."""
+
+    scale_x: float
+    scale_y: float
+    pad_x: float
+    pad_y: float
+    size: int
+
+    def points(self, normalised: np.ndarray, width: int, height: int) -> np.ndarray:
+        """Map points normalised to the source image into points normalised to the output."""
+        out = np.empty_like(normalised, dtype=np.float32)
+        out[..., 0] = (normalised[..., 0] * width * self.scale_x + self.pad_x) / self.size
+        out[..., 1] = (normalised[..., 1] * height * self.scale_y + self.pad_y) / self.size
+        return out
+
+
+def placement(width: int, height: int, size: int, mode: ResizeMode) -> Placement:
+    """How a width×height image is fitted into size×size."""
+    if mode == "stretch":
+        return Placement(size / width, size / height, 0.0, 0.0, size)
+    scale = size / max(width, height)
+    new_w, new_h = round(width * scale), round(height * scale)
+    return Placement(new_w / width, new_h / height, (size - new_w) // 2, (size - new_h) // 2, size)
+
+
+def fit(image: np.ndarray, where: Placement, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
+    """Resize (and pad with zeros, for letterbox) an image into its placement."""
+    height, width = image.shape[:2]
+    new_w, new_h = round(width * where.scale_x), round(height * where.scale_y)
+    resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    out = np.zeros((where.size, where.size), dtype=image.dtype)
+    x, y = int(where.pad_x), int(where.pad_y)
+    out[y : y + new_h, x : x + new_w] = resized
+    return out
+
+
+def enhance(image: np.ndarray, config: Preprocessing) -> np.ndarray:
+    """CLAHE then the chosen denoising filter, on a uint8 grey image."""
+    if config.clahe:
+        grid = (config.clahe_grid, config.clahe_grid)
+        image = cv2.createCLAHE(clipLimit=config.clahe_clip, tileGridSize=grid).apply(image)
+    k = config.filter_size | 1
+    if config.filter == "median":
+        image = cv2.medianBlur(image, k)
+    elif config.filter == "gaussian":
+        image = cv2.GaussianBlur(image, (k, k), 0)
+    elif config.filter == "bilateral":
+        image = cv2.bilateralFilter(image, k, sigmaColor=50, sigmaSpace=k)
+    return image
+
+
+def normalise(batch: np.ndarray | "torch.Tensor", config: Preprocessing) -> "torch.Tensor":
+    """uint8 (N, H, W) → float32 (N, C, H, W) with the configured normalisation and channel count."""
+    import torch
+
+    x = torch.as_tensor(batch).float().div_(255.0).unsqueeze(1)
+    if config.normalisation == "minus_one_one":
+        x = x.mul_(2).sub_(1)
+    elif config.normalisation == "imagenet":
+        x = x.sub_(IMAGENET_MEAN).div_(IMAGENET_STD)
+    elif config.normalisation == "standardize":
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        std = x.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+        x = (x - mean) / std
+    return x.expand(-1, config.channels, -1, -1).contiguous() if config.channels > 1 else x

@@ -1,0 +1,15 @@
+"""User-facing errors: one line, naming the file, line or field at fault."""
+
+from __future__ import annotations
+
+
+class RaysearchError(Exception):
+    """An error caused by user input; the CLI prints it on one line and exits non-zero."""
+
+
+class ConfigError(RaysearchError):
+    """A search-space or study configuration is invalid."""
+
+
+class DataError(RaysearchError):
+    """A dataset file is missing, unreadable or malformed."""

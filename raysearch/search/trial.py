@@ -1,0 +1,78 @@
+"""The Tune trial function: one configuration, trained in-process (1 worker) or by a TorchTrainer (N)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raysearch.data.cache import ensure_cache
+from raysearch.data.samples import DatasetIndex
+from raysearch.training.hparams import preprocessing_of
+from raysearch.training.loop import LoopSettings, train
+
+REPORTED_KEYS = {"epoch", "train_loss", "lr", "epoch_time_s", "params", "latency_ms", "stopped_early", "cache_hit"}
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """Study-wide settings every trial shares (sent once through the object store)."""
+
+    task: str
+    defaults: dict[str, Any]
+    index: DatasetIndex
+    fingerprint: str
+    cache_root: str
+    storage_path: str
+    max_epochs: int
+    seed: int
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    max_failures: int
+
+
+def is_reported_metric(name: str) -> bool:
+    """Whether a result key is one of the loop's own metrics (not Ray's bookkeeping)."""
+    return name in REPORTED_KEYS or name.startswith("val_")
+
+
+def _worker_main(config: dict[str, Any]) -> None:
+    from raysearch.training.session import TrainSession
+
+    train(config["hp"], config["loop"], TrainSession())
+
+
+def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
+    """Train one sampled configuration; reports every epoch to Tune."""
+    from ray import tune
+
+    hp = {**settings.defaults, **config}
+    cache_dir, hit = ensure_cache(settings.index, settings.fingerprint, preprocessing_of(hp), Path(settings.cache_root),
+                                progress=False)
+    loop = LoopSettings(settings.task, str(cache_dir), settings.max_epochs, settings.seed,
+                        threads=max(int(settings.cpus_per_worker), 1), cache_hit=hit)
+    use_gpu = settings.gpus_per_worker > 0
+    if settings.workers == 1:
+        from raysearch.training.session import TuneSession
+
+        train(hp, loop, TuneSession(use_gpu=use_gpu))
+        return
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    resources = {"CPU": settings.cpus_per_worker, **({"GPU": settings.gpus_per_worker} if use_gpu else {})}
+    trainer = TorchTrainer(
+        _worker_main,
+        train_loop_config={"hp": hp, "loop": loop},
+        scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=tune.get_context().get_trial_id(),
+            storage_path=settings.storage_path,
+            failure_config=FailureConfig(max_failures=settings.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()

@@ -1,0 +1,112 @@
+"""Build and run the Ray Tune study: OptunaSearch (TPE) proposes, ASHA stops, trials train."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raysearch.errors import ConfigError
+from raysearch.results import TrialRecord
+from raysearch.search.trial import TrialSettings, is_reported_metric, run_trial
+from raysearch.space import SearchSpace
+
+TRIAL_FUNCTION_CPUS = 0.01
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How the search itself runs: budget, scheduler and concurrency."""
+
+    name: str
+    results_dir: Path
+    trials: int
+    metric: str
+    mode: str
+    seed: int
+    grace_period: int
+    reduction_factor: int
+    concurrency: int | None
+    max_failures: int
+
+
+def trial_resources(settings: TrialSettings) -> dict[str, float]:
+    """What Tune reserves for the trial function itself (its Train workers reserve their own)."""
+    if settings.workers == 1:
+        gpus = {"GPU": settings.gpus_per_worker} if settings.gpus_per_worker else {}
+        return {"CPU": settings.cpus_per_worker, **gpus}
+    return {"CPU": TRIAL_FUNCTION_CPUS}
+
+
+def max_concurrency(cluster: dict[str, float], settings: TrialSettings, requested: int | None) -> int:
+    """How many trials fit at once in the cluster's resources (Tune does not count Train workers)."""
+    own = trial_resources(settings)
+    extra_cpu = own["CPU"] if settings.workers > 1 else 0.0
+    per_trial_cpu = settings.workers * settings.cpus_per_worker + extra_cpu
+    fits = math.floor(cluster.get("CPU", 0.0) / per_trial_cpu + 1e-9)
+    if settings.gpus_per_worker:
+        fits = min(fits, math.floor(cluster.get("GPU", 0.0) / (settings.workers * settings.gpus_per_worker) + 1e-9))
+    if fits < 1:
+        needed = f"{per_trial_cpu:g} CPU" + (f", {settings.workers * settings.gpus_per_worker:g} GPU" if settings.gpus_per_worker else "")
+        raise ConfigError(f"one trial needs {needed} but the cluster has {cluster.get('CPU', 0):g} CPU, "
+                          f"{cluster.get('GPU', 0):g} GPU (see --workers-per-trial, --cpus-per-worker, --gpus-per-worker)")
+    return min(fits, requested) if requested else fits
+
+
+def build_tuner(space: SearchSpace, search: SearchSettings, trial: TrialSettings, concurrency: int) -> Any:
+    """The Tuner for a new study, with its Optuna study kept in SQLite beside the results."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(search.results_dir / 'optuna.db').resolve()}")
+    searcher = OptunaSearch(
+        space=space.sample, metric=search.metric, mode=search.mode, study_name=search.name, storage=storage,
+        sampler=optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=max(2, min(10, search.trials // 3))),
+    )
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=trial.max_epochs, grace_period=search.grace_period,
+                              reduction_factor=search.reduction_factor)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=trial), trial_resources(trial))
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=search.metric, mode=search.mode, search_alg=searcher, scheduler=scheduler,
+            num_samples=search.trials, max_concurrent_trials=concurrency,
+            trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=lambda t: t.trial_id,
+        ),
+        run_config=tune.RunConfig(
+            name=search.name, storage_path=str((search.results_dir / "ray").resolve()),
+            failure_config=tune.FailureConfig(max_failures=search.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def records_from(result_grid: Any) -> list[TrialRecord]:
+    """Every trial's config, full epoch history, error and checkpoint, from Tune's results on disk."""
+    records = []
+    for result in result_grid:
+        history = result.metrics_dataframe
+        epochs: list[dict[str, Any]] = []
+        if history is not None and "epoch" in history:
+            columns = [c for c in history.columns if is_reported_metric(c)]
+            history = history.dropna(subset=["epoch"]).drop_duplicates(subset=["epoch"], keep="last")
+            epochs = [
+                {k: v for k, v in row.items() if v == v}
+                for row in history[columns].sort_values("epoch").to_dict("records")
+            ]
+            for epoch in epochs:
+                epoch["epoch"] = int(epoch["epoch"])
+        error = None
+        if result.error is not None:
+            lines = [line for line in str(result.error).strip().splitlines() if line.strip()]
+            error = lines[-1][:500] if lines else type(result.error).__name__
+        metrics = result.metrics or {}
+        checkpoint = result.checkpoint.path if result.checkpoint else metrics.get("checkpoint_path")
+        records.append(TrialRecord(
+            trial_id=Path(result.path).name, config=dict(result.config or {}), epochs=epochs, error=error,
+            wall_time_s=float(metrics.get("time_total_s", 0.0)), checkpoint=checkpoint,
+        ))
+    return sorted(records, key=lambda r: r.trial_id)

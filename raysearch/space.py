@@ -1,0 +1,203 @@
+"""Search spaces: a readable YAML file parsed into validated, typed Optuna distributions.
+
+```yaml
+task: multitask
+parameters:
+  conv_layers: {type: int, low: 2, high: 8}
+  lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+  scheduler: {type: categorical, choices: [step, cosine, plateau]}
+  step_size: {type: int, low: 1, high: 4, when: {scheduler: step}}
+fixed:
+  batch_norm: true
+```
+
+`when` makes a parameter conditional: it is sampled only when every named parameter (defined above
+it) has one of the given values. The sampler is define-by-run, so Optuna sees exactly the parameters
+that a trial uses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    distribution_to_json,
+)
+
+from raysearch.errors import ConfigError
+
+if TYPE_CHECKING:
+    import optuna
+
+SPACE_KEYS = {"task", "description", "metric", "mode", "parameters", "fixed"}
+PARAMETER_KEYS = {"type": str, "low": (int, float), "high": (int, float), "log": bool, "step": (int, float),
+                  "choices": list, "when": dict}
+TYPE_KEYS = {"int": {"low", "high"}, "float": {"low", "high"}, "categorical": {"choices"}}
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One searchable hyperparameter: its distribution and the condition under which it is sampled."""
+
+    name: str
+    distribution: BaseDistribution
+    when: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def active(self, values: Mapping[str, Any]) -> bool:
+        """Whether this parameter applies, given the values sampled so far."""
+        return all(name in values and values[name] in allowed for name, allowed in self.when.items())
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        """Sample this parameter in an Optuna trial."""
+        d = self.distribution
+        if isinstance(d, FloatDistribution):
+            return trial.suggest_float(self.name, d.low, d.high, log=d.log, step=d.step)
+        if isinstance(d, IntDistribution):
+            return trial.suggest_int(self.name, d.low, d.high, log=d.log, step=d.step)
+        return trial.suggest_categorical(self.name, d.choices)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly description (distribution in Optuna's own JSON form)."""
+        return {"distribution": json.loads(distribution_to_json(self.distribution)),
+                "when": {k: list(v) for k, v in self.when.items()}}
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A task's search space: sampled parameters, fixed values, and the metric to optimise."""
+
+    task: str
+    parameters: tuple[Parameter, ...]
+    fixed: Mapping[str, Any]
+    metric: str | None = None
+    mode: str | None = None
+    source: str = "<memory>"
+
+    @property
+    def names(self) -> list[str]:
+        """Every hyperparameter the space sets, sampled or fixed."""
+        return [p.name for p in self.parameters] + list(self.fixed)
+
+    def sample(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Define-by-run sampling for OptunaSearch: suggest the active parameters; return the fixed ones."""
+        values: dict[str, Any] = {}
+        for parameter in self.parameters:
+            if parameter.active(values):
+                values[parameter.name] = parameter.suggest(trial)
+        return dict(self.fixed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved space, for study.yaml."""
+        return {"task": self.task, "source": self.source, "metric": self.metric, "mode": self.mode,
+                "parameters": {p.name: p.to_dict() for p in self.parameters}, "fixed": dict(self.fixed)}
+
+
+def _check_type(where: str, value: Any, expected: type | tuple[type, ...]) -> None:
+    if isinstance(value, bool) and bool not in (expected if isinstance(expected, tuple) else (expected,)):
+        raise ConfigError(f"{where}: expected {_type_name(expected)}, got {value!r}")
+    if not isinstance(value, expected):
+        raise ConfigError(f"{where}: expected {_type_name(expected)}, got {value!r}")
+
+
+def _type_name(expected: type | tuple[type, ...]) -> str:
+    types = expected if isinstance(expected, tuple) else (expected,)
+    return " or ".join(t.__name__ for t in types)
+
+
+def _parse_parameter(where: str, name: str, spec: Any, earlier: dict[str, Parameter]) -> Parameter:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a mapping with 'type', got {spec!r}")
+    for key, value in spec.items():
+        if key not in PARAMETER_KEYS:
+            raise ConfigError(f"{where}.{key}: unknown key (expected one of {', '.join(PARAMETER_KEYS)})")
+        _check_type(f"{where}.{key}", value, PARAMETER_KEYS[key])
+    kind = spec.get("type")
+    if kind not in TYPE_KEYS:
+        raise ConfigError(f"{where}.type: must be one of int, float, categorical, got {kind!r}")
+    missing = TYPE_KEYS[kind] - spec.keys()
+    if missing:
+        raise ConfigError(f"{where}: type {kind} needs {', '.join(sorted(missing))}")
+    when = _parse_when(f"{where}.when", spec.get("when", {}), earlier)
+    try:
+        if kind == "categorical":
+            if not spec["choices"]:
+                raise ValueError("choices must not be empty")
+            distribution: BaseDistribution = CategoricalDistribution(spec["choices"])
+        elif kind == "int":
+            for key in ("low", "high", "step"):
+                if key in spec and not isinstance(spec[key], int):
+                    raise ConfigError(f"{where}.{key}: expected int, got {spec[key]!r}")
+            distribution = IntDistribution(spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step", 1))
+        else:
+            distribution = FloatDistribution(float(spec["low"]), float(spec["high"]), log=spec.get("log", False),
+                                             step=spec.get("step"))
+    except ValueError as error:
+        key = "low" if "low" in str(error) or "high" in str(error) else "choices"
+        raise ConfigError(f"{where}.{key}: {str(error).splitlines()[0]}") from None
+    return Parameter(name, distribution, when)
+
+
+def _parse_when(where: str, when: dict, earlier: dict[str, Parameter]) -> dict[str, tuple[Any, ...]]:
+    parsed: dict[str, tuple[Any, ...]] = {}
+    for name, allowed in when.items():
+        if name not in earlier:
+            raise ConfigError(f"{where}.{name}: condition on a parameter not defined above it")
+        values = tuple(allowed) if isinstance(allowed, list) else (allowed,)
+        choices = getattr(earlier[name].distribution, "choices", None)
+        bad = [v for v in values if choices is not None and v not in choices]
+        if bad:
+            raise ConfigError(f"{where}.{name}: {bad[0]!r} is not among {list(choices)}")
+        parsed[name] = values
+    return parsed
+
+
+def parse_space(data: Any, *, source: str, known: set[str] | None = None) -> SearchSpace:
+    """Validate a parsed YAML document into a SearchSpace; `known` lists the task's hyperparameter names."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    for key in data:
+        if key not in SPACE_KEYS:
+            raise ConfigError(f"{source}: {key}: unknown key (expected one of {', '.join(sorted(SPACE_KEYS))})")
+    if not isinstance(data.get("task"), str):
+        raise ConfigError(f"{source}: task: required, a task name")
+    raw_parameters = data.get("parameters") or {}
+    fixed = data.get("fixed") or {}
+    _check_type(f"{source}: parameters", raw_parameters, dict)
+    _check_type(f"{source}: fixed", fixed, dict)
+    parameters: dict[str, Parameter] = {}
+    for name, spec in raw_parameters.items():
+        where = f"{source}: parameters.{name}"
+        if known is not None and name not in known:
+            raise ConfigError(f"{where}: unknown hyperparameter for task {data['task']}")
+        parameters[name] = _parse_parameter(where, name, spec, parameters)
+    for name in fixed:
+        if known is not None and name not in known:
+            raise ConfigError(f"{source}: fixed.{name}: unknown hyperparameter for task {data['task']}")
+        if name in parameters:
+            raise ConfigError(f"{source}: fixed.{name}: also listed under parameters")
+    mode = data.get("mode")
+    if mode not in (None, "min", "max"):
+        raise ConfigError(f"{source}: mode: must be min or max, got {mode!r}")
+    return SearchSpace(data["task"], tuple(parameters.values()), dict(fixed), data.get("metric"), mode, source)
+
+
+def load_space(path: Path, *, known: set[str] | None = None) -> SearchSpace:
+    """Read and validate a search-space YAML file."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: invalid YAML ({getattr(error, 'problem', error)})") from None
+    return parse_space(data, source=str(path), known=known)

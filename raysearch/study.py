@@ -1,0 +1,88 @@
+"""A study: what the user asked for, resolved into one deterministic, reproducible description."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from raysearch.errors import ConfigError
+
+SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+DEFAULT_RESULTS = Path("raysearch-results")
+VERSIONED_PACKAGES = ("raysearch", "ray", "torch", "torchvision", "timm", "segmentation-models-pytorch", "optuna",
+                      "pyarrow", "opencv-python-headless", "numpy")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """Everything `raysearch run` was asked for (CLI flags map one to one onto these fields)."""
+
+    task: str
+    data: str | None = None
+    space: str | None = None
+    name: str | None = None
+    results: str = str(DEFAULT_RESULTS)
+    trials: int = 8
+    max_epochs: int = 6
+    image_size: int = 64
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    concurrency: int | None = None
+    seed: int = 0
+    address: str | None = None
+    grace_period: int = 1
+    reduction_factor: int = 2
+    max_failures: int = 2
+
+    def __post_init__(self) -> None:
+        positive = {"trials": self.trials, "max_epochs": self.max_epochs, "workers_per_trial": self.workers_per_trial,
+                    "grace_period": self.grace_period}
+        for field_name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"--{field_name.replace('_', '-')}: must be at least 1, got {value}")
+        if self.image_size < 16:
+            raise ConfigError(f"--image-size: must be at least 16, got {self.image_size}")
+        if self.cpus_per_worker <= 0:
+            raise ConfigError(f"--cpus-per-worker: must be positive, got {self.cpus_per_worker}")
+        if self.gpus_per_worker < 0:
+            raise ConfigError(f"--gpus-per-worker: must not be negative, got {self.gpus_per_worker}")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ConfigError(f"--concurrency: must be at least 1, got {self.concurrency}")
+
+    def space_path(self) -> Path:
+        """The search-space file: the one given, or the task's default in search_spaces/."""
+        return Path(self.space) if self.space else SEARCH_SPACES / f"{self.task}.yaml"
+
+    def study_name(self, space_text: str) -> str:
+        """`--name`, or task + space file stem + a short hash of everything that shapes the study."""
+        if self.name:
+            return self.name
+        shaping = {k: v for k, v in asdict(self).items() if k not in ("name", "results", "address", "concurrency")}
+        digest = hashlib.blake2b(json.dumps([shaping, space_text], sort_keys=True).encode(), digest_size=4).hexdigest()
+        stem = self.space_path().stem
+        return f"{self.task}-{digest}" if stem == self.task else f"{self.task}-{stem}-{digest}"
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of Python and the packages that decide a study's results."""
+    found = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def resolved_study(spec: StudySpec, *, name: str, space: dict[str, Any], data: dict[str, Any],
+                   defaults: dict[str, Any], scheduler: dict[str, Any], resources: dict[str, Any]) -> dict[str, Any]:
+    """The fully resolved study, as written to study.yaml."""
+    return {"name": name, "task": spec.task, "spec": asdict(spec), "data": data, "search_space": space,
+            "defaults": defaults, "scheduler": scheduler, "resources": resources, "seed": spec.seed,
+            "versions": versions()}

@@ -1,0 +1,57 @@
+"""What every task provides to the one training loop: model, loss, metric sums and their summary."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from raysearch.data.cache import CachedDataset
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """Facts about the data that models and metrics need: classes, channels, reference baselines."""
+
+    num_classes: int
+    in_channels: int
+    baseline_apd: float
+
+
+class Task(ABC):
+    """A trainable: builds its model, computes its loss, and accumulates its metrics as sums.
+
+    `metric_sums` returns tensors that are summed over batches and over workers (all-reduce) before
+    `summarise` turns them into the reported metrics, so validation covers every sample exactly once.
+    """
+
+    name: ClassVar[str]
+    score: ClassVar[str] = "val_score"
+    mode: ClassVar[str] = "max"
+    hyperparameters: ClassVar[dict[str, Any]] = {}
+
+    def usable(self, data: CachedDataset, rows: np.ndarray) -> np.ndarray:
+        """The rows this task can train on (e.g. only images with a polygon for regression)."""
+        return rows
+
+    @abstractmethod
+    def build_model(self, hp: dict[str, Any], context: TaskContext) -> nn.Module:
+        """The network for one trial's hyperparameters."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, output: Any, batch: Batch, hp: dict[str, Any]) -> torch.Tensor:
+        """The training loss of one batch."""
+
+    @abstractmethod
+    def metric_sums(self, output: Any, batch: Batch, context: TaskContext) -> dict[str, torch.Tensor]:
+        """Per-batch sums (counts, error sums, confusion matrices) to be added up over the split."""
+
+    @abstractmethod
+    def summarise(self, sums: dict[str, torch.Tensor], context: TaskContext) -> dict[str, float]:
+        """Metrics from the summed state, including `score`, without the `val_` prefix."""

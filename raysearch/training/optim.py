@@ -1,0 +1,60 @@
+"""Optimizers and learning-rate schedulers from hyperparameters (all from torch.optim)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.optim import lr_scheduler
+
+from raysearch.errors import ConfigError
+
+PER_BATCH_SCHEDULERS = {"onecycle"}
+
+
+def create_optimizer(parameters: Any, hp: dict[str, Any]) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD with (Nesterov) momentum."""
+    name, lr, decay = hp["optimizer"], hp["lr"], hp["weight_decay"]
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=decay)
+    if name == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=decay)
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=hp["momentum"], weight_decay=decay, nesterov=True)
+    raise ConfigError(f"optimizer: unknown {name!r}; valid: adam, adamw, sgd")
+
+
+def create_scheduler(
+    optimizer: torch.optim.Optimizer, hp: dict[str, Any], *, epochs: int, steps_per_epoch: int
+) -> Any:
+    """The scheduler named by `scheduler`, after `warmup_epochs` of linear warm-up (epoch-stepped ones).
+
+    `onecycle` is stepped per batch and has its own warm-up; `plateau` watches the validation loss.
+    """
+    name, warmup = hp["scheduler"], hp["warmup_epochs"]
+    if name == "onecycle":
+        return lr_scheduler.OneCycleLR(optimizer, max_lr=hp["lr"], total_steps=max(epochs * steps_per_epoch, 1))
+    if name == "plateau":
+        return lr_scheduler.ReduceLROnPlateau(optimizer, factor=hp["gamma"], patience=hp["plateau_patience"])
+    main_epochs = max(epochs - warmup, 1)
+    schedulers = {
+        "none": lambda: lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0),
+        "step": lambda: lr_scheduler.StepLR(optimizer, step_size=hp["step_size"], gamma=hp["gamma"]),
+        "cosine": lambda: lr_scheduler.CosineAnnealingLR(optimizer, T_max=main_epochs),
+        "cosine_restarts": lambda: lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=hp["step_size"]),
+    }
+    if name not in schedulers:
+        valid = ", ".join(sorted([*schedulers, "onecycle", "plateau"]))
+        raise ConfigError(f"scheduler: unknown {name!r}; valid: {valid}")
+    if warmup <= 0:
+        return schedulers[name]()
+    ramp = lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup)
+    return lr_scheduler.SequentialLR(optimizer, [ramp, schedulers[name]()], milestones=[warmup])
+
+
+def step_epoch(scheduler: Any, val_loss: float) -> None:
+    """Advance an epoch-stepped scheduler at the end of an epoch."""
+    if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val_loss)
+    elif not isinstance(scheduler, lr_scheduler.OneCycleLR):
+        scheduler.step()

@@ -27,6 +27,9 @@ class TaskContext:
 class Task(ABC):
     """A trainable: builds its model, computes its loss, and accumulates its metrics as sums.
 
+    Output convention (every task's model): a dict with some of "logits" (N, classes), "polygon"
+    (N, 8) in [0, 1], "mask" (N, 1, H, W) logits; `predictions` turns it into numpy for evaluation.
+
     `metric_sums` returns tensors that are summed over batches and over workers (all-reduce) before
     `summarise` turns them into the reported metrics, so validation covers every sample exactly once.
     """
@@ -51,6 +54,19 @@ class Task(ABC):
     @abstractmethod
     def metric_sums(self, output: Any, batch: Batch, context: TaskContext) -> dict[str, torch.Tensor]:
         """Per-batch sums (counts, error sums, confusion matrices) to be added up over the split."""
+
+    def predictions(self, output: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """Per-image predictions as numpy: class probabilities and class, polygon, binary mask."""
+        found: dict[str, np.ndarray] = {}
+        if "logits" in output:
+            probabilities = output["logits"].softmax(dim=1)
+            found["probabilities"] = probabilities.cpu().numpy()
+            found["class"] = probabilities.argmax(dim=1).cpu().numpy()
+        if "polygon" in output:
+            found["polygon"] = output["polygon"].cpu().numpy()
+        if "mask" in output:
+            found["mask"] = (output["mask"][:, 0] > 0).cpu().numpy().astype(np.uint8)
+        return found
 
     @abstractmethod
     def summarise(self, sums: dict[str, torch.Tensor], context: TaskContext) -> dict[str, float]:

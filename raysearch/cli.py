@@ -34,7 +34,7 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker; fractions share a GPU")
     run.add_argument("--concurrency", type=int, help="trials at once (default and cap: what the cluster fits)")
     run.add_argument("--seed", type=int, default=0, help="seed of the sampler and of training (default: 0)")
-    run.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+    run.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
                      help="Ray cluster to join (default: $RAY_ADDRESS, else start a local one)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 

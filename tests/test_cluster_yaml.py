@@ -193,11 +193,15 @@ def _typo_head_type_resources(config: Config) -> None:
     _rename(config["available_node_types"][config["head_node_type"]], "resources", "resource")
 
 
-@pytest.mark.parametrize("typo", [_typo_top_level_max_workers, _typo_top_level_start_commands,
-                                  _typo_worker_type_min_workers, _typo_head_type_resources],
-                         ids=lambda f: f.__name__.removeprefix("_typo_"))
-def test_typo_in_a_key_fails_validation(typo: Callable[[Config], None]) -> None:
+@pytest.mark.parametrize(("typo", "complaint"), [
+    pytest.param(_typo_top_level_max_workers, "'max_worker' was unexpected", id="top-level max_worker"),
+    pytest.param(_typo_top_level_start_commands, "'head_start_ray_command' was unexpected",
+                 id="top-level head_start_ray_command"),
+    pytest.param(_typo_worker_type_min_workers, "'min_worker' was unexpected", id="worker type min_worker"),
+    pytest.param(_typo_head_type_resources, "'resources' is a required property", id="head type resource"),
+])
+def test_typo_in_a_key_fails_validation(typo: Callable[[Config], None], complaint: str) -> None:
     config = _load()
     typo(config)
-    with pytest.raises(jsonschema.ValidationError):
+    with pytest.raises(jsonschema.ValidationError, match=re.escape(complaint)):
         validate_config(prepare_config(config))

@@ -1,0 +1,87 @@
+"""The trained models of a finished study: each trial's hyperparameters, its best checkpoint, and the
+network rebuilt from them. Paths are found inside the study folder, so a copied folder works too."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from raysearch.data.preprocess import Preprocessing, enhance, fit, normalise, placement
+from raysearch.errors import DataError
+from raysearch.tasks import create_task
+from raysearch.tasks.base import Task, TaskContext
+from raysearch.training.loop import BEST_FILE
+
+STUDY_FILE = "study.yaml"
+_CHECKPOINT_NUMBER = re.compile(r"checkpoint_(\d+)$")
+
+
+def read_study(study_dir: Path) -> dict[str, Any]:
+    """A study's resolved description (study.yaml)."""
+    path = study_dir / STUDY_FILE
+    if not path.is_file():
+        raise DataError(f"{study_dir}: not a study folder (no {STUDY_FILE})")
+    return yaml.safe_load(path.read_text())
+
+
+def trial_hyperparameters(study: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """Every hyperparameter of one trial: the study's defaults, its fixed values, then the sampled ones.
+
+    `params` is a trials.parquet row (its `param.<name>` entries are used); None or NaN marks a
+    conditional parameter the trial did not use.
+    """
+    sampled = {k.removeprefix("param."): v for k, v in params.items()
+               if k.startswith("param.") and v is not None and v == v}
+    return {**study["defaults"], **study["search_space"]["fixed"], **sampled}
+
+
+def best_checkpoint(study_dir: Path, trial_id: str) -> Path | None:
+    """`best_model.pt` in a trial's newest checkpoint (Tune trial folder or Train run folder), or None."""
+    found = [*study_dir.glob(f"ray/*/{trial_id}/checkpoint_*/{BEST_FILE}"),
+             *study_dir.glob(f"train/{trial_id}/checkpoint_*/{BEST_FILE}")]
+    numbered = [(int(m.group(1)), p) for p in found if (m := _CHECKPOINT_NUMBER.search(p.parent.name))]
+    return max(numbered)[1] if numbered else None
+
+
+def build_model(task: Task, hp: Mapping[str, Any], num_classes: int) -> nn.Module:
+    """The task's network for `hp`, untrained (never fetches pretrained weights: they are loaded next)."""
+    return task.build_model({**hp, "pretrained": False}, TaskContext(num_classes, hp["channels"], 0.0))
+
+
+def load_weights(model: nn.Module, path: Path, device: torch.device) -> nn.Module:
+    """Load a `{"model": state_dict}` file (tensors only: `weights_only=True`) into `model`, in eval mode."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+def restore_trial(study_dir: Path, study: Mapping[str, Any], trial_id: str, params: Mapping[str, Any],
+                  device: torch.device) -> tuple[Task, nn.Module, dict[str, Any]]:
+    """A trial's task, its network with the best checkpoint's weights, and its hyperparameters."""
+    checkpoint = best_checkpoint(study_dir, trial_id)
+    if checkpoint is None:
+        raise DataError(f"{study_dir}: trial {trial_id} has no checkpoint with {BEST_FILE}")
+    task = create_task(study["task"])
+    hp = trial_hyperparameters(study, params)
+    model = build_model(task, hp, len(study["data"]["classes"]))
+    return task, load_weights(model, checkpoint, device), hp
+
+
+def model_input(image: np.ndarray, preprocessing: Preprocessing) -> tuple[torch.Tensor, Any]:
+    """A grey uint8 image of any size as the (1, C, S, S) input a model was trained on, and its placement."""
+    height, width = image.shape
+    where = placement(width, height, preprocessing.image_size, preprocessing.resize)
+    pixels = enhance(fit(image, where), preprocessing)
+    return normalise(pixels[None], preprocessing), where
+
+
+def device() -> torch.device:
+    """The first CUDA GPU when there is one, else the CPU."""
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")

@@ -1,0 +1,83 @@
+"""`raysearch run` as a user runs it: a real subprocess, a real local Ray instance, real Parquet files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from raysearch.data.phantom import PhantomSpec, write_phantom
+
+
+def raysearch(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh interpreter, as the console script does."""
+    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | (env or {})
+    return subprocess.run([sys.executable, "-m", "raysearch", *args], capture_output=True, text=True,
+                          timeout=timeout, env=environment)
+
+
+def test_bad_space_file_exits_with_one_line(tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text("task: multitask\nparameters:\n  lr: {type: float, low: 0.1, high: 0.01}\n")
+    result = raysearch("run", "multitask", "--space", str(space), "--results", str(tmp_path / "r"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("raysearch: error: ") and "parameters.lr.low" in lines[0] and str(space) in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_task_lists_valid_ones(tmp_path: Path) -> None:
+    result = raysearch("run", "detection", "--results", str(tmp_path))
+    assert result.returncode == 2
+    assert "unknown task 'detection'" in result.stderr and "multitask" in result.stderr
+
+
+@pytest.mark.slow
+def test_run_multitask_end_to_end(tmp_path: Path) -> None:
+    data = write_phantom(tmp_path / "phantom", PhantomSpec(train=48, val=24, test=12, image_size=64), progress=False)
+    results = tmp_path / "results"
+    result = raysearch("run", "multitask", "--data", str(data), "--trials", "2", "--max-epochs", "2",
+                       "--image-size", "32", "--results", str(results), "--name", "tiny", "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Best trials by val_score" in result.stdout
+    assert "raysearch dashboard" in result.stdout
+    study = results / "tiny"
+
+    trials = pq.read_table(study / "trials.parquet").to_pandas()
+    assert len(trials) == 2 and trials["trial_id"].is_unique
+    assert set(trials["status"]) <= {"COMPLETED", "PRUNED", "EARLY_STOPPED"}
+    for column in ("param.conv_layers", "param.lr", "param.scheduler", "metric.val_score.best",
+                   "metric.val_score.last", "metric.val_accuracy.best", "metric.val_apd.last", "epochs",
+                   "wall_time_s", "checkpoint"):
+        assert column in trials.columns, column
+    assert trials["param.conv_layers"].dtype.kind == "i" and trials["param.lr"].dtype.kind == "f"
+    assert trials["epochs"].between(1, 2).all() and (trials["wall_time_s"] > 0).all()
+    assert all(Path(c, "state.pt").is_file() for c in trials["checkpoint"])
+
+    epochs = pq.read_table(study / "epochs.parquet").to_pandas()
+    assert len(epochs) == trials["epochs"].sum()
+    for column in ("trial_id", "epoch", "val_loss", "val_accuracy", "val_apd", "val_mse", "val_score", "lr",
+                   "epoch_time_s"):
+        assert column in epochs.columns, column
+    for trial_id, group in epochs.groupby("trial_id"):
+        assert group["epoch"].tolist() == list(range(1, len(group) + 1))
+        last = trials.set_index("trial_id").loc[trial_id, "metric.val_score.last"]
+        assert group["val_score"].iloc[-1] == pytest.approx(last)
+    assert epochs["val_accuracy"].between(0, 1).all() and (epochs["val_apd"] > 0).all()
+
+    resolved = yaml.safe_load((study / "study.yaml").read_text())
+    assert resolved["task"] == "multitask" and resolved["seed"] == 0
+    assert resolved["scheduler"]["name"] == "ASHA" and resolved["scheduler"]["time_attr"] == "epoch"
+    assert "lr" in resolved["search_space"]["parameters"]
+    assert resolved["versions"]["ray"].startswith("2.60")
+    assert (study / "optuna.db").is_file()
+
+    again = raysearch("run", "multitask", "--data", str(data), "--results", str(results), "--name", "tiny")
+    assert again.returncode == 2 and "already finished" in again.stderr

@@ -1,0 +1,98 @@
+"""The multitask trainable: model shapes across depths, metric functions on hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from raysearch.data.cache import CachedDataset
+from raysearch.metrics import (
+    average_point_distance,
+    classification_summary,
+    confusion_matrix,
+    point_distances,
+    polygon_skill,
+)
+from raysearch.tasks import create_task
+from raysearch.tasks.base import TaskContext
+from raysearch.training.hparams import defaults
+from raysearch.training.loop import baseline_apd, train_batches
+
+CONTEXT = TaskContext(num_classes=6, in_channels=1, baseline_apd=0.2)
+
+
+@pytest.mark.parametrize(("conv_layers", "pool_every", "width"), [(1, 1, 4), (3, 1, 8), (6, 2, 16), (8, 1, 8)])
+def test_model_shapes_across_depths(conv_layers: int, pool_every: int, width: int) -> None:
+    task = create_task("multitask")
+    hp = {**defaults(task.hyperparameters), "conv_layers": conv_layers, "pool_every": pool_every, "width": width}
+    model = task.build_model(hp, CONTEXT)
+    output = model(torch.randn(3, 1, 32, 32))
+    assert output["logits"].shape == (3, 6)
+    assert output["polygon"].shape == (3, 8)
+    assert 0 <= output["polygon"].min() and output["polygon"].max() <= 1
+    convolutions = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convolutions) == conv_layers
+
+
+def test_uncertainty_weighting_learns_log_variances() -> None:
+    task = create_task("multitask")
+    hp = {**defaults(task.hyperparameters), "loss_weighting": "uncertainty"}
+    model = task.build_model(hp, CONTEXT)
+    batch = {"image": torch.randn(4, 1, 32, 32), "label": torch.tensor([0, 1, 2, 3]), "polygon": torch.rand(4, 8)}
+    loss = task.loss(model, model(batch["image"]), batch, hp)
+    loss.backward()
+    assert model.log_variances.grad is not None and model.log_variances.grad.abs().sum() > 0
+
+
+def test_point_distance_hand_computed() -> None:
+    target = torch.tensor([[0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0]])
+    predicted = target + torch.tensor([[0.3, 0.4, 0.0, 0.0, 0.0, 0.1, 0.0, 0.0]])
+    assert point_distances(predicted, target)[0].tolist() == pytest.approx([0.5, 0.0, 0.1, 0.0])
+    assert average_point_distance(predicted, target) == pytest.approx(0.15)
+
+
+def test_classification_summary_hand_computed() -> None:
+    logits = torch.tensor([[2.0, 0, 0], [2.0, 0, 0], [0, 2.0, 0], [2.0, 0, 0], [0, 0, 2.0]])
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    confusion = confusion_matrix(logits, labels, 3)
+    assert confusion.tolist() == [[2, 0, 0], [1, 1, 1], [0, 0, 0]]
+    summary = classification_summary(confusion)
+    assert summary["accuracy"] == pytest.approx(3 / 5)
+    assert summary["balanced_accuracy"] == pytest.approx((1.0 + 1 / 3) / 2)
+    f1_class0 = 2 * (2 / 3) * 1.0 / (2 / 3 + 1.0)
+    f1_class1 = 2 * 1.0 * (1 / 3) / (1.0 + 1 / 3)
+    assert summary["macro_f1"] == pytest.approx((f1_class0 + f1_class1 + 0.0) / 3)
+
+
+def test_polygon_skill_and_score() -> None:
+    assert polygon_skill(0.1, 0.2) == pytest.approx(0.5)
+    assert polygon_skill(0.2, 0.2) == pytest.approx(0.0)
+    assert polygon_skill(0.3, 0.2) == pytest.approx(-0.5)
+    task = create_task("multitask")
+    sums = {"loss": torch.tensor(4.0), "count": torch.tensor(4.0), "distance": torch.tensor(0.4),
+            "squared_error": torch.tensor(0.08), "confusion": torch.tensor([[2, 0], [1, 1]])}
+    metrics = task.summarise(sums, TaskContext(2, 1, baseline_apd=0.2))
+    assert metrics["accuracy"] == pytest.approx(0.75)
+    assert metrics["apd"] == pytest.approx(0.1) and metrics["mse"] == pytest.approx(0.02)
+    assert metrics["score"] == pytest.approx(0.5 * 0.75 + 0.5 * 0.5)
+
+
+def test_baseline_apd_is_the_mean_polygon_error() -> None:
+    polygons = np.array([[0.2] * 8, [0.4] * 8, [0.5] * 8, [np.nan] * 8], dtype=np.float32)
+    data = CachedDataset(None, None, None, np.zeros(4), polygons, np.array([0, 0, 1, 1]), [], [])  # type: ignore[arg-type]
+    # mean training polygon is 0.3 everywhere; the one validation polygon is 0.2 away per coordinate
+    assert baseline_apd(data, np.array([0, 1]), np.array([2, 3])) == pytest.approx(math.hypot(0.2, 0.2), rel=1e-5)
+
+
+def test_train_batches_split_global_batch_over_workers() -> None:
+    rows = np.arange(20)
+    hp = {"batch_size": 8}
+    single = list(train_batches(rows, hp, epoch=0, seed=3, rank=0, world=1))
+    shards = [list(train_batches(rows, hp, epoch=0, seed=3, rank=r, world=2)) for r in range(2)]
+    assert [len(b) for b in single] == [8, 8, 4]
+    assert len(shards[0]) == len(shards[1]) == 3
+    assert sorted(np.concatenate([np.concatenate(s) for s in shards]).tolist()) == list(range(20))
+    assert not set(np.concatenate(shards[0]).tolist()) & set(np.concatenate(shards[1]).tolist())

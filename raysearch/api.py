@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -30,6 +31,7 @@ class StudyOutcome:
     trials: Any
     metric: str
     mode: str
+    search_seconds: float
 
 
 def load_dataset(data: str | None, *, progress: bool = True) -> DatasetIndex:
@@ -56,8 +58,9 @@ def run_study(spec: StudySpec, *, progress: bool = True, out: TextIO = sys.stdou
     import ray
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    from raysearch.search.resources import alive_nodes, concurrency_limit
     from raysearch.search.trial import TrialSettings
-    from raysearch.search.tuner import SearchSettings, build_tuner, max_concurrency, records_from
+    from raysearch.search.tuner import SearchSettings, build_tuner, records_from
 
     task = create_task(spec.task)
     hp_defaults = {**defaults(task.hyperparameters), "image_size": spec.image_size}
@@ -86,7 +89,7 @@ def run_study(spec: StudySpec, *, progress: bool = True, out: TextIO = sys.stdou
                             concurrency=spec.concurrency, max_failures=spec.max_failures)
     ray.init(address=spec.address, log_to_driver=True, configure_logging=False)
     try:
-        concurrency = max_concurrency(ray.cluster_resources(), trial, spec.concurrency)
+        concurrency = concurrency_limit(alive_nodes(), trial.shape, spec.concurrency)
         study_dir.mkdir(parents=True, exist_ok=True)
         data_info = {"root": str(index.root), "format": index.format, "classes": index.classes,
                      "fingerprint": fingerprint, "base_cache": str(base_cache),
@@ -102,7 +105,9 @@ def run_study(spec: StudySpec, *, progress: bool = True, out: TextIO = sys.stdou
                        "cluster": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}},
         )
         write_text_atomic(yaml.safe_dump(study, sort_keys=False), study_dir / STUDY_FILE)
+        started = time.perf_counter()
         grid = build_tuner(space, search, trial, concurrency).fit()
+        search_seconds = time.perf_counter() - started
         records = records_from(grid)
     finally:
         if not spec.address:
@@ -110,7 +115,7 @@ def run_study(spec: StudySpec, *, progress: bool = True, out: TextIO = sys.stdou
     table = trials_table(records, space, score=metric, mode=mode, max_epochs=spec.max_epochs)
     write_table_atomic(epochs_table(records), study_dir / EPOCHS_FILE)
     write_table_atomic(table, study_dir / TRIALS_FILE)
-    outcome = StudyOutcome(study_dir, table.to_pandas(), metric, mode)
+    outcome = StudyOutcome(study_dir, table.to_pandas(), metric, mode, search_seconds)
     print_summary(outcome, space, out)
     return outcome
 
@@ -130,7 +135,7 @@ def print_summary(outcome: StudyOutcome, space: SearchSpace, out: TextIO, top: i
         best = ranked.iloc[0]
         params = {p.name: _plain(best.get(f"param.{p.name}")) for p in space.parameters}
         print(f"\nBest configuration ({best['trial_id']}): {params}", file=out)
-    print(f"\nResults: {outcome.directory.resolve()}", file=out)
+    print(f"\nSearch took {outcome.search_seconds:.0f} s. Results: {outcome.directory.resolve()}", file=out)
     print(f"Explore them: raysearch dashboard {outcome.directory.parent.resolve()}", file=out)
 
 

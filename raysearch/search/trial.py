@@ -8,6 +8,7 @@ from typing import Any
 
 from raysearch.data.cache import ensure_cache
 from raysearch.data.samples import DatasetIndex
+from raysearch.search.resources import TrialShape
 from raysearch.training.hparams import preprocessing_of
 from raysearch.training.loop import LoopSettings, train
 
@@ -30,6 +31,11 @@ class TrialSettings:
     cpus_per_worker: float
     gpus_per_worker: float
     max_failures: int
+
+    @property
+    def shape(self) -> TrialShape:
+        """The resources one trial reserves."""
+        return TrialShape(self.workers, self.cpus_per_worker, self.gpus_per_worker)
 
 
 def is_reported_metric(name: str) -> bool:
@@ -62,11 +68,11 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    resources = {"CPU": settings.cpus_per_worker, **({"GPU": settings.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         _worker_main,
         train_loop_config={"hp": hp, "loop": loop},
-        scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu,
+                                     resources_per_worker=settings.shape.worker()),
         run_config=RunConfig(
             name=tune.get_context().get_trial_id(),
             storage_path=settings.storage_path,

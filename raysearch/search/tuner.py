@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raysearch.errors import ConfigError
 from raysearch.results import TrialRecord
+from raysearch.search.resources import ElasticConcurrency
 from raysearch.search.trial import TrialSettings, is_reported_metric, run_trial
 from raysearch.space import SearchSpace
-
-TRIAL_FUNCTION_CPUS = 0.01
 
 
 @dataclass(frozen=True)
@@ -31,31 +28,16 @@ class SearchSettings:
     max_failures: int
 
 
-def trial_resources(settings: TrialSettings) -> dict[str, float]:
-    """What Tune reserves for the trial function itself (its Train workers reserve their own)."""
-    if settings.workers == 1:
-        gpus = {"GPU": settings.gpus_per_worker} if settings.gpus_per_worker else {}
-        return {"CPU": settings.cpus_per_worker, **gpus}
-    return {"CPU": TRIAL_FUNCTION_CPUS}
+def trainable(trial: TrialSettings) -> Any:
+    """The Tune trainable: `run_trial` with the study's settings and one trial's resources."""
+    from ray import tune
 
-
-def max_concurrency(cluster: dict[str, float], settings: TrialSettings, requested: int | None) -> int:
-    """How many trials fit at once in the cluster's resources (Tune does not count Train workers)."""
-    own = trial_resources(settings)
-    extra_cpu = own["CPU"] if settings.workers > 1 else 0.0
-    per_trial_cpu = settings.workers * settings.cpus_per_worker + extra_cpu
-    fits = math.floor(cluster.get("CPU", 0.0) / per_trial_cpu + 1e-9)
-    if settings.gpus_per_worker:
-        fits = min(fits, math.floor(cluster.get("GPU", 0.0) / (settings.workers * settings.gpus_per_worker) + 1e-9))
-    if fits < 1:
-        needed = f"{per_trial_cpu:g} CPU" + (f", {settings.workers * settings.gpus_per_worker:g} GPU" if settings.gpus_per_worker else "")
-        raise ConfigError(f"one trial needs {needed} but the cluster has {cluster.get('CPU', 0):g} CPU, "
-                          f"{cluster.get('GPU', 0):g} GPU (see --workers-per-trial, --cpus-per-worker, --gpus-per-worker)")
-    return min(fits, requested) if requested else fits
+    return tune.with_resources(tune.with_parameters(run_trial, settings=trial), trial.shape.trial_function())
 
 
 def build_tuner(space: SearchSpace, search: SearchSettings, trial: TrialSettings, concurrency: int) -> Any:
-    """The Tuner for a new study, with its Optuna study kept in SQLite beside the results."""
+    """The Tuner for a new study, with its Optuna study kept in SQLite beside the results and a
+    concurrency limit (starting at `concurrency`) that follows the cluster's nodes."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -68,12 +50,11 @@ def build_tuner(space: SearchSpace, search: SearchSettings, trial: TrialSettings
     )
     scheduler = ASHAScheduler(time_attr="epoch", max_t=trial.max_epochs, grace_period=search.grace_period,
                               reduction_factor=search.reduction_factor)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=trial), trial_resources(trial))
     return tune.Tuner(
-        trainable,
+        trainable(trial),
         tune_config=tune.TuneConfig(
-            metric=search.metric, mode=search.mode, search_alg=searcher, scheduler=scheduler,
-            num_samples=search.trials, max_concurrent_trials=concurrency,
+            metric=search.metric, mode=search.mode, scheduler=scheduler, num_samples=search.trials,
+            search_alg=ElasticConcurrency(searcher, trial.shape, search.concurrency, concurrency),
             trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=lambda t: t.trial_id,
         ),
         run_config=tune.RunConfig(

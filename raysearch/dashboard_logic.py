@@ -1,0 +1,246 @@
+"""What the dashboard computes, without Streamlit: ranking, filtering, Pareto fronts, hyperparameter
+importance, confusion matrices, and the guard that keeps every file read inside the results folder.
+
+Only pandas, numpy and Optuna are imported here, so the dashboard starts without the training stack.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+
+from raysearch.errors import DataError
+
+TRIALS_FILE, EPOCHS_FILE, PREDICTIONS_FILE, AUDIT_FILE = (
+    "trials.parquet", "epochs.parquet", "predictions.parquet", "audit.parquet")
+STATUSES = ("COMPLETED", "EARLY_STOPPED", "PRUNED", "FAILED")
+LOWER_IS_BETTER = re.compile(r"(loss|apd|mse|mae|error|latency|params|time|epochs|\.std$)")
+CONFUSION_CELL = re.compile(r"^metric\.val_confusion_(\d+)_(\d+)\.best$")
+BONE_FRACTURE_CLASSES = {"elbow positive", "fingers positive", "forearm fracture", "humerus fracture", "humerus",
+                         "shoulder fracture", "wrist positive"}
+BONE_FRACTURE_ATTRIBUTION = (
+    "Radiographs: Bone Fracture Detection dataset (Roboflow Universe, version 4), licensed CC BY 4.0 "
+    "(https://creativecommons.org/licenses/by/4.0/).")
+IMPORTANCE_EVALUATORS = ("fANOVA", "MeanDecreaseImpurity")
+
+
+def safe_path(root: Path, candidate: str | Path) -> Path:
+    """`candidate` (relative to `root`, or absolute) resolved, if it lies inside `root`; else a DataError.
+
+    Symbolic links are resolved first, so a link pointing out of the folder is refused too.
+    """
+    base = Path(root).resolve()
+    path = Path(candidate)
+    resolved = (path if path.is_absolute() else base / path).resolve()
+    if not resolved.is_relative_to(base):
+        raise DataError(f"{candidate}: refused, the path lies outside the results folder {base}")
+    return resolved
+
+
+def find_studies(results: Path) -> list[Path]:
+    """The study folders (with a trials.parquet) in a results folder, or the folder itself if it is one."""
+    results = Path(results)
+    if (results / TRIALS_FILE).is_file():
+        return [results]
+    return sorted(p for p in results.iterdir() if (p / TRIALS_FILE).is_file()) if results.is_dir() else []
+
+
+def lower_is_better(column: str) -> bool:
+    """Whether smaller values of a metric column are better (losses, errors, size, time, spread)."""
+    return bool(LOWER_IS_BETTER.search(column.removeprefix("metric.").removeprefix("test.")))
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """The numeric columns a leaderboard can be ranked by: test metrics first, then validation, then cost."""
+    numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c]) and not c.startswith("param.")]
+    test = [c for c in numeric if c.startswith("test.")]
+    best = [c for c in numeric if c.startswith("metric.") and c.endswith(".best")]
+    cost = [c for c in ("params", "latency_ms", "wall_time_s", "epochs") if c in numeric]
+    return test + best + cost
+
+
+def rank_trials(frame: pd.DataFrame, column: str, mode: str) -> pd.DataFrame:
+    """Trials sorted best first by `column` ("max" or "min"), missing values last, with a 1-based `rank`."""
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    ranked = frame.sort_values(column, ascending=mode == "min", na_position="last", kind="stable")
+    return ranked.assign(rank=np.arange(1, len(ranked) + 1)).reset_index(drop=True)
+
+
+def filter_trials(frame: pd.DataFrame, *, statuses: Iterable[str] | None = None, tasks: Iterable[str] | None = None,
+                  choices: Mapping[str, Iterable[Any]] | None = None,
+                  ranges: Mapping[str, tuple[float, float]] | None = None) -> pd.DataFrame:
+    """Trials whose status, task, categorical parameters (`choices`) and numeric parameters (`ranges`,
+    inclusive) match. A trial without a value for a conditional parameter is kept."""
+    keep = pd.Series(True, index=frame.index)
+    if statuses is not None:
+        keep &= frame["status"].isin(list(statuses))
+    if tasks is not None and "task" in frame:
+        keep &= frame["task"].isin(list(tasks))
+    for column, allowed in (choices or {}).items():
+        keep &= frame[column].isna() | frame[column].isin(list(allowed))
+    for column, (low, high) in (ranges or {}).items():
+        keep &= frame[column].isna() | frame[column].between(low, high)
+    return frame[keep]
+
+
+def pareto_front(frame: pd.DataFrame, objective: str, mode: str, costs: Sequence[str]) -> pd.Series:
+    """True for trials no other trial beats: at least as good on `objective` and every cost (lower is
+    better), strictly better on one. Trials with a missing value are never on the front."""
+    columns = [objective, *costs]
+    complete = frame[columns].notna().all(axis=1)
+    values = frame.loc[complete, columns].to_numpy(dtype=float)
+    if mode == "max":
+        values[:, 0] = -values[:, 0]
+    on_front = np.array([
+        not np.any(np.all(values <= point, axis=1) & np.any(values < point, axis=1)) for point in values
+    ], dtype=bool)
+    result = pd.Series(False, index=frame.index)
+    result[complete[complete].index] = on_front
+    return result
+
+
+def study_distributions(study: Mapping[str, Any]) -> dict[str, Any]:
+    """The search space's Optuna distributions, from study.yaml (Optuna's own JSON form)."""
+    from optuna.distributions import json_to_distribution
+
+    parameters = study.get("search_space", {}).get("parameters", {})
+    return {name: json_to_distribution(json.dumps(spec["distribution"])) for name, spec in parameters.items()}
+
+
+def _param_value(value: Any, distribution: Any) -> Any:
+    """A value from a Parquet column as the distribution expects it (ints from floats, matching choices)."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        matches = [c for c in distribution.choices if c == value or str(c) == str(value)]
+        return matches[0] if matches else value
+    if isinstance(distribution, IntDistribution):
+        return int(value)
+    return float(value)
+
+
+def importance_study(frame: pd.DataFrame, distributions: Mapping[str, Any], score: str, mode: str, *,
+                     include_pruned: bool = True) -> Any:
+    """An in-memory Optuna study of the finished trials (value = `score`), for Optuna's importance tools.
+
+    Trials stopped by ASHA count with their best score when `include_pruned`; failed trials never do.
+    """
+    import optuna
+
+    statuses = {"COMPLETED", "EARLY_STOPPED"} | ({"PRUNED"} if include_pruned else set())
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    for _, row in frame[frame["status"].isin(statuses) & frame[score].notna()].iterrows():
+        params = {name: _param_value(row[f"param.{name}"], d) for name, d in distributions.items()
+                  if f"param.{name}" in row and pd.notna(row[f"param.{name}"])}
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={n: distributions[n] for n in params}, value=float(row[score])))
+    return study
+
+
+def param_importances(frame: pd.DataFrame, distributions: Mapping[str, Any], score: str, mode: str, *,
+                      evaluator: str = "fANOVA", include_pruned: bool = True, seed: int = 0) -> dict[str, float]:
+    """Optuna's importance of each sampled hyperparameter for `score` (fANOVA or MeanDecreaseImpurity),
+    normalised to sum to 1; empty when fewer than two trials qualify."""
+    from optuna.importance import (
+        FanovaImportanceEvaluator,
+        MeanDecreaseImpurityImportanceEvaluator,
+        get_param_importances,
+    )
+
+    evaluators = {"fANOVA": FanovaImportanceEvaluator, "MeanDecreaseImpurity": MeanDecreaseImpurityImportanceEvaluator}
+    if evaluator not in evaluators:
+        raise ValueError(f"evaluator must be one of {', '.join(evaluators)}, got {evaluator!r}")
+    study = importance_study(frame, distributions, score, mode, include_pruned=include_pruned)
+    if len(study.trials) < 2:
+        return {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return dict(get_param_importances(study, evaluator=evaluators[evaluator](seed=seed)))
+
+
+def parallel_dimensions(frame: pd.DataFrame, params: Sequence[str]) -> list[dict[str, Any]]:
+    """Plotly Parcoords dimensions for the given parameter columns: numbers as they are, categories as
+    codes with their names as tick labels (missing values as the label "—")."""
+    dimensions = []
+    for column in params:
+        values = frame[column]
+        label = column.removeprefix("param.")
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            dimensions.append({"label": label, "values": values.astype(float).tolist()})
+            continue
+        names = values.map(lambda v: "—" if pd.isna(v) else str(v))
+        categories = sorted(names.unique())
+        dimensions.append({"label": label, "values": names.map(categories.index).tolist(),
+                           "tickvals": list(range(len(categories))), "ticktext": categories})
+    return dimensions
+
+
+def stop_points(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The last epoch of every trial that was stopped early (by ASHA or by patience), with its status."""
+    stopped = trials.loc[trials["status"].isin(["PRUNED", "EARLY_STOPPED"]), ["trial_id", "status"]]
+    last = epochs.sort_values("epoch").groupby("trial_id", as_index=False).last()
+    return last.merge(stopped, on="trial_id")[["trial_id", "status", "epoch", metric]]
+
+
+def confusion_from_metrics(row: Mapping[str, Any], num_classes: int) -> np.ndarray | None:
+    """The validation confusion matrix from `metric.val_confusion_<true>_<pred>.best` values, if reported."""
+    cells = {(int(m.group(1)), int(m.group(2))): v for k, v in row.items() if (m := CONFUSION_CELL.match(k))}
+    if not cells:
+        return None
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for (true, predicted), value in cells.items():
+        if true < num_classes and predicted < num_classes and pd.notna(value):
+            matrix[true, predicted] = int(value)
+    return matrix
+
+
+def confusion_from_predictions(predictions: pd.DataFrame, num_classes: int) -> np.ndarray:
+    """Counts of (true class, predicted class) over the predictions that have both."""
+    both = predictions.dropna(subset=["true_class", "pred_class"])
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (both["true_class"].astype(int), both["pred_class"].astype(int)), 1)
+    return matrix
+
+
+def prediction_errors(predictions: pd.DataFrame, *, apd_limit: float, iou_limit: float) -> pd.Series:
+    """True for a wrong prediction: wrong class, polygon further than `apd_limit` (mean point distance,
+    normalised units), or mask IoU below `iou_limit`."""
+    wrong = pd.Series(False, index=predictions.index)
+    if "pred_class" in predictions:
+        known = predictions["true_class"].notna() & predictions["pred_class"].notna()
+        wrong |= known & (predictions["true_class"] != predictions["pred_class"])
+    if "apd" in predictions:
+        wrong |= predictions["apd"].notna() & (predictions["apd"] > apd_limit)
+    if "iou" in predictions:
+        wrong |= predictions["iou"].notna() & (predictions["iou"] < iou_limit)
+    return wrong
+
+
+def dataset_attribution(study: Mapping[str, Any]) -> str | None:
+    """The license attribution to show with results on the real bone-fracture radiographs, else None."""
+    data = study.get("data", {})
+    real = "bone-fracture" in str(data.get("root", "")).lower() or set(data.get("classes", [])) == BONE_FRACTURE_CLASSES
+    return BONE_FRACTURE_ATTRIBUTION if real else None
+
+
+def ray_dashboard_candidates(environment: Mapping[str, str], study: Mapping[str, Any]) -> list[str]:
+    """Where a live Ray dashboard may be: $RAY_DASHBOARD_URL, the host of $RAY_ADDRESS or of the study's
+    cluster address on port 8265, then the local default."""
+    candidates = [environment.get("RAY_DASHBOARD_URL", "")]
+    for address in (environment.get("RAY_ADDRESS", ""), str(study.get("spec", {}).get("address") or "")):
+        if address and address != "auto":
+            parsed = urlparse(address if "://" in address else f"ray://{address}")
+            scheme = parsed.scheme if parsed.scheme in ("http", "https") else "http"
+            port = parsed.port if parsed.scheme in ("http", "https") and parsed.port else 8265
+            candidates.append(f"{scheme}://{parsed.hostname}:{port}")
+    candidates.append("http://127.0.0.1:8265")
+    return list(dict.fromkeys(c for c in candidates if c))

@@ -1,0 +1,306 @@
+"""Test-set evaluation of a finished study's best trials.
+
+With one repeat, each of the top-K trials' best checkpoint is reloaded; with R > 1, each configuration is
+retrained with R seeds (the study's seed, +1, ...) by the same training loop, in this process, and the
+test metrics are reported as mean and sample standard deviation. Results go to `predictions.parquet`
+(one row per test image per evaluated model) and to `test.*` columns of `trials.parquet`, both replaced
+as a whole by each evaluation.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from raysearch.dashboard_logic import rank_trials
+from raysearch.data.cache import CachedDataset, cache_key, dataset_fingerprint, ensure_cache, load_cache
+from raysearch.data.preprocess import fit, placement
+from raysearch.errors import ConfigError, DataError
+from raysearch.metrics import point_distances
+from raysearch.results import TRIALS_FILE, write_table_atomic
+from raysearch.tasks import create_task
+from raysearch.tasks.base import Task, TaskContext
+from raysearch.trained import build_model, device, read_study, restore_trial, trial_hyperparameters
+from raysearch.training.hparams import preprocessing_of
+from raysearch.training.loop import BEST_FILE, LoopSettings, baseline_apd, make_batch, train
+from raysearch.training.loop import evaluate as evaluate_rows
+
+PREDICTIONS_FILE, PREDICTIONS_DIR = "predictions.parquet", "predictions"
+VIEW_SIZE = 256
+FLOAT_LIST = pa.list_(pa.float32())
+PREDICTION_SCHEMA = pa.schema([
+    ("study", pa.string()), ("trial_id", pa.string()), ("repeat", pa.int64()), ("seed", pa.int64()),
+    ("image", pa.string()), ("view", pa.string()),
+    ("true_class", pa.int64()), ("true_class_name", pa.string()),
+    ("pred_class", pa.int64()), ("pred_class_name", pa.string()), ("probabilities", FLOAT_LIST),
+    ("true_polygon", FLOAT_LIST), ("pred_polygon", FLOAT_LIST), ("apd", pa.float64()),
+    ("true_mask", pa.string()), ("mask", pa.string()), ("iou", pa.float64()),
+])
+
+
+class EvaluationSession:
+    """An in-process, single-worker training session that keeps each epoch's metrics and the best weights."""
+
+    world_rank = 0
+    world_size = 1
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.history: list[dict[str, Any]] = []
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    def restored(self) -> AbstractContextManager[Path | None]:
+        return nullcontext(None)
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        self.history.append(metrics)
+        if checkpoint is not None and (checkpoint / BEST_FILE).is_file():
+            self.best_weights = torch.load(checkpoint / BEST_FILE, map_location=self.device, weights_only=True)["model"]
+
+
+@dataclass(frozen=True)
+class Model:
+    """One evaluated model: a trial's configuration trained with one seed."""
+
+    trial_id: str
+    repeat: int
+    seed: int
+    network: nn.Module
+    hp: dict[str, Any]
+
+
+def _study_cache(study_dir: Path, study: Mapping[str, Any], hp: Mapping[str, Any], progress: bool) -> CachedDataset:
+    """The preprocessed arrays for a trial's preprocessing: the study's cache, rebuilt from the data if gone."""
+    preprocessing = preprocessing_of(dict(hp))
+    fingerprint = study["data"]["fingerprint"]
+    cache_root = study_dir.parent / "cache"
+    directory = cache_root / cache_key(fingerprint, preprocessing)
+    if not (directory / "meta.json").is_file():
+        from raysearch.api import load_dataset
+
+        index = load_dataset(study["data"]["root"], progress=progress)
+        if dataset_fingerprint(index) != fingerprint:
+            raise DataError(f"{study['data']['root']}: the dataset changed since study {study['name']} ran "
+                            "(fingerprint differs); evaluate it on the data it was searched on")
+        directory, _ = ensure_cache(index, fingerprint, preprocessing, cache_root, progress=progress)
+    return load_cache(directory)
+
+
+def _retrain(study: Mapping[str, Any], hp: dict[str, Any], data: CachedDataset, seed: int, max_epochs: int) -> nn.Module:
+    """Train a configuration from scratch with `seed`; the network with its best-validation weights."""
+    session = EvaluationSession(device())
+    settings = LoopSettings(study["task"], str(data.directory), max_epochs, seed, threads=os.cpu_count() or 1,
+                            cache_hit=True)
+    train(hp, settings, session)
+    network = build_model(create_task(study["task"]), hp, len(data.classes)).to(session.device)
+    if session.best_weights is not None:
+        network.load_state_dict(session.best_weights)
+    return network.eval()
+
+
+def _test_metrics(task: Task, model: Model, data: CachedDataset) -> dict[str, float]:
+    """The task's metrics on the usable test images (polygon skill against the mean training polygon)."""
+    train_rows, test_rows = task.usable(data, data.indices("train")), task.usable(data, data.indices("test"))
+    if not len(test_rows):
+        return {}
+    context = TaskContext(len(data.classes), model.hp["channels"], baseline_apd(data, train_rows, test_rows))
+    return evaluate_rows(task, model.network, data, test_rows, model.hp, context, EvaluationSession(device()))
+
+
+@torch.no_grad()
+def _predict(task: Task, model: Model, data: CachedDataset, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-image predictions (Task.predictions) for cache `rows`, in order."""
+    model.network.eval()
+    size = model.hp["batch_size"]
+    parts = [task.predictions(model.network(make_batch(data, rows[i : i + size], model.hp, device())["image"]))
+             for i in range(0, len(rows), size)]
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]} if parts else {}
+
+
+def _png(image: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), image)
+
+
+def _views(study_dir: Path, data: CachedDataset, rows: np.ndarray, resize: str) -> list[str]:
+    """The test radiographs as the model saw their geometry (resize or letterbox) at VIEW_SIZE, written once
+    into the study folder; returns their paths relative to it."""
+    relative = []
+    for row in rows:
+        path = Path(PREDICTIONS_DIR) / "images" / resize / f"{row}-{Path(data.paths[row]).stem}.png"
+        if not (study_dir / path).is_file():
+            image = cv2.imread(data.paths[row], cv2.IMREAD_GRAYSCALE)
+            if image is None:
+                view = cv2.resize(np.asarray(data.images[row]), (VIEW_SIZE, VIEW_SIZE), interpolation=cv2.INTER_LINEAR)
+            else:
+                view = fit(image, placement(image.shape[1], image.shape[0], VIEW_SIZE, resize))
+            _png(view, study_dir / path)
+        relative.append(path.as_posix())
+    return relative
+
+
+def _masks(study_dir: Path, folder: str, data: CachedDataset, rows: np.ndarray, masks: np.ndarray) -> list[str]:
+    """Binary masks written as 0/255 PNGs under predictions/<folder>/; their paths relative to the study."""
+    relative = []
+    for row, mask in zip(rows, masks, strict=True):
+        path = Path(PREDICTIONS_DIR) / folder / f"{row}-{Path(data.paths[row]).stem}.png"
+        _png(mask.astype(np.uint8) * np.uint8(255), study_dir / path)
+        relative.append(path.as_posix())
+    return relative
+
+
+def _iou(predicted: np.ndarray, true: np.ndarray) -> list[float]:
+    """Per-image intersection over union of binary masks (1.0 where both are empty)."""
+    inter = np.logical_and(predicted, true).sum(axis=(1, 2))
+    union = np.logical_or(predicted, true).sum(axis=(1, 2))
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0).tolist()
+
+
+def _polygons(values: np.ndarray) -> list[list[float] | None]:
+    return [None if np.isnan(v).any() else v.tolist() for v in values]
+
+
+def _prediction_columns(study_dir: Path, study: Mapping[str, Any], model: Model, data: CachedDataset,
+                        predicted: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, list[Any]]:
+    """The predictions.parquet columns of one model, one entry per test image."""
+    classes, n = data.classes, len(rows)
+    labels = np.asarray(data.labels[rows])
+    true_polygons = np.asarray(data.polygons[rows], dtype=np.float32)
+    columns: dict[str, list[Any]] = {
+        "study": [study["name"]] * n, "trial_id": [model.trial_id] * n, "repeat": [model.repeat] * n,
+        "seed": [model.seed] * n, "image": [data.paths[r] for r in rows],
+        "view": _views(study_dir, data, rows, model.hp["resize"]),
+        "true_class": [int(c) if c >= 0 else None for c in labels],
+        "true_class_name": [classes[c] if c >= 0 else None for c in labels],
+        "true_polygon": _polygons(true_polygons),
+    }
+    if "class" in predicted:
+        columns["pred_class"] = predicted["class"].tolist()
+        columns["pred_class_name"] = [classes[c] for c in predicted["class"]]
+        columns["probabilities"] = predicted["probabilities"].tolist()
+    if "polygon" in predicted:
+        distances = point_distances(torch.from_numpy(predicted["polygon"]),
+                                    torch.from_numpy(np.nan_to_num(true_polygons))).mean(dim=1).numpy()
+        columns["pred_polygon"] = predicted["polygon"].tolist()
+        columns["apd"] = [None if np.isnan(t).any() else float(d) for t, d in zip(true_polygons, distances, strict=True)]
+    if "mask" in predicted:
+        true_masks = np.asarray(data.masks[rows])
+        geometry = f"{model.hp['resize']}-{model.hp['image_size']}"
+        columns["true_mask"] = _masks(study_dir, f"truth/{geometry}", data, rows, true_masks)
+        columns["mask"] = _masks(study_dir, f"masks/{model.trial_id}-r{model.repeat}", data, rows, predicted["mask"])
+        columns["iou"] = _iou(predicted["mask"], true_masks)
+    return columns
+
+
+def _summary(runs: list[dict[str, float]]) -> dict[str, float]:
+    """`test.<metric>` for one run; `test.<metric>.mean` / `.std` (sample std) and `test.repeats` for several."""
+    if len(runs) == 1:
+        return {f"test.{name}": value for name, value in runs[0].items()}
+    frame = pd.DataFrame(runs)
+    summary: dict[str, float] = {"test.repeats": len(runs)}
+    for name in frame.columns:
+        summary[f"test.{name}.mean"] = float(frame[name].mean())
+        summary[f"test.{name}.std"] = float(frame[name].std(ddof=1))
+    return summary
+
+
+def _with_test_columns(table: pa.Table, results: Mapping[str, Mapping[str, float]]) -> pa.Table:
+    """`table` with its test.* columns replaced by `results` (trial id → test metrics)."""
+    table = table.select([c for c in table.column_names if not c.startswith("test.")])
+    ids = table.column("trial_id").to_pylist()
+    names = list(dict.fromkeys(name for metrics in results.values() for name in metrics))
+    for name in names:
+        kind = pa.int64() if name == "test.repeats" else pa.float64()
+        table = table.append_column(name, pa.array([results.get(t, {}).get(name) for t in ids], kind))
+    return table
+
+
+def _models(study_dir: Path, study: Mapping[str, Any], row: Mapping[str, Any], data_for: Any, repeats: int,
+            max_epochs: int) -> list[Model]:
+    """The models of one trial: its best checkpoint (one repeat, when it has one), else retrained per seed."""
+    seed = study["seed"]
+    if repeats == 1:
+        try:
+            _, network, hp = restore_trial(study_dir, study, row["trial_id"], row, device())
+            return [Model(row["trial_id"], 0, seed, network, hp)]
+        except DataError:
+            pass
+    hp = trial_hyperparameters(study, row)
+    data = data_for(hp)
+    return [Model(row["trial_id"], r, seed + r, _retrain(study, hp, data, seed + r, max_epochs), hp)
+            for r in range(repeats)]
+
+
+def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epochs: int | None = None,
+                   progress: bool = True, out: TextIO = sys.stdout) -> pd.DataFrame:
+    """Evaluate the `top` best trials on the test split (see module docstring); returns their test metrics."""
+    from tqdm.auto import tqdm
+
+    for flag, value in (("--top", top), ("--repeats", repeats), ("--max-epochs", max_epochs or 1)):
+        if value < 1:
+            raise ConfigError(f"{flag}: must be at least 1, got {value}")
+    study_dir = Path(study_dir)
+    study = read_study(study_dir)
+    trials_path = study_dir / TRIALS_FILE
+    if not trials_path.is_file():
+        raise DataError(f"{study_dir}: the study has no {TRIALS_FILE} yet (still running or interrupted)")
+    table = pq.read_table(trials_path)
+    metric, mode = study["scheduler"]["metric"], study["scheduler"]["mode"]
+    frame = table.to_pandas()
+    ranked = rank_trials(frame[frame["status"] != "FAILED"], f"metric.{metric}.best", mode).head(top)
+    if ranked.empty:
+        print("No finished trial to evaluate on the test split.", file=out)
+        return ranked
+    rows = {r["trial_id"]: r for r in table.to_pylist()}
+    task = create_task(study["task"])
+    caches: dict[str, CachedDataset] = {}
+
+    def data_for(hp: Mapping[str, Any]) -> CachedDataset:
+        key = cache_key(study["data"]["fingerprint"], preprocessing_of(dict(hp)))
+        if key not in caches:
+            caches[key] = _study_cache(study_dir, study, hp, progress)
+        return caches[key]
+
+    shutil.rmtree(study_dir / PREDICTIONS_DIR / "masks", ignore_errors=True)
+    results: dict[str, dict[str, float]] = {}
+    predictions: list[pa.Table] = []
+    epochs = max_epochs or study["spec"]["max_epochs"]
+    for trial_id in tqdm(ranked["trial_id"], desc="evaluate", disable=not progress):
+        runs = []
+        for model in _models(study_dir, study, rows[trial_id], data_for, repeats, epochs):
+            data = data_for(model.hp)
+            test_rows = data.indices("test")
+            runs.append(_test_metrics(task, model, data))
+            columns = _prediction_columns(study_dir, study, model, data, _predict(task, model, data, test_rows), test_rows)
+            predictions.append(pa.table({f.name: pa.array(columns.get(f.name, [None] * len(test_rows)), f.type)
+                                         for f in PREDICTION_SCHEMA}, schema=PREDICTION_SCHEMA))
+        results[trial_id] = _summary(runs)
+    write_table_atomic(pa.concat_tables(predictions), study_dir / PREDICTIONS_FILE)
+    write_table_atomic(_with_test_columns(table, results), trials_path)
+    summary = pd.DataFrame([{"trial_id": t, **m} for t, m in results.items()])
+    print(f"\nTest split ({repeats} repeat{'s' if repeats > 1 else ''} per trial):", file=out)
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"), file=out)
+    return summary
+
+
+def finish_study(study_dir: Path, *, progress: bool = True, out: TextIO = sys.stdout) -> None:
+    """What `raysearch run` does after the search: evaluate the best trial on the test split, export it."""
+    from raysearch.export import export_model
+
+    if evaluate_study(study_dir, top=1, repeats=1, progress=progress, out=out).empty:
+        return
+    print(f"Best model exported to {export_model(study_dir)}", file=out)

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from torch.nn import functional as F
 import yaml
 
 from raysearch.api import run_study
-from raysearch.data.cache import ensure_cache, dataset_fingerprint, load_cache
+from raysearch.data.cache import dataset_fingerprint, ensure_cache, load_cache
 from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.data.preprocess import Preprocessing, normalise
 from raysearch.data.yolo import read_yolo
@@ -46,7 +47,6 @@ def plain_loop(cache_dir: Path, image_size: int, epochs: int, threads: int) -> f
     model = task.build_model(hp, TaskContext(len(data.classes), 1, 0.2))
     optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"])
     preprocessing = Preprocessing(image_size=image_size)
-    loss_fn = torch.nn.functional
     times = []
     for epoch in range(epochs):
         started = time.perf_counter()
@@ -58,7 +58,7 @@ def plain_loop(cache_dir: Path, image_size: int, epochs: int, threads: int) -> f
             labels = torch.from_numpy(np.asarray(data.labels[rows]))
             polygons = torch.from_numpy(np.asarray(data.polygons[rows]))
             output = model(images)
-            loss = loss_fn.cross_entropy(output["logits"], labels) + loss_fn.smooth_l1_loss(output["polygon"], polygons)
+            loss = F.cross_entropy(output["logits"], labels) + F.smooth_l1_loss(output["polygon"], polygons)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -70,7 +70,9 @@ def plain_loop(cache_dir: Path, image_size: int, epochs: int, threads: int) -> f
     return len(train_rows) / float(np.median(times[1:]))
 
 
-def raysearch_trials(data: Path, results: Path, image_size: int, epochs: int, trials: int, workers: int) -> tuple[float, float]:
+def raysearch_trials(
+    data: Path, results: Path, image_size: int, epochs: int, trials: int, workers: int
+) -> tuple[float, float]:
     """(steady-state images/s, fixed seconds per trial) of raysearch trials run one at a time."""
     space = results / "fixed.yaml"
     space.write_text(yaml.safe_dump({"task": "multitask", "fixed": FIXED}))
@@ -103,8 +105,9 @@ def main() -> None:
             plain = plain_loop(cache_dir, args.image_size, args.epochs, threads=workers)
             trial_rate, fixed = raysearch_trials(data, Path(tmp, "results"), args.image_size, args.epochs,
                                                  args.trials, workers)
-            print(f"{workers}-worker trial: plain loop ({workers} thread(s)) {plain:7.1f} img/s | raysearch trial "
-                  f"{trial_rate:7.1f} img/s | ratio (b)/(a) {trial_rate / plain:.2f} | fixed overhead {fixed:.1f} s/trial")
+            print(f"{workers}-worker trial: plain loop ({workers} thread(s)) {plain:7.1f} img/s | "
+                  f"raysearch trial {trial_rate:7.1f} img/s | ratio (b)/(a) {trial_rate / plain:.2f} | "
+                  f"fixed overhead {fixed:.1f} s/trial")
 
 
 if __name__ == "__main__":

@@ -81,7 +81,9 @@ def _typed_column(values: list[Any]) -> pa.Array:
     return pa.array(values, type=kind)
 
 
-def trials_table(records: Sequence[TrialRecord], space: SearchSpace, *, score: str, mode: str, max_epochs: int) -> pa.Table:
+def trials_table(
+    records: Sequence[TrialRecord], space: SearchSpace, *, score: str, mode: str, max_epochs: int
+) -> pa.Table:
     """One row per trial: id, status, `param.<name>`, `metric.<name>.best` (at the best-scoring epoch)
     and `metric.<name>.last`, epochs run, best epoch, wall time, checkpoint, error."""
     metrics = _metric_names(records)
@@ -101,7 +103,8 @@ def trials_table(records: Sequence[TrialRecord], space: SearchSpace, *, score: s
         columns[f"param.{name}"] = _typed_column([r.config.get(name) for r in records])
     for name in metrics:
         columns[f"metric.{name}.best"] = pa.array([_float(b.get(name)) for b in best], pa.float64())
-        columns[f"metric.{name}.last"] = pa.array([_float(r.epochs[-1].get(name)) if r.epochs else None for r in records], pa.float64())
+        last = [_float(r.epochs[-1].get(name)) if r.epochs else None for r in records]
+        columns[f"metric.{name}.last"] = pa.array(last, pa.float64())
     return pa.table(columns)
 
 

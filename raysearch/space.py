@@ -136,7 +136,9 @@ def _parse_parameter(where: str, name: str, spec: Any, earlier: dict[str, Parame
             for key in ("low", "high", "step"):
                 if key in spec and not isinstance(spec[key], int):
                     raise ConfigError(f"{where}.{key}: expected int, got {spec[key]!r}")
-            distribution = IntDistribution(spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step", 1))
+            distribution = IntDistribution(
+                spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step", 1)
+            )
         else:
             distribution = FloatDistribution(float(spec["low"]), float(spec["high"]), log=spec.get("log", False),
                                              step=spec.get("step"))

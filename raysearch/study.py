@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from raysearch.data.records import SplitRatios
 from raysearch.errors import ConfigError
 
 SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -39,6 +40,10 @@ class StudySpec:
     grace_period: int = 1
     reduction_factor: int = 2
     max_failures: int = 2
+    format: str | None = None
+    on_error: str = "skip"
+    empty_labels: str = "skip"
+    split_ratios: str = "0.8,0.1,0.1"
 
     def __post_init__(self) -> None:
         positive = {"trials": self.trials, "max_epochs": self.max_epochs, "workers_per_trial": self.workers_per_trial,
@@ -54,6 +59,11 @@ class StudySpec:
             raise ConfigError(f"--gpus-per-worker: must not be negative, got {self.gpus_per_worker}")
         if self.concurrency is not None and self.concurrency < 1:
             raise ConfigError(f"--concurrency: must be at least 1, got {self.concurrency}")
+        self.splits()
+
+    def splits(self) -> SplitRatios:
+        """The train/val/test shares for datasets without split folders (ConfigError if malformed)."""
+        return SplitRatios.parse(self.split_ratios)
 
     def space_path(self) -> Path:
         """The search-space file: the one given, or the task's default in search_spaces/."""

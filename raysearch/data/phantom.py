@@ -26,6 +26,7 @@ from raysearch.errors import ConfigError
 CLASS_NAMES: tuple[str, ...] = ("finger", "wrist", "forearm", "elbow", "humerus", "shoulder")
 GENERATOR_VERSION = 1
 _SUBPIXEL_BITS = 4
+_Point = tuple[float, float] | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class _Bone:
     density: float = 1.0
 
 
-def _long_bone(p0: tuple[float, float], p1: tuple[float, float], radius: float, flare: float = 0.5) -> _Bone:
+def _long_bone(p0: _Point, p1: _Point, radius: float, flare: float = 0.5) -> _Bone:
     """A tube from p0 to p1 whose ends widen by `flare` (epiphyses) and are capped by half circles."""
     a, b = np.asarray(p0, float), np.asarray(p1, float)
     u = (b - a) / np.linalg.norm(b - a)
@@ -81,7 +82,7 @@ def _long_bone(p0: tuple[float, float], p1: tuple[float, float], radius: float, 
     return _Bone(outline, np.stack([a, b]), radius)
 
 
-def _blob(centre: tuple[float, float], rx: float, ry: float, angle: float = 0.0) -> _Bone:
+def _blob(centre: _Point, rx: float, ry: float, angle: float = 0.0) -> _Bone:
     """An ellipse of spongy bone (carpal, humeral head, condyle)."""
     phi = np.linspace(0.0, 2.0 * np.pi, 24, endpoint=False)
     c, s, x, y = np.cos(angle), np.sin(angle), rx * np.cos(phi), ry * np.sin(phi)
@@ -102,24 +103,16 @@ def _ray(start: np.ndarray, angle: float, length: float) -> np.ndarray:
     return start + length * np.array([np.sin(angle), -np.cos(angle)])
 
 
-def _digit(rng: np.random.Generator, base: np.ndarray, angle: float, scale: float) -> list[_Bone]:
-    """A metacarpal stub and three phalanges, each slightly bent from the last, joints left open."""
-    bones, p = [], base
-    for length, radius in ((0.22, 0.032), (0.26, 0.028), (0.17, 0.024), (0.12, 0.021)):
-        q = _ray(p, angle, length * scale)
-        bones.append(_long_bone(tuple(p), tuple(q), radius * scale, flare=0.45))
-        p, angle = _ray(q, angle, 0.035 * scale), angle + rng.uniform(-0.15, 0.15)
-    return bones
-
-
 def _finger(rng: np.random.Generator) -> list[_Bone]:
-    """One to three fingers of thin phalanges, fanned slightly."""
-    n = int(rng.integers(1, 4))
-    bones: list[_Bone] = []
+    """One to three fingers, each a metacarpal stub and three thin phalanges bent slightly at open joints."""
+    n, bones = int(rng.integers(1, 4)), []
     for k in range(n):
-        offset = (k - (n - 1) / 2) * 0.26
-        angle = offset * 0.4 + rng.uniform(-0.08, 0.08)
-        bones += _digit(rng, np.array([offset, 0.62]), angle, rng.uniform(0.95, 1.15))
+        p = np.array([(k - (n - 1) / 2) * 0.26, 0.62])
+        angle, scale = p[0] * 0.4 + rng.uniform(-0.08, 0.08), rng.uniform(0.95, 1.15)
+        for length, radius in ((0.22, 0.032), (0.26, 0.028), (0.17, 0.024), (0.12, 0.021)):
+            q = _ray(p, angle, length * scale)
+            bones.append(_long_bone(p, q, radius * scale, flare=0.45))
+            p, angle = _ray(q, angle, 0.035 * scale), angle + rng.uniform(-0.15, 0.15)
     return bones
 
 
@@ -150,12 +143,12 @@ def _elbow(rng: np.random.Generator) -> list[_Bone]:
     """The distal humerus with its condyles meeting radius and ulna bent at the joint."""
     joint = np.array([0.0, rng.uniform(-0.12, 0.0)])
     angle = np.pi - rng.uniform(0.25, 1.1)
-    bones = [_long_bone((0.0, -0.8), tuple(joint - (0, 0.05)), 0.06, flare=0.6),
-             _blob(tuple(joint), rng.uniform(0.1, 0.13), 0.055, rng.uniform(-0.15, 0.15))]
+    bones = [_long_bone((0.0, -0.8), joint - (0, 0.05), 0.06, flare=0.6),
+             _blob(joint, rng.uniform(0.1, 0.13), 0.055, rng.uniform(-0.15, 0.15))]
     side = np.array([np.cos(angle), np.sin(angle)])
     for offset, radius in ((-0.055, 0.04), (0.055, 0.036)):
         start = _ray(joint + offset * side, angle, 0.09)
-        bones.append(_long_bone(tuple(start), tuple(_ray(start, angle, 0.8)), radius, flare=0.5))
+        bones.append(_long_bone(start, _ray(start, angle, 0.8), radius, flare=0.5))
     return bones
 
 
@@ -170,8 +163,8 @@ def _shoulder(rng: np.random.Generator) -> list[_Bone]:
     head = np.array([0.08, rng.uniform(-0.2, -0.08)])
     r = rng.uniform(0.11, 0.14)
     scapula = np.array([[-0.05, head[1] - 0.1], [-0.55, -0.4], [-0.45, 0.55], [-0.1, head[1] + 0.16]])
-    return [_blob(tuple(head), r, r * rng.uniform(0.9, 1.05)),
-            _long_bone(tuple(head + (0.02, 0.9 * r)), (0.14, 0.8), rng.uniform(0.06, 0.075), flare=0.4),
+    return [_blob(head, r, r * rng.uniform(0.9, 1.05)),
+            _long_bone(head + (0.02, 0.9 * r), (0.14, 0.8), rng.uniform(0.06, 0.075), flare=0.4),
             _plate(scapula + rng.normal(0, 0.03, scapula.shape), rng.uniform(0.35, 0.5)),
             _long_bone((-0.7, head[1] - 0.26), (0.2, head[1] - rng.uniform(0.2, 0.3)), 0.032, flare=0.5)]
 
@@ -324,6 +317,8 @@ def _canonical(box: np.ndarray, size: int) -> np.ndarray:
 
 def render_phantom(rng: np.random.Generator, class_id: int, image_size: int) -> PhantomImage:
     """Render one phantom radiograph of class `class_id` with one fracture, its bone mask and polygon."""
+    if not 0 <= class_id < len(CLASS_NAMES):
+        raise ValueError(f"class_id must be in 0..{len(CLASS_NAMES) - 1}, got {class_id}")
     bones = _posed(rng, _LAYOUTS[class_id](rng), image_size)
     fracture = _plan_fracture(rng, bones, image_size)
     bone, mask = _bones(rng, bones, fracture, image_size)
@@ -345,11 +340,17 @@ def _is_complete(out: Path, spec: PhantomSpec) -> bool:
     return isinstance(data, dict) and data.get("phantom") == _manifest(spec)
 
 
+def _imwrite(path: Path, image: np.ndarray) -> None:
+    """Write a PNG, failing loudly (OpenCV only returns False)."""
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f"{path}: could not write image")
+
+
 def _write_sample(folder: Path, split: str, index: int, sample: PhantomImage) -> None:
     """Write one image, its YOLO segmentation label and its bone mask."""
     stem = f"phantom_{index:06d}"
-    cv2.imwrite(str(folder / split / "images" / f"{stem}.png"), sample.image)
-    cv2.imwrite(str(folder / split / "masks" / f"{stem}.png"), sample.mask * np.uint8(255))
+    _imwrite(folder / split / "images" / f"{stem}.png", sample.image)
+    _imwrite(folder / split / "masks" / f"{stem}.png", sample.mask * np.uint8(255))
     coords = " ".join(f"{v:.6f}" for v in sample.polygon.ravel())
     (folder / split / "labels" / f"{stem}.txt").write_text(f"{sample.class_id} {coords}\n")
 

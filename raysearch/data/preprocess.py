@@ -7,10 +7,13 @@ channel count are applied per batch (see `normalise`), so they never multiply th
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 ResizeMode = Literal["stretch", "letterbox"]
 FilterName = Literal["none", "median", "gaussian", "bilateral"]
@@ -92,7 +95,7 @@ def enhance(image: np.ndarray, config: Preprocessing) -> np.ndarray:
     return image
 
 
-def normalise(batch: np.ndarray | "torch.Tensor", config: Preprocessing) -> "torch.Tensor":
+def normalise(batch: np.ndarray | torch.Tensor, config: Preprocessing) -> torch.Tensor:
     """uint8 (N, H, W) → float32 (N, C, H, W) with the configured normalisation and channel count."""
     import torch
 

@@ -1,26 +1,36 @@
-"""The Python API behind the CLI: `run_study` does what `raysearch run` does."""
+"""The Python API behind the CLI: `run_study` does what `raysearch run` does, `resume_study` what
+`raysearch resume` does."""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
-from raysearch.data.cache import dataset_fingerprint, ensure_cache
+from raysearch.data.cache import cache_issues, dataset_fingerprint, ensure_cache
+from raysearch.data.records import issues_table
 from raysearch.data.samples import DatasetIndex
-from raysearch.errors import ConfigError
+from raysearch.errors import ConfigError, DataError
 from raysearch.results import EPOCHS_FILE, TRIALS_FILE, epochs_table, trials_table, write_table_atomic, write_text_atomic
 from raysearch.space import SearchSpace, load_space
 from raysearch.study import StudySpec, resolved_study
 from raysearch.tasks import create_task
 from raysearch.training.hparams import defaults, preprocessing_of
 
+if TYPE_CHECKING:
+    from raysearch.results import TrialRecord
+    from raysearch.search.trial import TrialSettings
+    from raysearch.search.tuner import SearchSettings
+
 STUDY_FILE = "study.yaml"
+DATA_ISSUES_FILE = "data_issues.parquet"
 
 
 @dataclass(frozen=True)
@@ -34,15 +44,33 @@ class StudyOutcome:
     search_seconds: float
 
 
-def load_dataset(data: str | None, *, progress: bool = True) -> DatasetIndex:
-    """The dataset at `data`, or the built-in phantom X-rays (generated once into a cache) when None."""
+def load_dataset(data: str | None, *, format: str | None = None, on_error: str = "skip", empty_labels: str = "skip",
+                 split_ratios: str = "0.8,0.1,0.1", progress: bool = True, out: TextIO = sys.stdout) -> DatasetIndex:
+    """The dataset at `data` (any format, see raysearch.data.formats), or the built-in phantom X-rays when None.
+
+    Prints what was read and what was left out: empty label files and problems are never dropped silently.
+    """
+    from raysearch.data import formats
     from raysearch.data.phantom import PhantomSpec, ensure_phantom
-    from raysearch.data.yolo import read_yolo
+    from raysearch.data.records import SplitRatios, describe_index
 
     root = ensure_phantom(PhantomSpec(), progress=progress) if data is None else Path(data)
     if not root.exists():
         raise ConfigError(f"--data: {root} does not exist")
-    return read_yolo(root)
+    index = formats.load_dataset(root, format, on_error=on_error, empty_labels=empty_labels,
+                                 split_ratios=SplitRatios.parse(split_ratios))
+    print(describe_index(index), file=out)
+    return index
+
+
+def _add_cache_issues(index: DatasetIndex, cache: Path, on_error: str) -> None:
+    """Images that passed the reader but could not be decoded when the cache was built join `index.issues`."""
+    found = cache_issues(cache)
+    if found and on_error == "error":
+        raise DataError(f"{found[0]} (use --on-error skip to skip such files)")
+    if found:
+        print(f"  {len(found)} images could not be decoded and were skipped (first: {found[0]})")
+    index.issues.extend(found)
 
 
 def _space_for(spec: StudySpec, known: set[str]) -> tuple[SearchSpace, str]:
@@ -53,14 +81,28 @@ def _space_for(spec: StudySpec, known: set[str]) -> tuple[SearchSpace, str]:
     return space, path.read_text()
 
 
-def run_study(spec: StudySpec, *, progress: bool = True, out: TextIO = sys.stdout) -> StudyOutcome:
-    """Run a whole study: data, cache, Ray Tune search, Parquet results, summary on `out`."""
-    import ray
+@dataclass(frozen=True)
+class _Plan:
+    """A study resolved from its spec: names, folders, data, and the settings of its trials and search."""
 
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    from raysearch.search.resources import alive_nodes, concurrency_limit
+    spec: StudySpec
+    name: str
+    directory: Path
+    space: SearchSpace
+    defaults: dict[str, Any]
+    index: DatasetIndex
+    fingerprint: str
+    base_cache: Path
+    trial: TrialSettings
+    search: SearchSettings
+
+
+def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
+    """Resolve `spec`; ConfigError when the study folder's state does not allow a run (or a resume)."""
+    from ray.tune import Tuner
+
     from raysearch.search.trial import TrialSettings
-    from raysearch.search.tuner import SearchSettings, build_tuner, records_from
+    from raysearch.search.tuner import SearchSettings, experiment_dir
 
     task = create_task(spec.task)
     hp_defaults = {**defaults(task.hyperparameters), "image_size": spec.image_size}
@@ -70,14 +112,20 @@ def run_study(spec: StudySpec, *, progress: bool = True, out: TextIO = sys.stdou
     study_dir = results_root / name
     if (study_dir / TRIALS_FILE).exists():
         raise ConfigError(f"study {name} already finished in {study_dir}; choose another --name or delete it")
-    if (study_dir / "ray" / name).exists():
-        raise ConfigError(f"study {name} was interrupted in {study_dir}; continue it with `raysearch resume {study_dir}`")
-    index = load_dataset(spec.data, progress=progress)
+    interrupted = Tuner.can_restore(experiment_dir(study_dir, name))
+    if interrupted and not resuming:
+        raise ConfigError(f"study {name} was interrupted in {study_dir}; continue it with "
+                          f"`raysearch resume {study_dir}`")
+    if resuming and not interrupted:
+        raise ConfigError(f"study {name} in {study_dir} has no Ray Tune state to resume; start it with `raysearch run`")
+    index = load_dataset(spec.data, format=spec.format, on_error=spec.on_error, empty_labels=spec.empty_labels,
+                         split_ratios=spec.split_ratios, progress=progress)
     fingerprint = dataset_fingerprint(index)
     cache_root = results_root / "cache"
     base_cache, _ = ensure_cache(index, fingerprint, preprocessing_of({**hp_defaults, **space.fixed}), cache_root,
                                  progress=progress)
-    metric, mode = space.metric or f"val_{task.score}", space.mode or task.mode
+    _add_cache_issues(index, base_cache, spec.on_error)
+    metric, mode = space.metric or task.score, space.mode or task.mode
     trial = TrialSettings(
         task=spec.task, defaults={**hp_defaults, **space.fixed}, index=index, fingerprint=fingerprint,
         cache_root=str(cache_root.resolve()), storage_path=str((study_dir / "train").resolve()),
@@ -87,36 +135,100 @@ def run_study(spec: StudySpec, *, progress: bool = True, out: TextIO = sys.stdou
     search = SearchSettings(name=name, results_dir=study_dir, trials=spec.trials, metric=metric, mode=mode,
                             seed=spec.seed, grace_period=spec.grace_period, reduction_factor=spec.reduction_factor,
                             concurrency=spec.concurrency, max_failures=spec.max_failures)
-    ray.init(address=spec.address, log_to_driver=True, configure_logging=False)
+    return _Plan(spec, name, study_dir, space, hp_defaults, index, fingerprint, base_cache, trial, search)
+
+
+@contextmanager
+def _connected(address: str | None) -> Iterator[None]:
+    """Connected to the Ray cluster at `address`, or to a local instance started (and stopped) here."""
+    import ray
+
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    ray.init(address=address, log_to_driver=True, configure_logging=False)
     try:
-        concurrency = concurrency_limit(alive_nodes(), trial.shape, spec.concurrency)
-        study_dir.mkdir(parents=True, exist_ok=True)
+        yield
+    finally:
+        if not address:
+            ray.shutdown()
+
+
+def run_study(spec: StudySpec, *, progress: bool = True, out: TextIO = sys.stdout) -> StudyOutcome:
+    """Run a whole study: data, cache, Ray Tune search, Parquet results, summary on `out`."""
+    import ray
+
+    from raysearch.search.resources import alive_nodes, concurrency_limit
+    from raysearch.search.tuner import build_tuner, records_from
+
+    plan = _plan(spec, progress=progress, resuming=False)
+    index, metric, mode = plan.index, plan.search.metric, plan.search.mode
+    with _connected(spec.address):
+        concurrency = concurrency_limit(alive_nodes(), plan.trial.shape, spec.concurrency)
+        plan.directory.mkdir(parents=True, exist_ok=True)
+        write_table_atomic(issues_table(index.issues), plan.directory / DATA_ISSUES_FILE)
         data_info = {"root": str(index.root), "format": index.format, "classes": index.classes,
-                     "fingerprint": fingerprint, "base_cache": str(base_cache),
+                     "fingerprint": plan.fingerprint, "base_cache": str(plan.base_cache),
                      "samples": {s: len(index.split(s)) for s in ("train", "val", "test")},
                      "skipped_empty_labels": index.skipped_empty, "issues": [str(i) for i in index.issues]}
         study = resolved_study(
-            spec, name=name, space=space.to_dict(), data=data_info, defaults=hp_defaults,
-            scheduler={"name": "ASHA", "time_attr": "epoch", "max_t": spec.max_epochs, "grace_period": spec.grace_period,
-                       "reduction_factor": spec.reduction_factor, "metric": metric, "mode": mode,
-                       "searcher": "OptunaSearch(TPESampler)"},
+            spec, name=plan.name, space=plan.space.to_dict(), data=data_info, defaults=plan.defaults,
+            scheduler={"name": "ASHA", "time_attr": "epoch", "max_t": spec.max_epochs,
+                       "grace_period": spec.grace_period, "reduction_factor": spec.reduction_factor,
+                       "metric": metric, "mode": mode, "searcher": "OptunaSearch(TPESampler)"},
             resources={"workers_per_trial": spec.workers_per_trial, "cpus_per_worker": spec.cpus_per_worker,
                        "gpus_per_worker": spec.gpus_per_worker, "concurrency": concurrency,
                        "cluster": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}},
         )
-        write_text_atomic(yaml.safe_dump(study, sort_keys=False), study_dir / STUDY_FILE)
+        write_text_atomic(yaml.safe_dump(study, sort_keys=False), plan.directory / STUDY_FILE)
         started = time.perf_counter()
-        grid = build_tuner(space, search, trial, concurrency).fit()
+        grid = build_tuner(plan.space, plan.search, plan.trial, concurrency).fit()
         search_seconds = time.perf_counter() - started
         records = records_from(grid)
-    finally:
-        if not spec.address:
-            ray.shutdown()
-    table = trials_table(records, space, score=metric, mode=mode, max_epochs=spec.max_epochs)
-    write_table_atomic(epochs_table(records), study_dir / EPOCHS_FILE)
-    write_table_atomic(table, study_dir / TRIALS_FILE)
-    outcome = StudyOutcome(study_dir, table.to_pandas(), metric, mode, search_seconds)
-    print_summary(outcome, space, out)
+    return _finish(plan, records, search_seconds, progress=progress, out=out)
+
+
+def resume_study(study_dir: Path, *, address: str | None = None, progress: bool = True,
+                 out: TextIO = sys.stdout) -> StudyOutcome:
+    """Continue an interrupted study in `study_dir` (driver killed, machine rebooted): finished trials are
+    kept, unfinished ones continue from their last checkpoint, the searcher's state (Optuna's trials)
+    is restored, and the Parquet files end with every trial exactly once."""
+    from raysearch.search.resources import alive_nodes, concurrency_limit
+    from raysearch.search.tuner import records_from, restore_tuner
+
+    study_file = Path(study_dir) / STUDY_FILE
+    if not study_file.is_file():
+        raise ConfigError(f"{study_dir}: no {STUDY_FILE}, so not a study that `raysearch run` started")
+    recorded = yaml.safe_load(study_file.read_text())
+    try:
+        spec = StudySpec(**{**recorded["spec"], "results": str(Path(study_dir).parent), "address": address})
+    except (TypeError, KeyError) as error:
+        raise ConfigError(f"{study_file}: spec: not a study description this raysearch reads ({error})") from None
+    plan = _plan(spec, progress=progress, resuming=True)
+    if plan.name != recorded["name"] or plan.space.to_dict() != recorded["search_space"]:
+        raise ConfigError(f"{study_file}: search_space: {spec.space_path()} changed since the study started")
+    if plan.fingerprint != recorded["data"]["fingerprint"]:
+        raise ConfigError(f"{study_file}: data.fingerprint: the dataset at {plan.index.root} changed since the "
+                          "study started")
+    with _connected(address):
+        concurrency_limit(alive_nodes(), plan.trial.shape, spec.concurrency)
+        started = time.perf_counter()
+        grid = restore_tuner(plan.search, plan.trial).fit()
+        search_seconds = time.perf_counter() - started
+        records = records_from(grid)
+    return _finish(plan, records, search_seconds, progress=progress, out=out)
+
+
+def _finish(plan: _Plan, records: list[TrialRecord], search_seconds: float, *, progress: bool,
+            out: TextIO) -> StudyOutcome:
+    """Write the trials and their epochs as Parquet, finish the study's results, print the summary."""
+    from raysearch.evaluate import finish_study
+
+    metric, mode = plan.search.metric, plan.search.mode
+    table = trials_table(records, plan.space, score=metric, mode=mode, max_epochs=plan.spec.max_epochs)
+    write_table_atomic(epochs_table(records), plan.directory / EPOCHS_FILE)
+    write_table_atomic(table, plan.directory / TRIALS_FILE)
+    finish_study(plan.directory, progress=progress, out=out)
+    outcome = StudyOutcome(plan.directory, table.to_pandas(), metric, mode, search_seconds)
+    print_summary(outcome, plan.space, out)
     return outcome
 
 

@@ -14,7 +14,12 @@ EXAMPLES = """examples:
   raysearch run multitask                                 # built-in phantom X-rays, local Ray
   raysearch run classification --data ../shared/datasets/bone-fracture-yolo --trials 20
   raysearch run multitask --address ray://head:10001 --workers-per-trial 2 --gpus-per-worker 0.5
+  raysearch resume raysearch-results/multitask-1a2b3c4d   # after the driver or the machine stopped
   raysearch data phantom ./phantom --train 600
+  raysearch data audit ../shared/datasets/bone-fracture-yolo  # counts, problems, duplicates -> audit.parquet
+  raysearch evaluate raysearch-results/multitask-1a2b3c4d --top 3 --repeats 5
+  raysearch predict raysearch-results/multitask-1a2b3c4d/model xray1.png xray2.jpg --out labelled/
+  raysearch dashboard raysearch-results
 """
 
 
@@ -37,6 +42,26 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
                      help="Ray cluster to join (default: $RAY_ADDRESS, else start a local one)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_dataset_options(run)
+    run.add_argument("--on-error", choices=("skip", "error"), default="skip",
+                     help="a corrupt image or malformed label: skip it (listed in data_issues.parquet) or stop")
+    run.add_argument("--empty-labels", choices=("skip", "background"), default="skip",
+                     help="images with empty label files: skip them (counted) or use them as class 'no fracture'")
+
+
+def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=("yolo", "class-folders", "image-mask"),
+                        help="dataset format (default: detected from the folder)")
+    parser.add_argument("--split-ratios", default="0.8,0.1,0.1",
+                        help="TRAIN,VAL,TEST shares for datasets without split folders (default: %(default)s)")
+
+
+def _add_resume(commands: argparse._SubParsersAction) -> None:
+    resume = commands.add_parser("resume", help="continue an interrupted study where it stopped")
+    resume.add_argument("study", type=Path, help="study folder (RESULTS/STUDY_NAME)")
+    resume.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
+                        help="Ray cluster to join (default: $RAY_ADDRESS, else start a local one)")
+    resume.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_data(commands: argparse._SubParsersAction) -> None:
@@ -48,6 +73,30 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
     phantom.add_argument("--test", type=int, default=120)
     phantom.add_argument("--image-size", type=int, default=128)
     phantom.add_argument("--seed", type=int, default=0)
+    audit = data.add_parser("audit", help="report what a dataset holds and what is wrong with it (audit.parquet)")
+    audit.add_argument("path", type=Path, help="dataset folder or data.yaml")
+    audit.add_argument("--out", type=Path, help="output folder (default: raysearch-results/audit/DATASET_NAME)")
+    audit.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_dataset_options(audit)
+
+
+def _add_results(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser("evaluate", help="evaluate a finished study's best trials on the test split")
+    evaluate.add_argument("study", type=Path, help="study folder (RESULTS/STUDY_NAME)")
+    evaluate.add_argument("--top", type=int, default=1, help="evaluate the K best trials (default: %(default)s)")
+    evaluate.add_argument("--repeats", type=int, default=1,
+                          help="1: reload each trial's best checkpoint; R > 1: retrain with R seeds, mean ± std")
+    evaluate.add_argument("--max-epochs", type=int, help="epochs per retraining (default: the study's)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    predict = commands.add_parser("predict", help="label new radiographs with an exported model")
+    predict.add_argument("model", type=Path, help="exported model folder (STUDY/model) or a study folder")
+    predict.add_argument("images", type=Path, nargs="+", help="image files")
+    predict.add_argument("--out", type=Path, default=Path("raysearch-predictions"),
+                         help="folder for overlay PNGs and predictions.json (default: %(default)s)")
+    dashboard = commands.add_parser("dashboard", help="open the Streamlit dashboard on a results folder")
+    dashboard.add_argument("results", type=Path, nargs="?", default=Path("raysearch-results"),
+                           help="results folder (default: %(default)s)")
+    dashboard.add_argument("--port", type=int, default=8501, help="local port (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_run(commands)
+    _add_resume(commands)
     _add_data(commands)
+    _add_results(commands)
     return parser
 
 
@@ -69,22 +120,80 @@ def _run(args: argparse.Namespace) -> None:
         task=args.task, data=args.data, space=args.space, name=args.name, results=args.results, trials=args.trials,
         max_epochs=args.max_epochs, image_size=args.image_size, workers_per_trial=args.workers_per_trial,
         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker, concurrency=args.concurrency,
-        seed=args.seed, address=args.address,
+        seed=args.seed, address=args.address, format=args.format, on_error=args.on_error,
+        empty_labels=args.empty_labels, split_ratios=args.split_ratios,
     )
     run_study(spec, progress=not args.quiet)
 
 
+def _resume(args: argparse.Namespace) -> None:
+    from raysearch.api import resume_study
+
+    resume_study(args.study, address=args.address, progress=not args.quiet)
+
+
 def _data(args: argparse.Namespace) -> None:
+    if args.data_command == "audit":
+        _audit(args)
+        return
     from raysearch.data.phantom import PhantomSpec, write_phantom
 
     spec = PhantomSpec(train=args.train, val=args.val, test=args.test, image_size=args.image_size, seed=args.seed)
     print(write_phantom(args.out, spec))
 
 
+def _audit(args: argparse.Namespace) -> None:
+    from raysearch.data.audit import audit_dataset, format_audit, write_audit
+    from raysearch.data.records import SplitRatios
+    from raysearch.errors import DataError
+    from raysearch.study import DEFAULT_RESULTS
+
+    audit = audit_dataset(args.path, args.format, split_ratios=SplitRatios.parse(args.split_ratios),
+                          progress=not args.quiet)
+    print(format_audit(audit))
+    written = write_audit(audit, args.out or DEFAULT_RESULTS / "audit" / audit.name)
+    print(f"Written: {written}")
+    if audit.fatal:
+        raise DataError(f"{args.path}: training is impossible: {'; '.join(audit.fatal)}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from raysearch.evaluate import evaluate_study
+
+    evaluate_study(args.study, top=args.top, repeats=args.repeats, max_epochs=args.max_epochs,
+                   progress=not args.quiet)
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from raysearch.export import MODEL_DIR, predict
+
+    model = args.model / MODEL_DIR if (args.model / MODEL_DIR).is_dir() else args.model
+    for found in predict(model, args.images, args.out):
+        label = f"{found.class_name} ({found.probability:.1%})" if found.class_name else "-"
+        polygon = " ".join(f"{v:.3f}" for v in found.polygon) if found.polygon else "-"
+        print(f"{found.image}: class {label}; polygon {polygon}; overlay {found.overlay}")
+    print(f"Predictions: {args.out / 'predictions.json'}")
+
+
+def _dashboard(args: argparse.Namespace) -> None:
+    import subprocess
+
+    from raysearch.errors import ConfigError
+
+    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    if not args.results.is_dir():
+        raise ConfigError(f"{args.results}: no such results folder")
+    if not app.is_file():
+        raise ConfigError(f"{app}: the dashboard app is missing (install raysearch from its source tree)")
+    subprocess.run([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+                    "--client.toolbarMode", "minimal", "--", "--results", str(args.results.resolve())], check=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `raysearch` console script."""
     args = build_parser().parse_args(argv)
-    handlers = {"run": _run, "data": _data}
+    handlers = {"run": _run, "resume": _resume, "data": _data, "evaluate": _evaluate, "predict": _predict,
+                "dashboard": _dashboard}
     try:
         handlers[args.command](args)
     except RaysearchError as error:

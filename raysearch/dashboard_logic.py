@@ -24,6 +24,7 @@ TRIALS_FILE, EPOCHS_FILE, PREDICTIONS_FILE, AUDIT_FILE = (
 STATUSES = ("COMPLETED", "EARLY_STOPPED", "PRUNED", "FAILED")
 LOWER_IS_BETTER = re.compile(r"(loss|apd|mse|mae|error|latency|params|time|epochs|\.std$)")
 CONFUSION_CELL = re.compile(r"^metric\.val_confusion_(\d+)_(\d+)\.best$")
+PER_CLASS = re.compile(r"_\d+(_\d+)?$")
 BONE_FRACTURE_CLASSES = {"elbow positive", "fingers positive", "forearm fracture", "humerus fracture", "humerus",
                          "shoulder fracture", "wrist positive"}
 BONE_FRACTURE_ATTRIBUTION = (
@@ -58,9 +59,30 @@ def lower_is_better(column: str) -> bool:
     return bool(LOWER_IS_BETTER.search(column.removeprefix("metric.").removeprefix("test.")))
 
 
+def metric_name(column: str) -> str:
+    """The metric a column holds: `metric.val_recall_2.best` → `val_recall_2`, `test.iou.mean` → `iou`."""
+    name = column.removeprefix("metric.").removeprefix("test.")
+    for suffix in (".best", ".last", ".mean", ".std"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def is_per_class(column: str) -> bool:
+    """Whether a column holds one class's metric or one confusion-matrix cell (`precision_3`, `confusion_1_2`)."""
+    return bool(PER_CLASS.search(metric_name(column)))
+
+
+def headline_columns(columns: Iterable[str], prefix: str) -> list[str]:
+    """The columns starting with `prefix` that summarise a model (no per-class ones), the score first."""
+    chosen = [c for c in columns if c.startswith(prefix) and not is_per_class(c) and c != "test.repeats"]
+    return sorted(chosen, key=lambda c: metric_name(c).removeprefix("val_") != "score")
+
+
 def metric_columns(frame: pd.DataFrame) -> list[str]:
-    """The numeric columns a leaderboard can be ranked by: test metrics first, then validation, then cost."""
-    numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c]) and not c.startswith("param.")]
+    """The numeric columns a leaderboard can be ranked by: test metrics first, then validation, then cost
+    (confusion-matrix cells left out)."""
+    numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c]) and not c.startswith("param.")
+               and "confusion_" not in c]
     test = [c for c in numeric if c.startswith("test.")]
     best = [c for c in numeric if c.startswith("metric.") and c.endswith(".best")]
     cost = [c for c in ("params", "latency_ms", "wall_time_s", "epochs") if c in numeric]
@@ -97,7 +119,7 @@ def pareto_front(frame: pd.DataFrame, objective: str, mode: str, costs: Sequence
     better), strictly better on one. Trials with a missing value are never on the front."""
     columns = [objective, *costs]
     complete = frame[columns].notna().all(axis=1)
-    values = frame.loc[complete, columns].to_numpy(dtype=float)
+    values = frame.loc[complete, columns].to_numpy(dtype=float, copy=True)
     if mode == "max":
         values[:, 0] = -values[:, 0]
     on_front = np.array([
@@ -128,6 +150,13 @@ def _param_value(value: Any, distribution: Any) -> Any:
     return float(value)
 
 
+def typed_params(row: Mapping[str, Any], distributions: Mapping[str, Any]) -> dict[str, Any]:
+    """A trials-table row's sampled parameters (name → value, typed by their distribution), skipping the
+    conditional ones the trial did not use (missing values)."""
+    return {name: _param_value(row[f"param.{name}"], d) for name, d in distributions.items()
+            if f"param.{name}" in row and pd.notna(row[f"param.{name}"])}
+
+
 def importance_study(frame: pd.DataFrame, distributions: Mapping[str, Any], score: str, mode: str, *,
                      include_pruned: bool = True) -> Any:
     """An in-memory Optuna study of the finished trials (value = `score`), for Optuna's importance tools.
@@ -139,8 +168,7 @@ def importance_study(frame: pd.DataFrame, distributions: Mapping[str, Any], scor
     statuses = {"COMPLETED", "EARLY_STOPPED"} | ({"PRUNED"} if include_pruned else set())
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     for _, row in frame[frame["status"].isin(statuses) & frame[score].notna()].iterrows():
-        params = {name: _param_value(row[f"param.{name}"], d) for name, d in distributions.items()
-                  if f"param.{name}" in row and pd.notna(row[f"param.{name}"])}
+        params = typed_params(row, distributions)
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions={n: distributions[n] for n in params}, value=float(row[score])))
     return study

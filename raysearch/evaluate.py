@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from raysearch.dashboard_logic import rank_trials
+from raysearch.dashboard_logic import headline_columns, metric_name, rank_trials
 from raysearch.data.cache import CachedDataset, cache_key, dataset_fingerprint, ensure_cache, load_cache
 from raysearch.data.preprocess import fit, placement
 from raysearch.errors import ConfigError, DataError
@@ -34,7 +34,14 @@ from raysearch.metrics import point_distances
 from raysearch.results import TRIALS_FILE, write_table_atomic
 from raysearch.tasks import create_task
 from raysearch.tasks.base import Task, TaskContext
-from raysearch.trained import build_model, device, read_study, restore_trial, trial_hyperparameters
+from raysearch.trained import (
+    best_checkpoint,
+    build_model,
+    device,
+    read_study,
+    restore_trial,
+    trial_hyperparameters,
+)
 from raysearch.training.hparams import preprocessing_of
 from raysearch.training.loop import BEST_FILE, LoopSettings, baseline_apd, make_batch, train
 from raysearch.training.loop import evaluate as evaluate_rows
@@ -100,7 +107,8 @@ def _study_cache(study_dir: Path, study: Mapping[str, Any], hp: Mapping[str, Any
     return load_cache(directory)
 
 
-def _retrain(study: Mapping[str, Any], hp: dict[str, Any], data: CachedDataset, seed: int, max_epochs: int) -> nn.Module:
+def _retrain(study: Mapping[str, Any], hp: dict[str, Any], data: CachedDataset, seed: int,
+             max_epochs: int) -> nn.Module:
     """Train a configuration from scratch with `seed`; the network with its best-validation weights."""
     session = EvaluationSession(device())
     settings = LoopSettings(study["task"], str(data.directory), max_epochs, seed, threads=os.cpu_count() or 1,
@@ -196,7 +204,8 @@ def _prediction_columns(study_dir: Path, study: Mapping[str, Any], model: Model,
         distances = point_distances(torch.from_numpy(predicted["polygon"]),
                                     torch.from_numpy(np.nan_to_num(true_polygons))).mean(dim=1).numpy()
         columns["pred_polygon"] = predicted["polygon"].tolist()
-        columns["apd"] = [None if np.isnan(t).any() else float(d) for t, d in zip(true_polygons, distances, strict=True)]
+        columns["apd"] = [None if np.isnan(t).any() else float(d)
+                          for t, d in zip(true_polygons, distances, strict=True)]
     if "mask" in predicted:
         true_masks = np.asarray(data.masks[rows])
         geometry = f"{model.hp['resize']}-{model.hp['image_size']}"
@@ -229,16 +238,16 @@ def _with_test_columns(table: pa.Table, results: Mapping[str, Mapping[str, float
     return table
 
 
-def _models(study_dir: Path, study: Mapping[str, Any], row: Mapping[str, Any], data_for: Any, repeats: int,
-            max_epochs: int) -> list[Model]:
+def _models(study_dir: Path, study: Mapping[str, Any], row: Mapping[str, Any],
+            data_for: Callable[[Mapping[str, Any]], CachedDataset], repeats: int, max_epochs: int,
+            out: TextIO) -> list[Model]:
     """The models of one trial: its best checkpoint (one repeat, when it has one), else retrained per seed."""
     seed = study["seed"]
+    if repeats == 1 and best_checkpoint(study_dir, row["trial_id"]) is not None:
+        _, network, hp = restore_trial(study_dir, study, row["trial_id"], row, device())
+        return [Model(row["trial_id"], 0, seed, network, hp)]
     if repeats == 1:
-        try:
-            _, network, hp = restore_trial(study_dir, study, row["trial_id"], row, device())
-            return [Model(row["trial_id"], 0, seed, network, hp)]
-        except DataError:
-            pass
+        print(f"Trial {row['trial_id']} kept no checkpoint: retraining it with seed {seed}.", file=out)
     hp = trial_hyperparameters(study, row)
     data = data_for(hp)
     return [Model(row["trial_id"], r, seed + r, _retrain(study, hp, data, seed + r, max_epochs), hp)
@@ -281,20 +290,33 @@ def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epoch
     epochs = max_epochs or study["spec"]["max_epochs"]
     for trial_id in tqdm(ranked["trial_id"], desc="evaluate", disable=not progress):
         runs = []
-        for model in _models(study_dir, study, rows[trial_id], data_for, repeats, epochs):
+        for model in _models(study_dir, study, rows[trial_id], data_for, repeats, epochs, out):
             data = data_for(model.hp)
             test_rows = data.indices("test")
             runs.append(_test_metrics(task, model, data))
-            columns = _prediction_columns(study_dir, study, model, data, _predict(task, model, data, test_rows), test_rows)
+            predicted = _predict(task, model, data, test_rows)
+            columns = _prediction_columns(study_dir, study, model, data, predicted, test_rows)
             predictions.append(pa.table({f.name: pa.array(columns.get(f.name, [None] * len(test_rows)), f.type)
                                          for f in PREDICTION_SCHEMA}, schema=PREDICTION_SCHEMA))
         results[trial_id] = _summary(runs)
     write_table_atomic(pa.concat_tables(predictions), study_dir / PREDICTIONS_FILE)
     write_table_atomic(_with_test_columns(table, results), trials_path)
-    summary = pd.DataFrame([{"trial_id": t, **m} for t, m in results.items()])
     print(f"\nTest split ({repeats} repeat{'s' if repeats > 1 else ''} per trial):", file=out)
-    print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"), file=out)
-    return summary
+    print(_readable(results).to_string(index=False), file=out)
+    return pd.DataFrame([{"trial_id": t, **m} for t, m in results.items()])
+
+
+def _readable(results: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
+    """The headline test metrics per trial as text, `mean ± std` over repeats (per-class ones left out)."""
+    rows = []
+    for trial_id, metrics in results.items():
+        row = {"trial_id": trial_id}
+        for column in headline_columns(metrics, "test."):
+            if not column.endswith(".std"):
+                spread = metrics.get(column.removesuffix(".mean") + ".std") if column.endswith(".mean") else None
+                row[metric_name(column)] = f"{metrics[column]:.4g}" + (f" ± {spread:.2g}" if spread is not None else "")
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def finish_study(study_dir: Path, *, progress: bool = True, out: TextIO = sys.stdout) -> None:

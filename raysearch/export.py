@@ -12,7 +12,6 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -117,7 +116,7 @@ def load_model(model_dir: Path) -> ExportedModel:
     return ExportedModel(task, network, config["classes"], Preprocessing(**config["preprocessing"]))
 
 
-def _to_source(polygon: np.ndarray, where: Placement, width: int, height: int) -> list[float]:
+def polygon_to_source(polygon: np.ndarray, where: Placement, width: int, height: int) -> list[float]:
     """Points normalised to the model's square input → normalised to the original image."""
     points = polygon.reshape(4, 2).astype(np.float64)
     x = (points[:, 0] * where.size - where.pad_x) / where.scale_x / width
@@ -161,14 +160,15 @@ def predict(model_dir: Path, images: list[Path], out: Path) -> list[Prediction]:
             prediction.probability = float(probabilities.max())
             prediction.probabilities = {c: float(p) for c, p in zip(model.classes, probabilities, strict=True)}
         if "polygon" in found:
-            prediction.polygon = _to_source(found["polygon"][0], where, width, height)
+            prediction.polygon = polygon_to_source(found["polygon"][0], where, width, height)
         mask = None
         if "mask" in found:
             mask = _mask_to_source(found["mask"][0], where, width, height)
             prediction.mask = str(out / f"{name}_mask.png")
             cv2.imwrite(prediction.mask, mask * np.uint8(255))
         label = f"{prediction.class_name} {prediction.probability:.0%}" if prediction.class_name else None
-        cv2.imwrite(prediction.overlay, draw_overlay(image, predicted_polygon=prediction.polygon, mask=mask, label=label))
+        overlay = draw_overlay(image, predicted_polygon=prediction.polygon, mask=mask, label=label)
+        cv2.imwrite(prediction.overlay, overlay)
         results.append(prediction)
     (out / "predictions.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
     return results

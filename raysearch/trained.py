@@ -17,6 +17,7 @@ from raysearch.data.preprocess import Preprocessing, enhance, fit, normalise, pl
 from raysearch.errors import DataError
 from raysearch.tasks import create_task
 from raysearch.tasks.base import Task, TaskContext
+from raysearch.training.hparams import defaults
 from raysearch.training.loop import BEST_FILE
 
 STUDY_FILE = "study.yaml"
@@ -32,14 +33,16 @@ def read_study(study_dir: Path) -> dict[str, Any]:
 
 
 def trial_hyperparameters(study: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    """Every hyperparameter of one trial: the study's defaults, its fixed values, then the sampled ones.
+    """Every hyperparameter of one trial: today's defaults (for any added since the study ran), the study's
+    defaults, its fixed values, then the sampled ones.
 
     `params` is a trials.parquet row (its `param.<name>` entries are used); None or NaN marks a
     conditional parameter the trial did not use.
     """
     sampled = {k.removeprefix("param."): v for k, v in params.items()
                if k.startswith("param.") and v is not None and v == v}
-    return {**study["defaults"], **study["search_space"]["fixed"], **sampled}
+    current = defaults(create_task(study["task"]).hyperparameters)
+    return {**current, **study["defaults"], **study["search_space"]["fixed"], **sampled}
 
 
 def best_checkpoint(study_dir: Path, trial_id: str) -> Path | None:

@@ -72,11 +72,13 @@ def test_polygon_skill_and_score() -> None:
     assert polygon_skill(0.2, 0.2) == pytest.approx(0.0)
     assert polygon_skill(0.3, 0.2) == pytest.approx(-0.5)
     task = create_task("multitask")
-    sums = {"loss": torch.tensor(4.0), "count": torch.tensor(4.0), "distance": torch.tensor(0.4),
-            "squared_error": torch.tensor(0.08), "confusion": torch.tensor([[2, 0], [1, 1]])}
+    sums = {"class_loss": torch.tensor(3.0), "polygon_loss": torch.tensor(1.0), "count": torch.tensor(4.0),
+            "distance": torch.tensor(0.4), "squared_error": torch.tensor(0.08), "polygon_iou": torch.tensor(2.0),
+            "confusion": torch.tensor([[2, 0], [1, 1]])}
     metrics = task.summarise(sums, TaskContext(2, 1, baseline_apd=0.2))
     assert metrics["accuracy"] == pytest.approx(0.75)
     assert metrics["apd"] == pytest.approx(0.1) and metrics["mse"] == pytest.approx(0.02)
+    assert metrics["loss"] == pytest.approx(1.0) and metrics["polygon_iou"] == pytest.approx(0.5)
     assert metrics["score"] == pytest.approx(0.5 * 0.75 + 0.5 * 0.5)
 
 

@@ -1,17 +1,22 @@
 """Preprocessed arrays, computed once per (dataset content, preprocessing) and shared by every trial.
 
 A cache entry is a folder `<cache_root>/<key>/` of `.npy` arrays plus `meta.json`, written into a
-temporary sibling and renamed into place, so a reader never sees half of one. Trials memory-map the
-arrays, so every trial and worker on a machine shares the same pages.
+temporary sibling and renamed into place, so a reader never sees half of one. A builder holds an
+exclusive lock on `<cache_root>/<key>.lock` (fcntl.flock), so trials that need the same entry at the same
+time build it once: the others wait, then find it built. Trials memory-map the arrays, so every trial and
+worker on a machine shares the same pages.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +25,9 @@ import numpy as np
 
 from raysearch.data.preprocess import Preprocessing, enhance, fit, placement
 from raysearch.data.samples import SPLITS, DataIssue, DatasetIndex, Sample
+from raysearch.errors import DataError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,8 @@ def _rasterise(sample: Sample, width: int, height: int) -> np.ndarray:
     return mask
 
 
-def _process(sample: Sample, config: Preprocessing) -> tuple[np.ndarray, np.ndarray, np.ndarray] | str:
+def process_sample(sample: Sample, config: Preprocessing) -> tuple[np.ndarray, np.ndarray, np.ndarray] | str:
+    """Decode and preprocess one sample: (image, mask, polygon (4, 2)) at the cache's size, or what went wrong."""
     image = cv2.imread(str(sample.image_path), cv2.IMREAD_GRAYSCALE)
     if image is None:
         return "unreadable or corrupt image"
@@ -114,10 +121,13 @@ def build_cache(
     from tqdm.auto import tqdm
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        jobs = pool.map(lambda s: _process(s, config), index.samples)
+        jobs = pool.map(lambda s: process_sample(s, config), index.samples)
         results = list(tqdm(jobs, total=len(index.samples), desc="preprocess", disable=not progress))
-    kept = [(s, r) for s, r in zip(index.samples, results) if not isinstance(r, str)]
-    issues = [DataIssue(s.image_path, r) for s, r in zip(index.samples, results) if isinstance(r, str)]
+    kept = [(s, r) for s, r in zip(index.samples, results, strict=True) if not isinstance(r, str)]
+    issues = [DataIssue(s.image_path, r)
+              for s, r in zip(index.samples, results, strict=True) if isinstance(r, str)]
+    if issues and not kept:
+        raise DataError(f"{issues[0]}; none of the {len(issues)} images could be decoded")
     size = config.image_size
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -133,7 +143,7 @@ def build_cache(
     meta = {
         "classes": index.classes,
         "paths": [str(s.image_path) for s, _ in kept],
-        "issues": [str(i) for i in issues],
+        "issues": [{"path": str(i.path), "message": i.message, "line": i.line} for i in issues],
         "preprocessing": config.cache_fields(),
     }
     (tmp / "meta.json").write_text(json.dumps(meta))
@@ -149,16 +159,41 @@ def build_cache(
 def load_cache(directory: Path) -> CachedDataset:
     """Memory-map a cache entry's arrays."""
     meta = json.loads((directory / "meta.json").read_text())
-    arrays = {n: np.load(directory / f"{n}.npy", mmap_mode="r") for n in ("images", "masks", "polygons", "labels", "splits")}
+    names = ("images", "masks", "polygons", "labels", "splits")
+    arrays = {n: np.load(directory / f"{n}.npy", mmap_mode="r") for n in names}
     return CachedDataset(directory, classes=meta["classes"], paths=meta["paths"], **arrays)
+
+
+def cache_issues(directory: Path) -> list[DataIssue]:
+    """The samples a cache entry left out because their files could not be decoded."""
+    meta = json.loads((directory / "meta.json").read_text())
+    return [DataIssue(Path(i["path"]), i["message"], i["line"]) for i in meta["issues"]]
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path` (created if needed) for the duration of the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def ensure_cache(
     index: DatasetIndex, fingerprint: str, config: Preprocessing, cache_root: Path, *, progress: bool = True
 ) -> tuple[Path, bool]:
-    """The cache folder for this preprocessing, building it if absent; returns (folder, was_hit)."""
+    """The cache folder for this preprocessing, building it if absent; returns (folder, was_hit).
+
+    Concurrent callers for the same entry wait for the one building it and count as hits.
+    """
     directory = cache_root / cache_key(fingerprint, config)
     if (directory / "meta.json").is_file():
         return directory, True
-    build_cache(index, config, directory, progress=progress)
+    with _locked(cache_root / f"{directory.name}.lock"):
+        if (directory / "meta.json").is_file():
+            return directory, True
+        build_cache(index, config, directory, progress=progress)
     return directory, False

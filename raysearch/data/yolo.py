@@ -1,22 +1,31 @@
-"""Reader for Ultralytics-style YOLO polygon exports (Roboflow, Kaggle): `data.yaml` + images/labels."""
+"""Reader for Ultralytics-style YOLO polygon exports (Roboflow, Kaggle): `data.yaml` + images/labels.
+
+Splits come from the YAML's `train`, `val` (or `valid`) and `test` entries. Exports keep the author's
+`path:`; when it does not exist on this machine, entries resolve relative to the YAML file. An image's
+class is the class of its first polygon, and its regression target is that polygon reduced to 4 points
+(`raysearch.data.polygons.to_four_points`); every polygon is kept in `shapes` for masks and audits.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import yaml
 
 from raysearch.data.polygons import to_four_points
+from raysearch.data.records import (
+    SPLIT_FOLDERS,
+    EmptyLabels,
+    OnError,
+    Record,
+    Scan,
+    image_size,
+    index_from,
+    is_image,
+)
 from raysearch.data.samples import DataIssue, DatasetIndex, Sample, Shape
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-SPLIT_KEYS: dict[str, tuple[str, ...]] = {"train": ("train",), "val": ("val", "valid"), "test": ("test",)}
-BACKGROUND_CLASS = "no fracture"
-OnError = Literal["skip", "error"]
-EmptyLabels = Literal["skip", "background"]
+from raysearch.errors import DataError
 
 
 def find_data_yaml(root: Path) -> Path | None:
@@ -35,14 +44,14 @@ def _class_names(config: dict, yaml_path: Path) -> list[str]:
         return [str(names[k]) for k in sorted(names)]
     if isinstance(names, list) and names:
         return [str(n) for n in names]
-    raise ValueError(f"{yaml_path}: field 'names' must be a non-empty list or mapping")
+    raise DataError(f"{yaml_path}: field 'names' must be a non-empty list or mapping")
 
 
 def _dataset_root(config: dict, yaml_path: Path) -> Path:
     """`path:` when it exists on this machine, else the folder holding the YAML (exports keep the author's path)."""
     declared = config.get("path")
     if declared:
-        candidate = Path(declared)
+        candidate = Path(str(declared))
         if not candidate.is_absolute():
             candidate = yaml_path.parent / candidate
         if candidate.is_dir():
@@ -51,16 +60,37 @@ def _dataset_root(config: dict, yaml_path: Path) -> Path:
 
 
 def _images_dir(entry: str, root: Path, yaml_path: Path) -> Path | None:
-    """Resolve a split entry such as `train/images` or Roboflow's `../train/images`."""
-    relative = Path(entry)
-    candidates = [relative] if relative.is_absolute() else [root / relative, yaml_path.parent / relative]
-    candidates += [root / Path(*[p for p in relative.parts if p not in ("..", ".")])]
+    """Resolve a split entry: `train/images`, Roboflow's `../train/images`, or an absolute path from the
+    author's machine, whose trailing folders (`.../train/images`) are then looked for beside the YAML."""
+    given = Path(entry)
+    candidates = [given] if given.is_absolute() else [root / given, yaml_path.parent / given]
+    parts = [p for p in given.parts if p not in ("..", ".", given.anchor)]
+    candidates += [yaml_path.parent / Path(*parts[i:]) for i in range(max(len(parts) - 1, 1))]
     return next((c for c in candidates if c.is_dir()), None)
 
 
-def _labels_path(image: Path) -> Path:
+def _split_dirs(config: dict, root: Path, yaml_path: Path) -> dict[str, list[Path]]:
+    """Image folders per split; an entry may be one folder or a list of folders (Ultralytics allows both)."""
+    found: dict[str, list[Path]] = {}
+    for split, keys in SPLIT_FOLDERS.items():
+        entry = next((config[k] for k in keys if config.get(k)), None)
+        entries = entry if isinstance(entry, list) else [entry] if entry else []
+        folders = [_images_dir(str(e), root, yaml_path) for e in entries]
+        missing = [str(e) for e, f in zip(entries, folders, strict=True) if f is None]
+        if missing:
+            raise DataError(f"{yaml_path}: {split} folder {missing[0]!r} not found (relative to {root})")
+        if folders:
+            found[split] = [f for f in folders if f is not None]
+    if not found:
+        raise DataError(f"{yaml_path}: no train/val/test entries naming image folders")
+    return found
+
+
+def label_path(image: Path) -> Path:
     """Ultralytics rule: the last `images` folder in the path becomes `labels`, suffix `.txt`."""
     parts = list(image.parts)
+    if "images" not in parts:
+        return image.with_suffix(".txt")
     index = len(parts) - 1 - parts[::-1].index("images")
     parts[index] = "labels"
     return Path(*parts).with_suffix(".txt")
@@ -87,82 +117,73 @@ def parse_label_line(line: str, num_classes: int) -> Shape:
         raise ValueError(f"class {class_id} outside 0..{num_classes - 1}")
     if len(coords) % 2 or len(coords) < 6:
         raise ValueError(f"expected an even count of at least 6 coordinates, got {len(coords)}")
-    if coords.min() < 0 or coords.max() > 1:
+    if not np.isfinite(coords).all() or coords.min() < 0 or coords.max() > 1:
         raise ValueError(f"coordinate outside [0, 1] (min {coords.min():.4g}, max {coords.max():.4g})")
     return Shape(class_id, coords.reshape(-1, 2))
 
 
-def _read_shapes(label: Path, num_classes: int) -> Iterator[Shape | DataIssue]:
+def read_label_file(label: Path, num_classes: int) -> tuple[list[tuple[int, Shape]], list[DataIssue]]:
+    """Every polygon of a label file with its line number, and one issue per malformed line."""
+    shapes: list[tuple[int, Shape]] = []
+    issues: list[DataIssue] = []
     for number, line in enumerate(label.read_text(errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            yield parse_label_line(line, num_classes)
+            shapes.append((number, parse_label_line(line, num_classes)))
         except ValueError as error:
-            yield DataIssue(label, str(error), number)
+            issues.append(DataIssue(label, str(error), number))
+    return shapes, issues
 
 
-def read_yolo(
-    root: Path, *, on_error: OnError = "skip", empty_labels: EmptyLabels = "skip"
-) -> DatasetIndex:
-    """Read a YOLO polygon dataset into a DatasetIndex.
+def _record(image: Path, split: str, num_classes: int) -> Record:
+    """What one image and its label file give: a labelled, empty, missing or malformed record."""
+    bare = Sample(image, split, mask_path=_mask_path(image))
+    label = label_path(image)
+    if image_size(image) is None:
+        return Record(bare, "malformed", (DataIssue(image, "unreadable or corrupt image"),))
+    if not label.is_file():
+        return Record(bare, "missing", (DataIssue(label, "label file missing (an image without objects needs an "
+                                                        "empty .txt)"),))
+    try:
+        numbered, issues = read_label_file(label, num_classes)
+    except OSError as error:
+        return Record(bare, "malformed", (DataIssue(label, f"unreadable label file: {error.strerror}"),))
+    shapes = tuple(shape for _, shape in numbered)
+    if issues:
+        return Record(Sample(image, split, shapes=shapes, mask_path=bare.mask_path), "malformed", tuple(issues))
+    if not shapes:
+        return Record(bare, "empty")
+    line, first = numbered[0]
+    try:
+        polygon = to_four_points(first.points)
+    except ValueError as error:
+        return Record(Sample(image, split, shapes=shapes, mask_path=bare.mask_path), "malformed",
+                      (DataIssue(label, str(error), line),))
+    return Record(Sample(image, split, first.class_id, polygon, shapes, bare.mask_path), "labelled")
 
-    Malformed label lines become DataIssues (the image is skipped) or, with on_error="error", a
-    DataError naming file and line. Images with empty label files are skipped and counted, or with
-    empty_labels="background" kept as an extra class named "no fracture" without a polygon.
-    """
-    from raysearch.errors import DataError
 
+def scan_yolo(root: Path) -> Scan:
+    """Every image of a YOLO dataset (`root` is its folder or its data.yaml) with its label status."""
     yaml_path = find_data_yaml(root)
     if yaml_path is None:
         raise DataError(f"{root}: no data.yaml found")
     try:
         config = yaml.safe_load(yaml_path.read_text()) or {}
-        classes = _class_names(config, yaml_path)
-    except (yaml.YAMLError, ValueError) as error:
-        raise DataError(str(error).splitlines()[0]) from None
-    background = len(classes) if empty_labels == "background" else None
-    index = DatasetIndex(root=yaml_path.parent, format="yolo", classes=list(classes), samples=[])
-    if background is not None:
-        index.classes.append(BACKGROUND_CLASS)
-    dataset_root = _dataset_root(config, yaml_path)
-    for split, keys in SPLIT_KEYS.items():
-        entry = next((config[k] for k in keys if config.get(k)), None)
-        images_dir = _images_dir(str(entry), dataset_root, yaml_path) if entry else None
-        if images_dir is None:
-            continue
-        for image in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            sample = _read_sample(image, split, len(classes), background, index)
-            if sample is not None:
-                index.samples.append(sample)
-    if on_error == "error" and index.issues:
-        raise DataError(str(index.issues[0]))
-    if not index.samples:
-        raise DataError(f"{yaml_path}: no usable labelled images in any split")
-    return index
+    except yaml.YAMLError as error:
+        raise DataError(f"{yaml_path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise DataError(f"{yaml_path}: expected a mapping with names: and train:/val:/test: entries")
+    classes = _class_names(config, yaml_path)
+    records = [
+        _record(image, split, len(classes))
+        for split, folders in _split_dirs(config, _dataset_root(config, yaml_path), yaml_path).items()
+        for folder in folders
+        for image in sorted(p for p in folder.iterdir() if is_image(p))
+    ]
+    return Scan(root=yaml_path.parent, format="yolo", classes=classes, records=records)
 
 
-def _read_sample(
-    image: Path, split: str, num_classes: int, background: int | None, index: DatasetIndex
-) -> Sample | None:
-    label = _labels_path(image)
-    if not label.is_file():
-        index.issues.append(DataIssue(label, "label file missing"))
-        return None
-    shapes: list[Shape] = []
-    for item in _read_shapes(label, num_classes):
-        if isinstance(item, DataIssue):
-            index.issues.append(item)
-            return None
-        shapes.append(item)
-    if not shapes:
-        if background is None:
-            index.skipped_empty += 1
-            return None
-        return Sample(image, split, class_id=background, mask_path=_mask_path(image))
-    try:
-        polygon = to_four_points(shapes[0].points)
-    except ValueError as error:
-        index.issues.append(DataIssue(label, str(error), 1))
-        return None
-    return Sample(image, split, shapes[0].class_id, polygon, tuple(shapes), _mask_path(image))
+def read_yolo(root: Path, *, on_error: OnError = "skip", empty_labels: EmptyLabels = "skip") -> DatasetIndex:
+    """Read a YOLO polygon dataset into a DatasetIndex (see `records.index_from` for the two choices)."""
+    return index_from(scan_yolo(root), on_error=on_error, empty_labels=empty_labels)

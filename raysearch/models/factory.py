@@ -2,23 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from raysearch.errors import ConfigError
+from raysearch.models.hub import WHERE_WEIGHTS_GO, create_offline
+from raysearch.models.probe import probe
 from raysearch.models.vgg import VGGBackbone
 
 MODEL_FAMILIES = ("vgg", "resnet18", "resnet50", "vgg16_bn", "densenet121", "efficientnet_b0", "efficientnet_b3",
                   "mobilenetv2_100", "inception_v3")
 
 
-def _timm_backbone(name: str, *, in_channels: int, pretrained: bool | str) -> nn.Module:
+class TimmBackbone(nn.Module):
+    """A timm model without its classifier; `num_features` is the width of what it really returns (timm's own
+    attribute of that name is not, e.g. for vgg16_bn's 4096-wide pre-logits)."""
+
+    def __init__(self, model: nn.Module, num_features: int) -> None:
+        super().__init__()
+        self.model = model
+        self.num_features = num_features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+
+def _timm_backbone(name: str, *, in_channels: int, image_size: int, pretrained: bool | str) -> TimmBackbone:
     import timm
 
     if not timm.is_model(name):
-        raise ConfigError(f"model family {name!r} is neither 'vgg' nor a timm model name")
+        raise ConfigError(f"model: {name!r} is neither 'vgg' nor a timm model name (see timm.list_models())")
     kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_channels}
     if isinstance(pretrained, str):
         path = Path(pretrained).expanduser()
@@ -26,22 +43,37 @@ def _timm_backbone(name: str, *, in_channels: int, pretrained: bool | str) -> nn
             raise ConfigError(f"pretrained: weights file {path} not found")
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
     try:
-        return timm.create_model(name, pretrained=bool(pretrained), **kwargs)
-    except (OSError, RuntimeError) as error:
-        if not pretrained:
-            raise
-        raise ConfigError(
-            f"pretrained weights for {name} are not on this machine ({type(error).__name__}); put them in the "
-            "Hugging Face cache (HF_HOME) or give 'pretrained' a local .safetensors/.pth path"
-        ) from None
+        model = create_offline(lambda: timm.create_model(name, pretrained=bool(pretrained), **kwargs),
+                               pretrained=bool(pretrained), what=name,
+                               hint=f"{WHERE_WEIGHTS_GO}, or give 'pretrained' a local .safetensors/.pth file")
+    except RuntimeError as error:
+        raise ConfigError(f"pretrained: {pretrained} does not hold weights for {name} "
+                          f"({str(error).splitlines()[0]})") from None
+    features = probe(model, in_channels=in_channels, image_size=image_size, what=f"model {name!r}")
+    return TimmBackbone(model, features.shape[1])
 
 
-def create_backbone(family: str, *, in_channels: int, pretrained: bool | str = False, **vgg: Any) -> nn.Module:
-    """A feature extractor with a `num_features` attribute that maps (N, C, H, W) to (N, num_features).
+def create_backbone(
+    family: str, *, in_channels: int, image_size: int, pretrained: bool | str = False, **vgg: Any
+) -> nn.Module:
+    """A feature extractor with a `num_features` attribute that maps (N, C, S, S) to (N, num_features).
 
     `family` is "vgg" (configured by `conv_layers`, `pool_every`, `width`, `batch_norm`) or a timm model
-    name; `pretrained` is False, True (timm's cache only: nothing is downloaded) or a local weights file.
+    name; `pretrained` is False, True (weights already in the Hugging Face cache: nothing is downloaded)
+    or a local weights file. A timm model that cannot take `image_size` (inception_v3 needs at least 75
+    pixels, vgg16_bn and densenet121 32) is refused with a ConfigError naming image_size.
     """
     if family == "vgg":
+        if pretrained:
+            raise ConfigError("pretrained: the 'vgg' family is trained from scratch; use a timm model for weights")
         return VGGBackbone(in_channels=in_channels, **vgg)
-    return _timm_backbone(family.removeprefix("timm:"), in_channels=in_channels, pretrained=pretrained)
+    return _timm_backbone(family.removeprefix("timm:"), in_channels=in_channels, image_size=image_size,
+                          pretrained=pretrained)
+
+
+def backbone_from(hp: Mapping[str, Any], in_channels: int) -> nn.Module:
+    """The trial's backbone from its hyperparameters: `model`, `pretrained`, `image_size` and the VGG shape."""
+    return create_backbone(
+        hp["model"], in_channels=in_channels, image_size=hp["image_size"], pretrained=hp["pretrained"],
+        conv_layers=hp["conv_layers"], pool_every=hp["pool_every"], width=hp["width"], batch_norm=hp["batch_norm"],
+    )

@@ -43,7 +43,8 @@ def is_reported_metric(name: str) -> bool:
     return name in REPORTED_KEYS or name.startswith("val_")
 
 
-def _worker_main(config: dict[str, Any]) -> None:
+def train_worker(config: dict[str, Any]) -> None:
+    """What each Ray Train worker runs: the training loop on {"hp": ..., "loop": LoopSettings}."""
     from raysearch.training.session import TrainSession
 
     train(config["hp"], config["loop"], TrainSession())
@@ -69,7 +70,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trainer = TorchTrainer(
-        _worker_main,
+        train_worker,
         train_loop_config={"hp": hp, "loop": loop},
         scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu,
                                      resources_per_worker=settings.shape.worker()),

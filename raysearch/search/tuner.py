@@ -28,6 +28,11 @@ class SearchSettings:
     max_failures: int
 
 
+def experiment_dir(study_dir: Path, name: str) -> Path:
+    """Where Ray Tune keeps a study's experiment state, searcher state and trial folders."""
+    return study_dir / "ray" / name
+
+
 def trainable(trial: TrialSettings) -> Any:
     """The Tune trainable: `run_trial` with the study's settings and one trial's resources."""
     from ray import tune
@@ -58,11 +63,22 @@ def build_tuner(space: SearchSpace, search: SearchSettings, trial: TrialSettings
             trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=lambda t: t.trial_id,
         ),
         run_config=tune.RunConfig(
-            name=search.name, storage_path=str((search.results_dir / "ray").resolve()),
+            name=search.name, storage_path=str(experiment_dir(search.results_dir, search.name).parent.resolve()),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
+
+
+def restore_tuner(search: SearchSettings, trial: TrialSettings) -> Any:
+    """The Tuner of an interrupted study: finished and failed trials are kept as they are, unfinished
+    ones continue from their latest checkpoint, and the searcher (with its concurrency limit) and the
+    count of trials still to sample come back from the experiment folder. ASHA's rungs are not saved by
+    Ray Tune: they fill again from the trials that report after the resume."""
+    from ray import tune
+
+    return tune.Tuner.restore(str(experiment_dir(search.results_dir, search.name).resolve()), trainable(trial),
+                              resume_unfinished=True, resume_errored=False, restart_errored=False)
 
 
 def records_from(result_grid: Any) -> list[TrialRecord]:

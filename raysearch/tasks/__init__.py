@@ -15,7 +15,7 @@ def register_task(cls: type[Task]) -> type[Task]:
 
 
 def _load_builtin_tasks() -> None:
-    from raysearch.tasks import multitask  # noqa: F401  (registers itself)
+    from raysearch.tasks import classification, multitask, regression, segmentation  # noqa: F401  (register themselves)
 
 
 def task_names() -> list[str]:

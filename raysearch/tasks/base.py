@@ -17,11 +17,16 @@ Batch = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class TaskContext:
-    """Facts about the data that models and metrics need: classes, channels, reference baselines."""
+    """Facts about the data that models and metrics need: classes, channels, reference baselines.
+
+    `class_weights` (num_classes,) is set when the trial asked for a class-weighted loss (class_balance:
+    weighted_loss): inverse class frequencies of the training rows, 0 for classes absent from them.
+    """
 
     num_classes: int
     in_channels: int
     baseline_apd: float
+    class_weights: torch.Tensor | None = None
 
 
 class Task(ABC):

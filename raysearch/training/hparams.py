@@ -12,11 +12,13 @@ OPTIMISATION = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum"
                 "scheduler": "none", "step_size": 3, "gamma": 0.5, "warmup_epochs": 0, "plateau_patience": 2,
                 "patience": 0}
 PREPROCESSING = {name: value for name, value in Preprocessing().__dict__.items()}
+AUGMENTATION = {"augment": 0.0, "class_balance": "none"}
+CLASS_BALANCE = ("none", "weighted_loss", "sampler")
 
 
 def defaults(task_hyperparameters: dict[str, Any]) -> dict[str, Any]:
-    """All defaults for a task: model, optimisation, preprocessing, then the task's own."""
-    return {**MODEL, **OPTIMISATION, **PREPROCESSING, **task_hyperparameters}
+    """All defaults for a task: model, optimisation, preprocessing, augmentation, then the task's own."""
+    return {**MODEL, **OPTIMISATION, **PREPROCESSING, **AUGMENTATION, **task_hyperparameters}
 
 
 def preprocessing_of(hp: dict[str, Any]) -> Preprocessing:

@@ -21,11 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from raysearch.data.augment import Augmentation, augmentation_for
 from raysearch.data.cache import CachedDataset, load_cache
 from raysearch.data.preprocess import normalise
+from raysearch.errors import ConfigError
 from raysearch.tasks import create_task
 from raysearch.tasks.base import Batch, Task, TaskContext
-from raysearch.training.hparams import preprocessing_of
+from raysearch.training.hparams import AUGMENTATION, CLASS_BALANCE, preprocessing_of
 from raysearch.training.optim import PER_BATCH_SCHEDULERS, create_optimizer, create_scheduler, step_epoch
 from raysearch.training.session import Session
 
@@ -54,21 +56,56 @@ def baseline_apd(data: CachedDataset, train: np.ndarray, val: np.ndarray) -> flo
     return float(np.linalg.norm((val_polygons - mean).reshape(-1, 4, 2), axis=2).mean())
 
 
-def make_batch(data: CachedDataset, rows: np.ndarray, hp: dict[str, Any], device: torch.device) -> Batch:
-    """Tensors for a set of cache rows: normalised images, labels, polygons and masks."""
+def make_batch(data: CachedDataset, rows: np.ndarray, hp: dict[str, Any], device: torch.device,
+               augmentation: Augmentation | None = None) -> Batch:
+    """Tensors for a set of cache rows: normalised images, labels, polygons and masks (augmented if asked)."""
     rows = np.sort(rows)
+    images, masks, polygons = data.images[rows], data.masks[rows], np.asarray(data.polygons[rows])
+    if augmentation is not None:
+        images, masks, polygons = augmentation(images, masks, polygons)
     batch = {
-        "image": normalise(data.images[rows], preprocessing_of(hp)),
+        "image": normalise(images, preprocessing_of(hp)),
         "label": torch.from_numpy(np.asarray(data.labels[rows])),
-        "polygon": torch.from_numpy(np.nan_to_num(np.asarray(data.polygons[rows]))),
-        "mask": torch.from_numpy(np.asarray(data.masks[rows])).unsqueeze(1).float(),
+        "polygon": torch.from_numpy(np.nan_to_num(polygons)),
+        "mask": torch.as_tensor(masks).unsqueeze(1).float(),
     }
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def train_batches(rows: np.ndarray, hp: dict[str, Any], epoch: int, seed: int, rank: int, world: int) -> Iterator[np.ndarray]:
-    """This worker's shuffled batches of one epoch; every worker gets the same number of batches."""
-    order = np.random.default_rng([seed, epoch]).permutation(rows)
+def _class_balance(hp: dict[str, Any]) -> str:
+    """The trial's class_balance choice (its default where a caller's hp predates it), validated."""
+    choice = hp.get("class_balance", AUGMENTATION["class_balance"])
+    if choice not in CLASS_BALANCE:
+        raise ConfigError(f"class_balance: must be one of {', '.join(CLASS_BALANCE)}, got {choice!r}")
+    return choice
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights N / (K * n_c) over the K classes present; 0 for classes absent from `labels`."""
+    counts = np.bincount(labels[labels >= 0], minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros(num_classes)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _epoch_order(rows: np.ndarray, labels: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """A shuffled epoch; with `labels`, drawn with replacement so that every label is equally likely."""
+    if labels is None:
+        return rng.permutation(rows)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    chance = 1.0 / counts[inverse]
+    return rng.choice(rows, size=len(rows), replace=True, p=chance / chance.sum())
+
+
+def train_batches(rows: np.ndarray, hp: dict[str, Any], epoch: int, seed: int, rank: int, world: int,
+                  labels: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """This worker's shuffled batches of one epoch; every worker gets the same number of batches.
+
+    With class_balance "sampler" and the rows' `labels`, the epoch is drawn class-balanced instead.
+    """
+    balanced = labels if _class_balance(hp) == "sampler" else None
+    order = _epoch_order(rows, balanced, np.random.default_rng([seed, epoch]))
     per_worker = max(hp["batch_size"] // world, 1)
     shard = order[rank : len(order) - len(order) % world : world]
     for start in range(0, len(shard), per_worker):
@@ -134,7 +171,11 @@ def train(hp: dict[str, Any], settings: LoopSettings, session: Session) -> None:
     task = create_task(settings.task)
     data = load_cache(Path(settings.cache_dir))
     train_rows, val_rows = task.usable(data, data.indices("train")), task.usable(data, data.indices("val"))
-    context = TaskContext(len(data.classes), hp["channels"], baseline_apd(data, train_rows, val_rows))
+    train_labels = np.asarray(data.labels[train_rows])
+    weights = class_weights(train_labels, len(data.classes)) if _class_balance(hp) == "weighted_loss" else None
+    context = TaskContext(len(data.classes), hp["channels"], baseline_apd(data, train_rows, val_rows),
+                          class_weights=None if weights is None else weights.to(session.device))
+    augmentation = augmentation_for(hp.get("augment", AUGMENTATION["augment"]))
     model = task.build_model(hp, context).to(session.device)
     parameters = sum(p.numel() for p in model.parameters())
     latency = measure_latency(model, (hp["channels"], hp["image_size"], hp["image_size"]), session.device)
@@ -142,7 +183,8 @@ def train(hp: dict[str, Any], settings: LoopSettings, session: Session) -> None:
     if session.world_size > 1:
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[session.device.index] if session.device.type == "cuda" else None)
     optimizer = create_optimizer(trained.parameters(), hp)
-    steps = sum(1 for _ in train_batches(train_rows, hp, 0, settings.seed, session.world_rank, session.world_size))
+    steps = sum(1 for _ in train_batches(train_rows, hp, 0, settings.seed, session.world_rank, session.world_size,
+                                         train_labels))
     scheduler = create_scheduler(optimizer, hp, epochs=settings.max_epochs, steps_per_epoch=steps)
     start_epoch, best_score, stale, best_weights = 0, -math.inf, 0, None
     sign = 1.0 if task.mode == "max" else -1.0
@@ -159,8 +201,9 @@ def train(hp: dict[str, Any], settings: LoopSettings, session: Session) -> None:
         started = time.perf_counter()
         trained.train()
         losses = []
-        for rows in train_batches(train_rows, hp, epoch, settings.seed, session.world_rank, session.world_size):
-            batch = make_batch(data, rows, hp, session.device)
+        for rows in train_batches(train_rows, hp, epoch, settings.seed, session.world_rank, session.world_size,
+                                  train_labels):
+            batch = make_batch(data, rows, hp, session.device, augmentation)
             loss = task.loss(trained, trained(batch["image"]), batch, hp)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,111 @@
+"""The dashboard's only way to read files: a study's Parquet tables, study.yaml and prediction PNGs, each
+path checked to lie inside the results folder the dashboard was given."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import streamlit as st
+import yaml
+
+from raysearch.dashboard_logic import AUDIT_FILE, EPOCHS_FILE, PREDICTIONS_FILE, TRIALS_FILE, find_studies, safe_path
+
+STUDY_FILE = "study.yaml"
+DEFAULT_RESULTS = "raysearch-results"
+
+
+def results_root() -> Path:
+    """The results folder: `-- --results DIR` after `streamlit run app.py`, else $RAYSEARCH_RESULTS."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--results")
+    given, _ = parser.parse_known_args(sys.argv[1:])
+    return Path(given.results or os.environ.get("RAYSEARCH_RESULTS", DEFAULT_RESULTS)).resolve()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _parquet(path: str, modified: float) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _yaml(path: str, modified: float) -> dict[str, Any]:
+    return yaml.safe_load(Path(path).read_text()) or {}
+
+
+@dataclass(frozen=True)
+class Study:
+    """One study's results, read from its folder inside the results root."""
+
+    root: Path
+    directory: Path
+    spec: dict[str, Any]
+    trials: pd.DataFrame
+    epochs: pd.DataFrame | None
+    predictions: pd.DataFrame | None
+    audit: pd.DataFrame | None
+
+    @property
+    def name(self) -> str:
+        return self.directory.name
+
+    @property
+    def task(self) -> str:
+        return str(self.spec.get("task", "?"))
+
+    @property
+    def metric(self) -> str:
+        return str(self.spec.get("scheduler", {}).get("metric", "val_score"))
+
+    @property
+    def mode(self) -> str:
+        return str(self.spec.get("scheduler", {}).get("mode", "max"))
+
+    @property
+    def score_column(self) -> str:
+        return f"metric.{self.metric}.best"
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.spec.get("data", {}).get("classes", []))
+
+    def path(self, relative: str | Path) -> Path:
+        """A file named in the study's tables, relative to the study folder; refused outside the root."""
+        return safe_path(self.root, self.directory / relative)
+
+    def grey_image(self, relative: str) -> np.ndarray | None:
+        """A PNG named in the study's tables as a grey uint8 array (None if it is not there)."""
+        return cv2.imread(str(self.path(relative)), cv2.IMREAD_GRAYSCALE)
+
+
+def read_table(root: Path, directory: Path, name: str) -> pd.DataFrame | None:
+    """A Parquet file in a folder inside the results root (cached until it changes), or None if absent."""
+    path = safe_path(root, directory / name)
+    return _parquet(str(path), path.stat().st_mtime) if path.is_file() else None
+
+
+def load_study(root: Path, directory: Path) -> Study:
+    """Read one study folder's files (cached until they change)."""
+    spec_path = safe_path(root, directory / STUDY_FILE)
+    spec = _yaml(str(spec_path), spec_path.stat().st_mtime) if spec_path.is_file() else {}
+    trials = read_table(root, directory, TRIALS_FILE)
+    return Study(root, safe_path(root, directory), spec, trials if trials is not None else pd.DataFrame(),
+                 read_table(root, directory, EPOCHS_FILE), read_table(root, directory, PREDICTIONS_FILE),
+                 read_table(root, directory, AUDIT_FILE))
+
+
+def studies(root: Path) -> list[Path]:
+    """The study folders in the results root."""
+    return [safe_path(root, s) for s in find_studies(root)]
+
+
+def current_study() -> Study:
+    """The study picked in the sidebar (app.py puts it in the session state before any page runs)."""
+    return st.session_state["study_data"]

@@ -1,0 +1,49 @@
+"""Learning curves: every epoch of the selected trials, with the epoch where ASHA (or patience) stopped them."""
+
+from __future__ import annotations
+
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+from study_data import current_study
+from widgets import no_data, study_header, trial_order
+
+from raysearch.dashboard_logic import is_per_class, stop_points
+
+STOP_SYMBOLS = {"PRUNED": ("x", "stopped by ASHA"), "EARLY_STOPPED": ("square", "stopped by patience")}
+
+
+def main() -> None:
+    study = current_study()
+    study_header(study, "Learning curves")
+    epochs = study.epochs
+    if epochs is None or epochs.empty:
+        no_data("No epochs.parquet in this study yet.")
+        return
+    ranked = trial_order(study)
+    metrics = [c for c in epochs.columns if c not in ("trial_id", "epoch") and not is_per_class(c)]
+    left, right = st.columns([3, 1])
+    chosen = left.multiselect("Trials (best first)", ranked, default=ranked[:8], key="curve-trials")
+    metric = right.selectbox("Metric", metrics, index=metrics.index(study.metric) if study.metric in metrics else 0,
+                             key="curve-metric")
+    shown = epochs[epochs["trial_id"].isin(chosen)].sort_values(["trial_id", "epoch"])
+    if shown.empty:
+        no_data("Pick at least one trial.")
+        return
+    figure = px.line(shown, x="epoch", y=metric, color="trial_id", markers=True,
+                     category_orders={"trial_id": chosen}, labels={"trial_id": "trial"})
+    stops = stop_points(study.trials, shown, metric)
+    for status, (symbol, name) in STOP_SYMBOLS.items():
+        points = stops[stops["status"] == status]
+        if not points.empty:
+            figure.add_trace(go.Scatter(x=points["epoch"], y=points[metric], mode="markers", name=name,
+                                        text=points["trial_id"], hovertemplate="%{text} " + name + "<extra></extra>",
+                                        marker={"symbol": symbol, "size": 14, "color": "black",
+                                                "line": {"width": 2}}))
+    figure.update_layout(xaxis={"dtick": 1}, legend_title_text="", height=480, margin={"t": 20})
+    st.plotly_chart(figure, key="curves")
+    st.caption("A black ✕ marks the last epoch of a trial that ASHA stopped; a black ■ one that stopped "
+               "itself (no improvement for `patience` epochs).")
+
+
+main()

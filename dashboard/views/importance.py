@@ -1,0 +1,62 @@
+"""Which hyperparameters mattered: Optuna's importance evaluators, and parameters against the score."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+from study_data import Study, current_study
+from widgets import label, no_data, study_header
+
+from raysearch.dashboard_logic import IMPORTANCE_EVALUATORS, parallel_dimensions, param_importances, study_distributions
+
+
+@st.cache_data(show_spinner="Computing importances…")
+def importances(trials: pd.DataFrame, spec: dict, score: str, mode: str, evaluator: str,
+                include_pruned: bool) -> dict[str, float]:
+    """Optuna's importances (cached per study and choice)."""
+    return param_importances(trials, study_distributions(spec), score, mode, evaluator=evaluator,
+                             include_pruned=include_pruned)
+
+
+def importance_chart(study: Study) -> None:
+    left, right = st.columns([1, 1])
+    evaluator = left.radio("Evaluator", IMPORTANCE_EVALUATORS, horizontal=True, key="evaluator",
+                           help="fANOVA (Hutter et al.) or a random forest's mean decrease in impurity, from Optuna")
+    include_pruned = right.toggle("Count trials ASHA stopped (with their best score)", value=True, key="pruned")
+    found = importances(study.trials, study.spec, study.score_column, study.mode, evaluator, include_pruned)
+    if not found:
+        no_data("Importance needs at least two finished trials with a score.")
+        return
+    frame = pd.DataFrame({"parameter": list(found), "importance": list(found.values())}).sort_values("importance")
+    figure = px.bar(frame, x="importance", y="parameter", orientation="h", text_auto=".2f")
+    figure.update_layout(height=max(240, 32 * len(frame)), margin={"t": 10}, yaxis_title="", xaxis_range=[0, 1])
+    st.plotly_chart(figure, key="importance")
+
+
+def parallel_chart(study: Study) -> None:
+    trials = study.trials.dropna(subset=[study.score_column]) if study.score_column in study.trials else study.trials
+    params = [c for c in trials.columns if c.startswith("param.") and trials[c].nunique(dropna=True) > 1]
+    if trials.empty or not params:
+        no_data("No varying hyperparameters among the scored trials.")
+        return
+    score = trials[study.score_column].astype(float)
+    dimensions = [*parallel_dimensions(trials, params), {"label": label(study.score_column), "values": score.tolist()}]
+    figure = go.Figure(go.Parcoords(line={"color": score, "colorscale": "Viridis", "showscale": True,
+                                          "colorbar": {"title": {"text": label(study.score_column)}}},
+                                    dimensions=dimensions))
+    figure.update_layout(height=460, margin={"l": 110, "r": 60, "t": 60})
+    st.plotly_chart(figure, key="parallel")
+
+
+def main() -> None:
+    study = current_study()
+    study_header(study, "Which hyperparameters mattered")
+    st.subheader(f"Importance for {study.metric}")
+    importance_chart(study)
+    st.subheader("Parameters against the score")
+    parallel_chart(study)
+
+
+main()

@@ -1,0 +1,162 @@
+"""Per model: test metrics, confusion matrix, a gallery of test radiographs (true polygon red, predicted
+green, masks overlaid), and Grad-CAM heat maps for models with a class head."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+from study_data import Study, current_study
+from widgets import no_data, study_header, trial_order
+
+from raysearch.dashboard_logic import (
+    confusion_from_metrics,
+    confusion_from_predictions,
+    headline_columns,
+    prediction_errors,
+)
+from raysearch.errors import RaysearchError
+from raysearch.overlay import draw_overlay
+
+GALLERY_COLUMNS = 4
+
+
+def pick_model(study: Study, predictions: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """A selectbox over the evaluated models (trial × seed), best trial first."""
+    order = {t: i for i, t in enumerate(trial_order(study))}
+    models = predictions[["trial_id", "repeat", "seed"]].drop_duplicates()
+    models = models.assign(position=models["trial_id"].map(order)).sort_values(["position", "repeat"])
+    keys = list(zip(models["trial_id"], models["repeat"], models["seed"], strict=True))
+    trial_id, repeat, _ = st.selectbox("Model", keys, format_func=lambda k: f"trial {k[0]} · seed {k[2]}",
+                                       key="model")
+    return trial_id, predictions[(predictions["trial_id"] == trial_id) & (predictions["repeat"] == repeat)]
+
+
+def test_metrics(study: Study, trial_id: str) -> None:
+    row = study.trials.set_index("trial_id").loc[trial_id]
+    values = {c: row[c] for c in headline_columns(row.index, "test.") if not c.endswith(".std") and pd.notna(row[c])}
+    if not values:
+        return
+    cards = st.columns(min(len(values), 6))
+    for card, (column, value) in zip(cards, list(values.items())[:6], strict=False):
+        spread = row.get(column.replace(".mean", ".std")) if column.endswith(".mean") else None
+        card.metric(column.removeprefix("test.").removesuffix(".mean"), f"{value:.3f}",
+                    help="test split" + (f", ± {spread:.3f} (std over {int(row['test.repeats'])} seeds)"
+                                         if spread is not None and pd.notna(spread) else ""))
+
+
+def confusion(study: Study, trial_id: str, rows: pd.DataFrame) -> None:
+    """The test split's confusion matrix of this model, and the validation one the trial reported."""
+    classes = study.classes
+    matrices = {"Test split (this model)": confusion_from_predictions(rows, len(classes))}
+    validation = confusion_from_metrics(study.trials.set_index("trial_id").loc[trial_id].to_dict(), len(classes))
+    if validation is not None:
+        matrices["Validation split (best epoch)"] = validation
+    st.subheader("Confusion matrix")
+    for tab, (name, matrix) in zip(st.tabs(list(matrices)), matrices.items(), strict=True):
+        figure = px.imshow(matrix, x=classes, y=classes, text_auto=True, color_continuous_scale="Blues",
+                           labels={"x": "predicted", "y": "true", "color": "images"}, aspect="auto")
+        figure.update_layout(height=160 + 36 * len(classes), margin={"t": 10})
+        tab.plotly_chart(figure, key=f"confusion-{name}")
+
+
+def caption(row: pd.Series) -> str:
+    parts = []
+    if pd.notna(row.get("pred_class_name")):
+        mark = "✅" if row["pred_class_name"] == row["true_class_name"] else "❌"
+        confidence = max(row["probabilities"]) if row["probabilities"] is not None else float("nan")
+        parts.append(f"{mark} true {row['true_class_name']} · predicted {row['pred_class_name']} ({confidence:.0%})")
+    if pd.notna(row.get("apd")):
+        parts.append(f"APD {row['apd']:.3f}")
+    if pd.notna(row.get("iou")):
+        parts.append(f"IoU {row['iou']:.2f}")
+    return " · ".join(parts)
+
+
+def _polygon(value: object) -> list[float] | None:
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else list(value)
+
+
+def overlay(study: Study, row: pd.Series) -> np.ndarray:
+    """The test radiograph with the true polygon red, the predicted green and the masks, as RGB."""
+    view = study.grey_image(row["view"])
+    if view is None:
+        raise FileNotFoundError(f"{row['view']} is missing from the study folder")
+    mask = study.grey_image(row["mask"]) if pd.notna(row.get("mask")) else None
+    truth = study.grey_image(row["true_mask"]) if pd.notna(row.get("true_mask")) else None
+    predicted = _polygon(row.get("pred_polygon"))
+    true = _polygon(row.get("true_polygon")) if predicted is not None else None  # no polygon head, no polygons
+    drawn = draw_overlay(view, true_polygon=true, predicted_polygon=predicted, mask=mask, true_mask=truth)
+    return cv2.cvtColor(drawn, cv2.COLOR_BGR2RGB)
+
+
+def gallery(study: Study, rows: pd.DataFrame) -> pd.DataFrame:
+    """Filter controls and a grid of overlays; returns the rows shown."""
+    st.subheader("Test radiographs")
+    st.caption("True polygon in red, predicted in green; a predicted mask is tinted green, the true mask outlined "
+               "in red.")
+    controls = st.columns(4)
+    errors_only = controls[0].toggle("Errors only", key="errors-only")
+    apd_limit = controls[1].slider("Polygon error above (APD)", 0.0, 0.5, 0.15, 0.01, key="apd-limit",
+                                   disabled=rows["apd"].isna().all())
+    iou_limit = controls[2].slider("Mask error below (IoU)", 0.0, 1.0, 0.5, 0.05, key="iou-limit",
+                                   disabled=rows["iou"].isna().all())
+    count = controls[3].slider("Images", 4, 48, 12, 4, key="count")
+    shown = rows[prediction_errors(rows, apd_limit=apd_limit, iou_limit=iou_limit)] if errors_only else rows
+    if shown.empty:
+        no_data("No test image matches these filters.")
+        return shown
+    shown = shown.head(count)
+    grid = st.columns(GALLERY_COLUMNS)
+    for i, (_, row) in enumerate(shown.iterrows()):
+        with grid[i % GALLERY_COLUMNS]:
+            try:
+                st.image(overlay(study, row), caption=caption(row), width="stretch")
+            except (RaysearchError, FileNotFoundError) as error:
+                st.error(str(error), icon=":material/block:")
+    return shown
+
+
+def grad_cam(study: Study, trial_id: str, shown: pd.DataFrame) -> None:
+    st.subheader("Grad-CAM")
+    if not st.toggle("Show where the class head looks (Grad-CAM on the trial's search checkpoint)", key="gradcam"):
+        return
+    from gradcam import heat_map, trial_model
+
+    names = shown["view"].tolist()
+    chosen = st.multiselect("Images", names, default=names[:GALLERY_COLUMNS], key="gradcam-images",
+                            format_func=lambda v: v.rsplit("/", 1)[-1])
+    try:
+        row = study.trials.set_index("trial_id").loc[trial_id]
+        network, hp = trial_model(str(study.root), str(study.directory), trial_id, study.spec, row)
+    except RaysearchError as error:
+        st.error(str(error))
+        return
+    grid = st.columns(GALLERY_COLUMNS)
+    for i, (_, item) in enumerate(shown[shown["view"].isin(chosen)].iterrows()):
+        view = study.grey_image(item["view"])
+        with grid[i % GALLERY_COLUMNS]:
+            st.image(heat_map(network, hp, view, int(item["pred_class"])), width="stretch",
+                     caption=f"predicted {item['pred_class_name']}")
+
+
+def main() -> None:
+    study = current_study()
+    study_header(study, "Models on test images")
+    predictions = study.predictions
+    if predictions is None or predictions.empty:
+        no_data(f"No predictions yet: run `raysearch evaluate {study.directory}`.")
+        return
+    trial_id, rows = pick_model(study, predictions)
+    test_metrics(study, trial_id)
+    has_classes = rows["pred_class"].notna().any()
+    if has_classes:
+        confusion(study, trial_id, rows)
+    shown = gallery(study, rows)
+    if has_classes and not shown.empty:
+        grad_cam(study, trial_id, shown)
+
+
+main()

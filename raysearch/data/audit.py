@@ -1,0 +1,339 @@
+"""`raysearch data audit`: what a dataset holds and what is wrong with it, before any training.
+
+The audit scans the dataset like a run does (`formats.scan_dataset`), decodes every image once, and
+reports in one tidy long-format table (`audit.parquet`: section, split, class, key, value, detail, path,
+line): images and label files per split; labelled, empty, missing and malformed ones; instances and
+images per class per split; classes absent from a split or nearly empty; every problem with file and
+line; image sizes and channel counts; polygon point counts; exact duplicate images (hash of the decoded
+pixels) within and across splits, and near-duplicates across splits (perceptual hash). Leakage between
+train and test inflates every score, so duplicates are listed pair by pair.
+
+Near-duplicates: a 256-bit DCT perceptual hash (imagehash.phash, hash_size 16) within
+`NEAR_DUPLICATE_BITS` bits. On the bone-fracture export, Roboflow's augmented copies of one source image
+lie 0-30 bits apart, while no two different radiographs come closer than 40 bits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raysearch.data.formats import scan_dataset
+from raysearch.data.records import DEFAULT_SPLIT, Record, Scan, SplitRatios
+from raysearch.data.samples import SPLITS, DataIssue
+
+AUDIT_FILE = "audit.parquet"
+NEAR_DUPLICATE_BITS = 32
+NEARLY_EMPTY = 5
+HASH_SIZE = 16
+SCHEMA = pa.schema([("section", pa.string()), ("split", pa.string()), ("class", pa.string()), ("key", pa.string()),
+                    ("value", pa.int64()), ("detail", pa.string()), ("path", pa.string()), ("line", pa.int64())])
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One row of the audit table."""
+
+    section: str
+    key: str
+    value: int
+    split: str = ""
+    class_name: str = ""
+    detail: str = ""
+    path: str = ""
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """What decoding one image tells: its size, channel count, content hash and perceptual hash (packed bits)."""
+
+    width: int
+    height: int
+    channels: int
+    content: str
+    phash: np.ndarray
+
+
+@dataclass
+class Audit:
+    """The findings about one dataset, and the problems (if any) that make training on it impossible."""
+
+    name: str
+    root: Path
+    format: str
+    classes: list[str]
+    findings: list[Finding] = field(default_factory=list)
+    fatal: list[str] = field(default_factory=list)
+
+    def add(self, section: str, key: str, value: int, **where: object) -> None:
+        """Append one finding."""
+        self.findings.append(Finding(section, key, int(value), **where))
+
+    def value(self, section: str, key: str, split: str = "", class_name: str = "") -> int:
+        """The value of one finding (0 when absent)."""
+        return sum(f.value for f in self.findings
+                   if (f.section, f.key, f.split, f.class_name) == (section, key, split, class_name))
+
+    def rows(self, section: str) -> list[Finding]:
+        """Every finding of one section."""
+        return [f for f in self.findings if f.section == section]
+
+    def table(self) -> pa.Table:
+        """The findings as the tidy table written to audit.parquet."""
+        columns = {"section": [], "split": [], "class": [], "key": [], "value": [], "detail": [], "path": [],
+                   "line": []}
+        for f in self.findings:
+            for column, value in zip(columns, (f.section, f.split, f.class_name, f.key, f.value, f.detail, f.path,
+                                               f.line), strict=True):
+                columns[column].append(value)
+        return pa.table(columns, schema=SCHEMA)
+
+
+def inspect_image(path: Path) -> Pixels | None:
+    """Decode one image (any depth and channel count); None when it cannot be decoded."""
+    import imagehash
+    from PIL import Image
+
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        return None
+    channels = 1 if raw.ndim == 2 else raw.shape[2]
+    eight_bit = raw if raw.dtype == np.uint8 else cv2.convertScaleAbs(raw, alpha=255.0 / max(float(raw.max()), 1.0))
+    grey = eight_bit if channels == 1 else cv2.cvtColor(eight_bit[..., :3], cv2.COLOR_BGR2GRAY)
+    digest = hashlib.blake2b(f"{raw.shape}{raw.dtype}".encode() + raw.tobytes(), digest_size=16).hexdigest()
+    bits = imagehash.phash(Image.fromarray(grey), hash_size=HASH_SIZE).hash
+    return Pixels(raw.shape[1], raw.shape[0], channels, digest, np.packbits(bits).view(np.uint64))
+
+
+def _instances(record: Record) -> list[int]:
+    """The class of every labelled object of a record (a mask counts as one object of class 0)."""
+    if record.status != "labelled":
+        return []
+    if record.sample.shapes:
+        return [shape.class_id for shape in record.sample.shapes]
+    if record.sample.class_id is not None:
+        return [record.sample.class_id]
+    return [0] if record.sample.mask_path is not None else []
+
+
+def _count_files(audit: Audit, scan: Scan, pixels: list[Pixels | None]) -> None:
+    for split in SPLITS:
+        records = [(r, p) for r, p in zip(scan.records, pixels, strict=True) if r.sample.split == split]
+        statuses = Counter(r.status for r, _ in records)
+        audit.add("files", "images", len(records), split=split)
+        if scan.format == "yolo":
+            audit.add("files", "label_files", len(records) - statuses["missing"], split=split)
+        for status in ("labelled", "empty", "missing", "malformed"):
+            audit.add("files", status, statuses[status], split=split)
+        audit.add("files", "undecodable", sum(p is None and r.status != "malformed" for r, p in records), split=split)
+        audit.add("files", "multi_instance", sum(len(_instances(r)) > 1 for r, _ in records), split=split)
+        audit.add("files", "mixed_classes", sum(len(set(_instances(r))) > 1 for r, _ in records), split=split)
+
+
+def _count_classes(audit: Audit, scan: Scan) -> None:
+    """Instances, images containing the class, and images whose class (the training target) it is."""
+    for split in SPLITS:
+        records = [r for r in scan.records if r.sample.split == split]
+        instances = Counter(c for r in records for c in _instances(r))
+        images = Counter(c for r in records for c in set(_instances(r)))
+        targets = Counter(r.sample.class_id for r in records if r.status == "labelled")
+        for class_id, name in enumerate(scan.classes):
+            where = {"split": split, "class_name": name}
+            audit.add("classes", "instances", instances[class_id], **where)
+            audit.add("classes", "images", images[class_id], **where)
+            audit.add("classes", "targets", targets[class_id], **where)
+            if not records:
+                continue
+            if images[class_id] == 0:
+                audit.add("class_warnings", "absent", 0, **where)
+            elif images[class_id] < NEARLY_EMPTY:
+                audit.add("class_warnings", "nearly_empty", images[class_id], **where,
+                          detail=f"fewer than {NEARLY_EMPTY} images")
+            if images[class_id] and not targets[class_id]:
+                audit.add("class_warnings", "never_target", images[class_id], **where,
+                          detail="present, but never an image's class (its first polygon)")
+
+
+def _count_issues(audit: Audit, scan: Scan, pixels: list[Pixels | None]) -> None:
+    for record, found in zip(scan.records, pixels, strict=True):
+        issues = list(record.issues)
+        if found is None and record.status != "malformed":
+            issues.append(DataIssue(record.sample.image_path, "image cannot be decoded"))
+        for issue in issues:
+            audit.add("issues", "malformed_line" if issue.line is not None else "problem", 1,
+                      split=record.sample.split, detail=issue.message, path=str(issue.path), line=issue.line)
+
+
+def _count_pixels(audit: Audit, scan: Scan, pixels: list[Pixels | None]) -> None:
+    for split in SPLITS:
+        found = [p for r, p in zip(scan.records, pixels, strict=True)
+                 if r.sample.split == split and p is not None]
+        for size, count in Counter(f"{p.width}x{p.height}" for p in found).most_common():
+            audit.add("image_sizes", size, count, split=split)
+        for channels, count in sorted(Counter(p.channels for p in found).items()):
+            audit.add("channels", str(channels), count, split=split)
+
+
+def _count_polygons(audit: Audit, scan: Scan) -> None:
+    for split in SPLITS:
+        labelled = [r for r in scan.records if r.sample.split == split and r.status == "labelled"]
+        shapes = [s for r in labelled for s in r.sample.shapes]
+        for points, count in sorted(Counter(len(s.points) for s in shapes).items()):
+            audit.add("polygons", f"{points}_points", count, split=split)
+        if shapes:
+            closed = sum(len(s.points) > 3 and np.allclose(s.points[0], s.points[-1], atol=1e-6) for s in shapes)
+            audit.add("polygons", "closed_rings", closed, split=split, detail="first point repeated at the end")
+
+
+def _near_pairs(a: np.ndarray, b: np.ndarray, limit: int, chunk: int = 256) -> list[tuple[int, int, int]]:
+    """(i, j, distance) for every hash a[i], b[j] (rows of packed uint64 bits) within `limit` bits."""
+    pairs = []
+    for start in range(0, len(a), chunk):
+        distance = np.bitwise_count(a[start : start + chunk, None, :] ^ b[None, :, :]).sum(axis=2)
+        for i, j in zip(*np.nonzero(distance <= limit), strict=True):
+            pairs.append((start + int(i), int(j), int(distance[i, j])))
+    return pairs
+
+
+def _count_duplicates(audit: Audit, scan: Scan, pixels: list[Pixels | None]) -> None:
+    decoded = [(r.sample.split, r.sample.image_path, p)
+               for r, p in zip(scan.records, pixels, strict=True) if p is not None]
+    by_split = {s: [(path, p) for split, path, p in decoded if split == s] for s in SPLITS}
+    for split, items in by_split.items():
+        copies = Counter(p.content for _, p in items)
+        audit.add("duplicates", "exact_within", sum(n - 1 for n in copies.values()), split=split,
+                  detail="images identical to an earlier one of the same split")
+        seen: dict[str, Path] = {}
+        for path, p in items:
+            if p.content in seen:
+                audit.add("duplicate_pairs", "exact", 0, split=split, path=str(seen[p.content]), detail=str(path))
+            seen.setdefault(p.content, path)
+    for first, second in combinations(SPLITS, 2):
+        left, right, pair = by_split[first], by_split[second], f"{first}/{second}"
+        if not left or not right:
+            continue
+        found = _near_pairs(np.stack([p.phash for _, p in left]), np.stack([p.phash for _, p in right]),
+                            NEAR_DUPLICATE_BITS)
+        exact = [(i, j, d) for i, j, d in found if left[i][1].content == right[j][1].content]
+        near = [(i, j, d) for i, j, d in found if left[i][1].content != right[j][1].content]
+        audit.add("duplicates", "exact_across", len({j for _, j, _ in exact}), split=pair,
+                  detail=f"{second} images identical to a {first} image")
+        audit.add("duplicates", "near_across", len({j for _, j, _ in near}), split=pair,
+                  detail=f"{second} images within {NEAR_DUPLICATE_BITS} of {HASH_SIZE ** 2} perceptual-hash bits "
+                         f"of a {first} image")
+        for kind, pairs in (("exact", exact), ("near", near)):
+            for i, j, distance in pairs:
+                audit.add("duplicate_pairs", kind, distance, split=pair, path=str(left[i][0]), detail=str(right[j][0]))
+
+
+def _fatal(audit: Audit) -> None:
+    labelled = {s: audit.value("files", "labelled", s) for s in SPLITS}
+    if not sum(audit.value("files", "images", s) for s in SPLITS):
+        audit.fatal.append("no images found")
+    elif not sum(labelled.values()):
+        audit.fatal.append("no usable labelled images in any split")
+    elif not labelled["train"]:
+        audit.fatal.append("the train split has no labelled images")
+
+
+def audit_dataset(root: Path, format: str | None = None, *, split_ratios: SplitRatios = DEFAULT_SPLIT,
+                  progress: bool = True) -> Audit:
+    """Audit the dataset at `root` (format detected unless given); decodes and hashes every image once."""
+    from tqdm.auto import tqdm
+
+    root = Path(root)
+    scan = scan_dataset(root, format, split_ratios=split_ratios)
+    paths = [r.sample.image_path for r in scan.records]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        pixels = list(tqdm(pool.map(inspect_image, paths), total=len(paths), desc="audit: decode and hash",
+                           disable=not progress))
+    name = (root.parent if root.is_file() else root).resolve().name
+    audit = Audit(name=name, root=scan.root, format=scan.format, classes=scan.classes)
+    _count_files(audit, scan, pixels)
+    _count_classes(audit, scan)
+    _count_issues(audit, scan, pixels)
+    _count_pixels(audit, scan, pixels)
+    _count_polygons(audit, scan)
+    _count_duplicates(audit, scan, pixels)
+    _fatal(audit)
+    for problem in audit.fatal:
+        audit.add("fatal", "training_impossible", 1, detail=problem)
+    return audit
+
+
+def write_audit(audit: Audit, out_dir: Path) -> Path:
+    """Write `audit.parquet` into `out_dir` (atomically) and return its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / AUDIT_FILE
+    tmp = path.with_name(f".{AUDIT_FILE}.tmp-{os.getpid()}")
+    pq.write_table(audit.table(), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _split_table(audit: Audit) -> list[str]:
+    keys = ["images", *(["label_files"] if audit.format == "yolo" else []), "labelled", "empty", "missing",
+            "malformed", "undecodable", "multi_instance"]
+    lines = [f"  {'split':<6}" + "".join(f"{k:>{len(k) + 2}}" for k in keys)]
+    for split in SPLITS:
+        lines.append(f"  {split:<6}" + "".join(f"{audit.value('files', k, split):>{len(k) + 2}}" for k in keys))
+    return lines
+
+
+def _class_table(audit: Audit) -> list[str]:
+    width = max(len(c) for c in audit.classes) + 2
+    lines = [f"  {'class':<{width}}" + "".join(f"{s:>22}" for s in SPLITS) + "   (instances / images / as class)"]
+    for name in audit.classes:
+        cells = [f"{audit.value('classes', k, s, name)}" for s in SPLITS for k in ("instances", "images", "targets")]
+        lines.append(f"  {name:<{width}}" + "".join(f"{' / '.join(cells[i:i + 3]):>22}" for i in range(0, 9, 3)))
+    return lines
+
+
+def _pixel_summary(audit: Audit) -> list[str]:
+    lines = []
+    for split in SPLITS:
+        sizes = audit.rows("image_sizes")
+        sizes = [f for f in sizes if f.split == split]
+        if not sizes:
+            continue
+        channels = ", ".join(f"{f.key} channel(s) ×{f.value}" for f in audit.rows("channels") if f.split == split)
+        top = ", ".join(f"{f.key} ×{f.value}" for f in sizes[:3])
+        lines.append(f"  {split}: {len(sizes)} distinct sizes (most common {top}); {channels}")
+    return lines
+
+
+def format_audit(audit: Audit) -> str:
+    """The audit as a readable terminal report."""
+    lines = [f"Audit of {audit.name} ({audit.format}, {audit.root})", "Files per split:", *_split_table(audit),
+             "Classes per split:", *_class_table(audit), "Class warnings:"]
+    warnings = audit.rows("class_warnings")
+    lines += [f"  {f.class_name} in {f.split}: {f.detail or f.key} ({f.value} images)" for f in warnings]
+    lines += ["  none"] if not warnings else []
+    lines += ["Image sizes and channels:", *_pixel_summary(audit)]
+    points = Counter()
+    for f in audit.rows("polygons"):
+        points[f.key] += f.value
+    if points:
+        lines.append("Polygons: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(points.items())))
+    duplicates = {k: sum(f.value for f in audit.rows("duplicates") if f.key == k)
+                  for k in ("exact_within", "exact_across", "near_across")}
+    lines.append(f"Duplicates: exact within splits {duplicates['exact_within']}, exact across splits "
+                 f"{duplicates['exact_across']}, near-duplicates across splits {duplicates['near_across']} "
+                 f"(perceptual hash within {NEAR_DUPLICATE_BITS}/{HASH_SIZE ** 2} bits)")
+    issues = audit.rows("issues")
+    lines.append(f"Problems: {len(issues)} ({sum(f.key == 'malformed_line' for f in issues)} malformed label lines)")
+    lines += [f"  {f.path}{f':{f.line}' if f.line is not None else ''}: {f.detail}" for f in issues[:10]]
+    lines += [f"  ... and {len(issues) - 10} more in {AUDIT_FILE}"] if len(issues) > 10 else []
+    lines += [f"Training impossible: {problem}" for problem in audit.fatal]
+    return "\n".join(lines)

@@ -1,0 +1,56 @@
+"""Reader for class folders (`split/class name/*.png|jpg`, or `class name/*` without split folders), for classification.
+
+Class names are the folder names (spaces allowed), sorted. Without split folders, images are split per
+class (stratified) into train / val / test with the given ratios and seed, so every class keeps its share.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from raysearch.data.records import DEFAULT_SPLIT, Record, Scan, SplitRatios, image_size, is_image, split_folders
+from raysearch.data.samples import DataIssue, Sample
+from raysearch.errors import DataError
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if is_image(p))
+
+
+def _record(image: Path, split: str, class_id: int) -> Record:
+    sample = Sample(image, split, class_id=class_id)
+    if image_size(image) is None:
+        return Record(sample, "malformed", (DataIssue(image, "unreadable or corrupt image"),))
+    return Record(sample, "labelled")
+
+
+def _stray(folder: Path, split: str) -> list[Record]:
+    """Images lying beside the class folders: reported, since their class is unknown."""
+    return [Record(Sample(image, split), "missing", (DataIssue(image, "image outside any class folder"),))
+            for image in _images(folder)]
+
+
+def scan_class_folders(root: Path, ratios: SplitRatios = DEFAULT_SPLIT) -> Scan:
+    """Every image under `root`'s class folders, with its split (from the folders or a seeded stratified split)."""
+    splits = split_folders(root)
+    layout = {split: {d.name: d for d in _class_dirs(folder)} for split, folder in splits.items()}
+    if not splits:
+        layout = {"": {d.name: d for d in _class_dirs(root)}}
+    classes = sorted({name for folders in layout.values() for name in folders})
+    if not classes:
+        raise DataError(f"{root}: no class folders found (expected split/class name/*.png or class name/*.png)")
+    records: list[Record] = []
+    rng = np.random.default_rng(ratios.seed)
+    for split, folders in layout.items():
+        records += _stray(splits[split] if split else root, split or "train")
+        for name, folder in folders.items():
+            images = _images(folder)
+            assigned = [split] * len(images) if split else ratios.assign(len(images), rng)
+            records += [_record(image, s, classes.index(name)) for image, s in zip(images, assigned, strict=True)]
+    return Scan(root=root, format="class-folders", classes=classes, records=records)

@@ -1,0 +1,87 @@
+"""Dataset formats: detect which one a folder holds and read it (`load_dataset`), or just scan it (`scan_dataset`).
+
+- `yolo`: `data.yaml` + `split/images`, `split/labels` (one polygon per line); every task.
+- `class-folders`: `split/class name/*.png` or `class name/*.png`; classification.
+- `image-mask`: `images/` + `masks/` matched by file stem, at the top or in each split; segmentation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from raysearch.data.folders import scan_class_folders
+from raysearch.data.masks import has_image_mask_folders, scan_image_masks
+from raysearch.data.records import (
+    DEFAULT_SPLIT,
+    EmptyLabels,
+    OnError,
+    Scan,
+    SplitRatios,
+    index_from,
+    is_image,
+    split_folders,
+)
+from raysearch.data.samples import DatasetIndex
+from raysearch.data.yolo import find_data_yaml, scan_yolo
+from raysearch.errors import ConfigError, DataError
+
+Scanner = Callable[[Path, SplitRatios], Scan]
+FORMATS: dict[str, Scanner] = {
+    "yolo": lambda root, ratios: scan_yolo(root),
+    "class-folders": scan_class_folders,
+    "image-mask": scan_image_masks,
+}
+
+
+def _has_class_folders(folder: Path) -> bool:
+    return any(p.is_dir() and any(is_image(f) for f in p.iterdir()) for p in folder.iterdir())
+
+
+def detect_format(root: Path) -> str:
+    """The format of the dataset at `root`; a one-line DataError when it is none of the known ones."""
+    if not root.exists():
+        raise DataError(f"{root}: does not exist")
+    if find_data_yaml(root) is not None:
+        return "yolo"
+    if root.is_dir():
+        splits = list(split_folders(root).values())
+        if has_image_mask_folders(root) or any(has_image_mask_folders(s) for s in splits):
+            return "image-mask"
+        if any(_has_class_folders(folder) for folder in splits or [root]):
+            return "class-folders"
+    raise DataError(f"{root}: unknown dataset format (expected data.yaml, images/ + masks/ folders or class "
+                    f"folders); name one with --format {'|'.join(FORMATS)}")
+
+
+def scan_dataset(root: Path, format: str | None = None, *, split_ratios: SplitRatios = DEFAULT_SPLIT) -> Scan:
+    """Every image file of the dataset at `root` with its label status, before anything is dropped.
+
+    Paths are made absolute: trials decode the images again from other working directories (Ray's).
+    """
+    root = Path(root).resolve()
+    if format is None:
+        format = detect_format(root)
+    if format not in FORMATS:
+        raise ConfigError(f"--format: unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    if not root.exists():
+        raise DataError(f"{root}: does not exist")
+    return FORMATS[format](root, split_ratios)
+
+
+def load_dataset(
+    root: Path,
+    format: str | None = None,
+    *,
+    on_error: OnError = "skip",
+    empty_labels: EmptyLabels = "skip",
+    split_ratios: SplitRatios = DEFAULT_SPLIT,
+) -> DatasetIndex:
+    """Read the dataset at `root` (format detected unless given) into a DatasetIndex.
+
+    Problems (corrupt image, malformed label line, coordinate outside [0, 1], mask size mismatch) are
+    skipped and listed in `index.issues`, or with on_error="error" stop with a one-line DataError. Images
+    with empty label files are skipped and counted, or with empty_labels="background" kept as "no fracture".
+    """
+    scan = scan_dataset(root, format, split_ratios=split_ratios)
+    return index_from(scan, on_error=on_error, empty_labels=empty_labels)

@@ -1,0 +1,93 @@
+"""Segmentation networks from segmentation_models_pytorch: any smp architecture with any smp encoder.
+
+`ARCHITECTURES` and `ENCODERS` are the named defaults: U-Net, U-Net++ and FPN, and the six encoders of
+the reference U-Net study under their smp names. smp has no InceptionV3 encoder of its own: `inceptionv4`
+stands for that family in the defaults; timm's InceptionV3 is `tu-inception_v3`, which only U-Net can
+decode (its valid convolutions misalign FPN's and U-Net++'s skips) and only from 96 pixels. Any timm
+model with feature maps works as an encoder through smp's `tu-<timm name>`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from raysearch.errors import ConfigError
+from raysearch.models.hub import create_offline
+from raysearch.models.probe import probe
+
+ARCHITECTURES = ("unet", "unetplusplus", "fpn")
+ENCODERS = ("inceptionv4", "vgg16_bn", "resnet50", "densenet121", "efficientnet-b3", "mobilenet_v2")
+
+
+class SegmentationNet(nn.Module):
+    """An smp model with the task output convention: {"mask": logits (N, 1, H, W)}."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"mask": self.model(images)}
+
+
+def _check_names(architecture: str, encoder: str) -> None:
+    import segmentation_models_pytorch as smp
+    import timm
+
+    if architecture.lower() not in smp.MODEL_ARCHITECTURES_MAPPING:
+        valid = ", ".join(smp.MODEL_ARCHITECTURES_MAPPING)
+        raise ConfigError(f"architecture: unknown {architecture!r}; valid: {valid}")
+    known = timm.is_model(encoder[3:]) if encoder.startswith("tu-") else encoder in smp.encoders.get_encoder_names()
+    if not known:
+        raise ConfigError(f"encoder: unknown {encoder!r}; use an smp encoder name ({', '.join(ENCODERS)}, ...) "
+                          "or tu-<timm model name>")
+
+
+def _encoder_weights(encoder: str, pretrained: bool) -> str | bool | None:
+    """What smp's `encoder_weights` must be: None, True for timm encoders, else the encoder's ImageNet tag."""
+    import segmentation_models_pytorch as smp
+
+    if not pretrained:
+        return None
+    if encoder.startswith("tu-"):
+        return True
+    tags = list(smp.encoders.encoders[encoder]["pretrained_settings"])
+    return "imagenet" if "imagenet" in tags else tags[0]
+
+
+def create_segmentation_model(
+    architecture: str, encoder: str, *, in_channels: int, image_size: int, pretrained: bool | str = False,
+    dropout: float = 0.0,
+) -> SegmentationNet:
+    """A binary segmentation network, checked to run on `image_size`² inputs (ConfigError if not).
+
+    `pretrained` True takes the encoder's ImageNet weights from the Hugging Face cache (nothing is
+    downloaded); `dropout` > 0 puts a channel dropout before the segmentation head.
+    """
+    import segmentation_models_pytorch as smp
+
+    _check_names(architecture, encoder)
+    if isinstance(pretrained, str):
+        raise ConfigError("pretrained: segmentation encoders take true or false; put weights files in the "
+                          "Hugging Face cache (HF_HOME) instead of naming them")
+    weights = _encoder_weights(encoder, pretrained)
+    model = create_offline(
+        lambda: smp.create_model(architecture, encoder_name=encoder, encoder_weights=weights, in_channels=in_channels,
+                                 classes=1),
+        pretrained=pretrained, what=f"encoder {encoder}",
+    )
+    stride = model.encoder.output_stride
+    if model.requires_divisible_input_shape and image_size % stride:
+        raise ConfigError(f"image_size: {architecture} needs a multiple of {stride} (its encoder downsamples "
+                          f"{stride}x), got {image_size}; use {image_size // stride * stride or stride} or "
+                          f"{(image_size // stride + 1) * stride}")
+    if dropout > 0:
+        model.segmentation_head = nn.Sequential(nn.Dropout2d(dropout), model.segmentation_head)
+    network = SegmentationNet(model)
+    shape = probe(network, in_channels=in_channels, image_size=image_size,
+                  what=f"{architecture} with encoder {encoder!r}")["mask"].shape
+    if shape[-2:] != (image_size, image_size):
+        raise ConfigError(f"image_size: {architecture} with encoder {encoder!r} turns {image_size}px inputs into "
+                          f"{shape[-1]}px masks; choose a multiple of {stride}")
+    return network

@@ -1,0 +1,67 @@
+"""Shared fixtures.
+
+`tiny_study`: ONE real results folder, made once per test session by running `raysearch run multitask` as
+a user would (subprocess, local Ray) on a tiny phantom dataset, for the tests that read finished results
+(evaluation, export, dashboard). Tests that change the folder work on `tiny_study_copy`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from raysearch.data.phantom import PhantomSpec, write_phantom
+
+TINY_STUDY_NAME = "tiny"
+TINY_PHANTOM = PhantomSpec(train=48, val=16, test=16, image_size=64)
+
+
+@dataclass(frozen=True)
+class TinyStudy:
+    """A finished tiny study: its results root, study folder, phantom dataset and `raysearch run` output."""
+
+    results: Path
+    study: Path
+    data: Path
+    stdout: str
+
+
+def _run_tiny_study(root: Path) -> TinyStudy:
+    data = write_phantom(root / "phantom", TINY_PHANTOM, progress=False)
+    results = root / "results"
+    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_USAGE_STATS_ENABLED": "0"}
+    command = [sys.executable, "-m", "raysearch", "run", "multitask", "--data", str(data), "--trials", "2",
+               "--max-epochs", "2", "--image-size", "32", "--results", str(results), "--name", TINY_STUDY_NAME,
+               "--quiet"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment)
+    assert done.returncode == 0, f"tiny study failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    return TinyStudy(results, results / TINY_STUDY_NAME, data, done.stdout)
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> TinyStudy:
+    """A real finished study (2 trials, 2 epochs, 32 px): read it, never change it."""
+    return _run_tiny_study(tmp_path_factory.mktemp("tiny-study"))
+
+
+@pytest.fixture
+def tiny_study_copy(tiny_study: TinyStudy, tmp_path: Path) -> TinyStudy:
+    """A private copy of the tiny study's results folder, at another path (as if copied off a cluster)."""
+    results = tmp_path / "copied-results"
+    shutil.copytree(tiny_study.results, results, symlinks=True)
+    return TinyStudy(results, results / TINY_STUDY_NAME, tiny_study.data, tiny_study.stdout)
+
+
+@pytest.fixture(scope="session")
+def real_dataset() -> Path:
+    """The published bone-fracture YOLO export beside the project (`../shared/datasets`); skips where absent."""
+    path = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "bone-fracture-yolo"
+    if not (path / "data.yaml").is_file():
+        pytest.skip(f"real dataset not found at {path} (it sits beside the project in CI)")
+    return path

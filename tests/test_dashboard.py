@@ -1,0 +1,173 @@
+"""The Streamlit dashboard under Streamlit's own test runner (AppTest), on a real tiny results folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from streamlit.testing.v1 import AppTest
+
+from raysearch.cli import main
+
+DASHBOARD = Path(__file__).resolve().parents[1] / "dashboard"
+PAGES = {
+    "views/leaderboard.py": "Leaderboard",
+    "views/curves.py": "Learning curves",
+    "views/importance.py": "Which hyperparameters mattered",
+    "views/tradeoffs.py": "Accuracy against size and latency",
+    "views/models.py": "Models on test images",
+    "views/audit.py": "Data audit",
+}
+
+
+@pytest.fixture
+def dashboard(monkeypatch: pytest.MonkeyPatch):
+    """A function opening the dashboard on a results folder, as `raysearch dashboard DIR` would."""
+    monkeypatch.syspath_prepend(str(DASHBOARD))
+
+    def open_on(results: Path) -> AppTest:
+        monkeypatch.setenv("RAYSEARCH_RESULTS", str(results))
+        app = AppTest.from_file(str(DASHBOARD / "app.py"), default_timeout=120)
+        app.run()
+        assert not app.exception, app.exception
+        return app
+
+    return open_on
+
+
+def page(app: AppTest, path: str) -> AppTest:
+    app.switch_page(path).run()
+    assert not app.exception, (path, app.exception)
+    assert [t.value for t in app.title] == [PAGES[path]]
+    return app
+
+
+def chart_text(app: AppTest) -> str:
+    return " ".join(chart.proto.spec for chart in app.get("plotly_chart"))
+
+
+def trial_ids(tiny_study) -> set[str]:
+    return set(pd.read_parquet(tiny_study.study / "trials.parquet")["trial_id"])
+
+
+@pytest.mark.slow
+def test_every_page_renders_the_study(dashboard, tiny_study) -> None:
+    app = dashboard(tiny_study.results)
+    ids = trial_ids(tiny_study)
+    assert app.selectbox(key="study").value == "tiny"
+
+    page(app, "views/leaderboard.py")
+    assert set(app.dataframe[0].value["trial_id"]) == ids
+    assert any(f"trial {i}" in m.label for m in app.metric for i in ids)
+
+    page(app, "views/curves.py")
+    assert all(i in chart_text(app) for i in ids)
+
+    page(app, "views/importance.py")
+    assert app.get("plotly_chart") or app.info
+
+    page(app, "views/tradeoffs.py")
+    assert len(app.get("plotly_chart")) == 2 and all(i in chart_text(app) for i in ids)
+
+    page(app, "views/models.py")
+    predictions = pd.read_parquet(tiny_study.study / "predictions.parquet")
+    assert app.selectbox(key="model").value[0] == predictions["trial_id"].iloc[0]
+    assert len(app.get("image")) == 12 and not app.error
+    assert "predicted" in chart_text(app)  # the confusion matrix
+
+    page(app, "views/audit.py")
+    assert app.get("plotly_chart")  # images per split
+
+
+@pytest.mark.slow
+def test_models_page_errors_filter_and_grad_cam(dashboard, tiny_study) -> None:
+    app = page(dashboard(tiny_study.results), "views/models.py")
+    predictions = pd.read_parquet(tiny_study.study / "predictions.parquet")
+    wrong = (predictions["true_class"] != predictions["pred_class"]) | (predictions["apd"] > 0.15)
+    app.toggle(key="errors-only").set_value(True).run()
+    assert not app.exception
+    assert len(app.get("image")) == min(int(wrong.sum()), 12)
+    app.toggle(key="errors-only").set_value(False).run()
+    app.toggle(key="gradcam").set_value(True).run()
+    assert not app.exception and not app.error
+    assert len(app.get("image")) == 12 + 4  # the gallery, then four heat maps
+
+
+@pytest.mark.slow
+def test_leaderboard_ranks_and_filters_across_studies(dashboard, tiny_study_copy) -> None:
+    other = tiny_study_copy.results / "other"
+    other.mkdir()
+    for name in ("trials.parquet", "epochs.parquet"):
+        (other / name).write_bytes((tiny_study_copy.study / name).read_bytes())
+    spec = yaml.safe_load((tiny_study_copy.study / "study.yaml").read_text()) | {"task": "classification"}
+    (other / "study.yaml").write_text(yaml.safe_dump(spec))
+
+    app = page(dashboard(tiny_study_copy.results), "views/leaderboard.py")
+    app.selectbox(key="rank-by").set_value("params").run()
+    shown = app.dataframe[0].value
+    assert app.radio(key="mode-params").value == "min"
+    assert shown["params"].is_monotonic_increasing and shown["rank"].tolist() == [1, 2]
+
+    app.multiselect(key="status").set_value(["COMPLETED"]).run()
+    assert set(app.dataframe[0].value["status"]) == {"COMPLETED"}
+    app.multiselect(key="status").set_value(["COMPLETED", "PRUNED", "EARLY_STOPPED"]).run()
+
+    app.toggle(key="all-studies").set_value(True).run()
+    assert not app.exception
+    both = app.dataframe[0].value
+    assert len(both) == 4 and set(both["study"]) == {"tiny", "other"}
+    app.multiselect(key="tasks").set_value(["classification"]).run()
+    assert set(app.dataframe[0].value["study"]) == {"other"}
+
+
+@pytest.mark.slow
+def test_crafted_prediction_path_is_refused(dashboard, tiny_study_copy) -> None:
+    outside = tiny_study_copy.results.parent / "outside.png"
+    cv2.imwrite(str(outside), np.full((8, 8), 255, np.uint8))
+    path = tiny_study_copy.study / "predictions.parquet"
+    table = pq.read_table(path)
+    views = table.column("view").to_pylist()
+    views[0] = "../../outside.png"
+    assert (tiny_study_copy.study / views[0]).resolve() == outside.resolve()
+    pq.write_table(table.set_column(table.schema.get_field_index("view"), "view", pa.array(views)), path)
+
+    app = page(dashboard(tiny_study_copy.results), "views/models.py")
+    assert len(app.error) == 1 and "refused, the path lies outside the results folder" in app.error[0].value
+    assert len(app.get("image")) == 11
+
+
+@pytest.mark.slow
+def test_audit_page_shows_the_audit(dashboard, tiny_study_copy) -> None:
+    audit = pd.DataFrame({"check": ["duplicate", "duplicate", "empty label"], "split": ["train", "test", "val"],
+                          "path": ["a.png", "b.png", "c.png"]})
+    audit.to_parquet(tiny_study_copy.study / "audit.parquet")
+    app = page(dashboard(tiny_study_copy.results), "views/audit.py")
+    assert "duplicate" in chart_text(app)
+    assert app.dataframe[-1].value["path"].tolist() == ["a.png", "b.png", "c.png"]
+
+
+@pytest.mark.slow
+def test_main_page_does_not_import_torch(tiny_study) -> None:
+    script = (f"import sys; sys.path.insert(0, {str(DASHBOARD)!r})\n"
+              "from streamlit.testing.v1 import AppTest\n"
+              f"app = AppTest.from_file({str(DASHBOARD / 'app.py')!r}, default_timeout=120).run()\n"
+              "import json; print(json.dumps([bool(app.exception), 'torch' in sys.modules, 'ray' in sys.modules]))")
+    environment = os.environ | {"RAYSEARCH_RESULTS": str(tiny_study.results)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=environment)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [False, False, False]
+
+
+def test_dashboard_command_refuses_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["dashboard", str(tmp_path / "missing")]) == 2
+    assert "no such results folder" in capsys.readouterr().err

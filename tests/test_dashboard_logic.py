@@ -1,0 +1,208 @@
+"""The dashboard's logic without Streamlit: path guard, ranking, filtering, Pareto front, importance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raysearch.dashboard_logic import (
+    BONE_FRACTURE_ATTRIBUTION,
+    confusion_from_metrics,
+    confusion_from_predictions,
+    dataset_attribution,
+    filter_trials,
+    find_studies,
+    importance_study,
+    lower_is_better,
+    metric_columns,
+    parallel_dimensions,
+    param_importances,
+    pareto_front,
+    prediction_errors,
+    rank_trials,
+    ray_dashboard_candidates,
+    safe_path,
+    stop_points,
+    study_distributions,
+)
+from raysearch.errors import DataError
+from raysearch.space import parse_space
+
+SPACE = parse_space({
+    "task": "multitask",
+    "parameters": {
+        "lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+        "width": {"type": "categorical", "choices": [8, 16, 32]},
+        "conv_layers": {"type": "int", "low": 2, "high": 6},
+        "scheduler": {"type": "categorical", "choices": ["step", "cosine"]},
+        "step_size": {"type": "int", "low": 1, "high": 4, "when": {"scheduler": "step"}},
+    },
+    "fixed": {"model": "vgg"},
+}, source="test")
+STUDY = {"search_space": SPACE.to_dict()}
+
+
+def trials(n: int = 40, seed: int = 0) -> pd.DataFrame:
+    """Synthetic finished trials whose score depends on lr only (best near lr = 1e-2)."""
+    rng = np.random.default_rng(seed)
+    lr = 10 ** rng.uniform(-4, -1, n)
+    scheduler = rng.choice(["step", "cosine"], n)
+    return pd.DataFrame({
+        "trial_id": [f"t{i:02d}" for i in range(n)],
+        "status": rng.choice(["COMPLETED", "PRUNED"], n, p=[0.5, 0.5]),
+        "param.lr": lr,
+        "param.width": rng.choice([8, 16, 32], n),
+        "param.conv_layers": rng.integers(2, 7, n),
+        "param.scheduler": scheduler,
+        "param.step_size": np.where(scheduler == "step", rng.integers(1, 5, n), np.nan),
+        "param.model": "vgg",
+        "metric.val_score.best": 1 - np.abs(np.log10(lr) + 2) / 3 + rng.normal(0, 0.01, n),
+        "params": rng.integers(1_000, 100_000, n),
+        "latency_ms": rng.uniform(0.1, 3, n),
+    })
+
+
+def test_safe_path_accepts_inside_and_refuses_outside(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    (root / "study" / "predictions").mkdir(parents=True)
+    inside = root / "study" / "predictions" / "a.png"
+    assert safe_path(root, "study/predictions/a.png") == inside
+    assert safe_path(root, inside) == inside
+    for crafted in ("study/../../secret.png", "../results-other/x.png", "/etc/passwd", str(tmp_path / "x.png")):
+        with pytest.raises(DataError, match="refused, the path lies outside the results folder"):
+            safe_path(root, crafted)
+    (root / "study" / "link.png").symlink_to(tmp_path / "elsewhere.png")
+    with pytest.raises(DataError, match="outside"):
+        safe_path(root, "study/link.png")
+
+
+def test_crafted_parquet_path_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    (root / "study").mkdir(parents=True)
+    (tmp_path / "outside.png").write_bytes(b"secret")
+    pq.write_table(pa.table({"view": ["predictions/ok.png", "../../outside.png"]}), root / "study" / "p.parquet")
+    views = pd.read_parquet(root / "study" / "p.parquet")["view"]
+    assert safe_path(root, root / "study" / views[0]) == root / "study" / "predictions" / "ok.png"
+    with pytest.raises(DataError, match="outside.png: refused"):
+        safe_path(root, root / "study" / views[1])
+
+
+def test_rank_trials_best_first_missing_last() -> None:
+    frame = pd.DataFrame({"trial_id": ["a", "b", "c", "d"], "score": [0.5, np.nan, 0.9, 0.1]})
+    assert rank_trials(frame, "score", "max")["trial_id"].tolist() == ["c", "a", "d", "b"]
+    ranked = rank_trials(frame, "score", "min")
+    assert ranked["trial_id"].tolist() == ["d", "a", "c", "b"] and ranked["rank"].tolist() == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="mode"):
+        rank_trials(frame, "score", "best")
+
+
+def test_filter_trials_by_status_task_choices_and_ranges() -> None:
+    frame = trials().assign(task=["multitask", "classification"] * 20)
+    kept = filter_trials(frame, statuses=["COMPLETED"], tasks=["multitask"], choices={"param.width": [8, 16]},
+                         ranges={"param.lr": (1e-3, 1e-2), "param.step_size": (2, 3)})
+    assert not kept.empty
+    assert (kept["status"] == "COMPLETED").all() and (kept["task"] == "multitask").all()
+    assert kept["param.width"].isin([8, 16]).all() and kept["param.lr"].between(1e-3, 1e-2).all()
+    assert (kept["param.step_size"].isna() | kept["param.step_size"].between(2, 3)).all()
+    assert kept["param.step_size"].isna().any()  # trials without the conditional parameter are kept
+    assert len(filter_trials(frame)) == len(frame)
+
+
+def test_pareto_front_marks_undominated_trials() -> None:
+    frame = pd.DataFrame({"score": [0.9, 0.8, 0.7, 0.95, 0.6, np.nan], "params": [100, 10, 5, 1000, 50, 1]})
+    front = pareto_front(frame, "score", "max", ["params"])
+    assert front.tolist() == [True, True, True, True, False, False]
+    lower = pareto_front(frame, "score", "min", ["params"])  # a loss: low is good
+    assert lower.tolist() == [False, False, True, False, True, False]
+
+
+def test_column_helpers() -> None:
+    frame = trials().assign(**{"test.score": 0.5, "metric.val_loss.best": 1.0})
+    columns = metric_columns(frame)
+    assert columns[0] == "test.score" and "metric.val_score.best" in columns and columns[-1] == "latency_ms"
+    assert not any(c.startswith("param.") for c in columns)
+    assert lower_is_better("metric.val_loss.best") and lower_is_better("test.apd") and lower_is_better("params")
+    assert lower_is_better("test.score.std") and not lower_is_better("test.score.mean")
+    assert not lower_is_better("metric.val_accuracy.best")
+
+
+def test_importance_finds_the_parameter_that_matters() -> None:
+    distributions = study_distributions(STUDY)
+    assert set(distributions) == {"lr", "width", "conv_layers", "scheduler", "step_size"}
+    frame = trials()
+    for evaluator in ("fANOVA", "MeanDecreaseImpurity"):
+        found = param_importances(frame, distributions, "metric.val_score.best", "max", evaluator=evaluator)
+        assert max(found, key=found.get) == "lr", (evaluator, found)
+        assert sum(found.values()) == pytest.approx(1.0)
+        assert "step_size" not in found  # conditional: not in every trial
+
+
+def test_importance_study_counts_pruned_trials_only_when_asked() -> None:
+    frame = trials()
+    distributions = study_distributions(STUDY)
+    everything = importance_study(frame, distributions, "metric.val_score.best", "max")
+    finished = importance_study(frame, distributions, "metric.val_score.best", "max", include_pruned=False)
+    assert len(everything.trials) == len(frame)
+    assert len(finished.trials) == (frame["status"] == "COMPLETED").sum()
+    assert isinstance(everything.trials[0].params["conv_layers"], int)
+    assert param_importances(frame.head(1), distributions, "metric.val_score.best", "max") == {}
+
+
+def test_parallel_dimensions_encode_categories() -> None:
+    frame = pd.DataFrame({"param.lr": [0.1, 0.01], "param.scheduler": ["step", None], "param.bn": [True, False]})
+    lr, scheduler, bn = parallel_dimensions(frame, ["param.lr", "param.scheduler", "param.bn"])
+    assert lr == {"label": "lr", "values": [0.1, 0.01]}
+    assert scheduler["ticktext"] == ["step", "—"] and scheduler["values"] == [0, 1]
+    assert bn["ticktext"] == ["False", "True"] and bn["values"] == [1, 0]
+
+
+def test_stop_points_are_last_epochs_of_stopped_trials() -> None:
+    trials_frame = pd.DataFrame({"trial_id": ["a", "b", "c"], "status": ["PRUNED", "COMPLETED", "EARLY_STOPPED"]})
+    epochs = pd.DataFrame({"trial_id": ["a", "a", "b", "b", "b", "c"], "epoch": [1, 2, 1, 2, 3, 1],
+                           "val_score": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]})
+    stops = stop_points(trials_frame, epochs, "val_score")
+    assert stops.set_index("trial_id")[["status", "epoch", "val_score"]].to_dict("index") == {
+        "a": {"status": "PRUNED", "epoch": 2, "val_score": 0.2},
+        "c": {"status": "EARLY_STOPPED", "epoch": 1, "val_score": 0.6}}
+
+
+def test_confusion_matrices() -> None:
+    predictions = pd.DataFrame({"true_class": [0, 0, 1, 2, None], "pred_class": [0, 1, 1, 2, 0]})
+    assert confusion_from_predictions(predictions, 3).tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+    row = {"metric.val_confusion_0_0.best": 4.0, "metric.val_confusion_1_0.best": 2.0, "metric.val_score.best": 1}
+    assert confusion_from_metrics(row, 2).tolist() == [[4, 0], [2, 0]]
+    assert confusion_from_metrics({"metric.val_score.best": 1}, 2) is None
+
+
+def test_prediction_errors() -> None:
+    predictions = pd.DataFrame({"true_class": [0, 1, 1, 2], "pred_class": [0, 0, 1, 2],
+                                "apd": [0.01, 0.01, 0.3, np.nan], "iou": [np.nan, 0.9, 0.9, 0.2]})
+    assert prediction_errors(predictions, apd_limit=0.1, iou_limit=0.5).tolist() == [False, True, True, True]
+
+
+def test_attribution_only_for_the_real_dataset() -> None:
+    real = {"data": {"root": "/data/shared/datasets/bone-fracture-yolo", "classes": ["a"]}}
+    assert dataset_attribution(real) == BONE_FRACTURE_ATTRIBUTION and "CC BY 4.0" in BONE_FRACTURE_ATTRIBUTION
+    assert dataset_attribution({"data": {"root": "/tmp/phantom", "classes": ["finger", "wrist"]}}) is None
+
+
+def test_ray_dashboard_candidates() -> None:
+    found = ray_dashboard_candidates({"RAY_ADDRESS": "ray://head:10001"}, {"spec": {"address": "10.0.0.5:6379"}})
+    assert found == ["http://head:8265", "http://10.0.0.5:8265", "http://127.0.0.1:8265"]
+    assert ray_dashboard_candidates({"RAY_DASHBOARD_URL": "http://h:9000", "RAY_ADDRESS": "auto"}, {}) == [
+        "http://h:9000", "http://127.0.0.1:8265"]
+
+
+def test_find_studies(tmp_path: Path) -> None:
+    for name in ("b", "a"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "trials.parquet").write_bytes(b"")
+    (tmp_path / "cache").mkdir()
+    assert [p.name for p in find_studies(tmp_path)] == ["a", "b"]
+    assert find_studies(tmp_path / "a") == [tmp_path / "a"]
+    assert find_studies(tmp_path / "missing") == []

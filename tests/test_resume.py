@@ -1,0 +1,92 @@
+"""`raysearch resume`: a study whose driver was killed (SIGKILL) mid-trial continues where it stopped, and
+its Parquet files end with every trial exactly once, each with its full epoch history."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from ray_processes import alive, descendants, kill_all, title, wait_for
+
+from raysearch.api import resume_study
+from raysearch.data.phantom import PhantomSpec, write_phantom
+from raysearch.errors import ConfigError
+
+TRIALS, EPOCHS = 4, 6
+
+
+def _environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+
+def _reported(trial_dir: Path) -> list[int]:
+    """The epochs a trial reported to Tune, in order, as Tune logged them (before any de-duplication)."""
+    path = trial_dir / "result.json"
+    return [json.loads(line)["epoch"] for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _mid_trial(experiment: Path) -> bool:
+    """Whether one trial is done and another has reported two epochs (so has a checkpoint) but not all."""
+    progress = [len(_reported(d)) for d in experiment.iterdir() if d.is_dir()] if experiment.is_dir() else []
+    return len(progress) >= 2 and any(2 <= n < EPOCHS for n in progress)
+
+
+def test_resume_refuses_a_folder_that_is_not_a_study(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no study.yaml"):
+        resume_study(tmp_path)
+
+
+@pytest.mark.slow
+def test_driver_killed_mid_study_then_resumed(tmp_path: Path) -> None:
+    data = write_phantom(tmp_path / "phantom", PhantomSpec(train=96, val=16, test=8, image_size=64), progress=False)
+    results, study = tmp_path / "results", tmp_path / "results" / "resumed"
+    experiment = study / "ray" / "resumed"
+    command = [sys.executable, "-m", "raysearch", "run", "multitask", "--data", str(data), "--trials", str(TRIALS),
+               "--max-epochs", str(EPOCHS), "--image-size", "48", "--concurrency", "1", "--seed", "3",
+               "--results", str(results), "--name", "resumed", "--quiet"]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_environment())
+    try:
+        wait_for(lambda: _mid_trial(experiment) or driver.poll() is not None, 600, "a trial in progress")
+        local_ray = {pid: title(pid) for pid in descendants(driver.pid)}
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == -signal.SIGKILL, "the study was still running when its driver was killed"
+    interrupted = {d.name: _reported(d) for d in experiment.iterdir() if d.is_dir() and 0 < len(_reported(d)) < EPOCHS}
+    assert not (study / "trials.parquet").exists()
+
+    # The local Ray instance that the killed driver started dies with it: its GCS and raylet exit at once
+    # (Ray's agents linger for a minute or two; stop them here rather than leave them to other tests).
+    core = [pid for pid in local_ray if title(pid).split(" ")[0].endswith(("gcs_server", "raylet"))]
+    assert core, "the driver had started a local Ray instance"
+    wait_for(lambda: not any(alive(pid) for pid in core), 60, "the killed driver's GCS and raylet to exit")
+    kill_all([pid for pid, name in local_ray.items() if title(pid) == name])
+
+    again = subprocess.run(command, capture_output=True, text=True, env=_environment(), timeout=300)
+    assert again.returncode == 2 and "raysearch resume" in again.stderr
+
+    resumed = subprocess.run([sys.executable, "-m", "raysearch", "resume", str(study), "--quiet"],
+                             capture_output=True, text=True, env=_environment(), timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    trials = pq.read_table(study / "trials.parquet").to_pandas()
+    epochs = pq.read_table(study / "epochs.parquet").to_pandas()
+    assert len(trials) == TRIALS and trials["trial_id"].is_unique
+    assert set(trials["status"]) <= {"COMPLETED", "PRUNED"}
+    for trial_id, group in epochs.groupby("trial_id"):
+        count = trials.set_index("trial_id").loc[trial_id, "epochs"]
+        assert group["epoch"].tolist() == list(range(1, count + 1)), trial_id
+    assert set(epochs["trial_id"]) == set(trials["trial_id"])
+    for trial_id, before in interrupted.items():
+        after = _reported(experiment / trial_id)
+        assert after[: len(before)] == before and after.count(1) == 1, \
+            f"{trial_id} continued from its checkpoint instead of starting again: {after}"
+        assert trials.set_index("trial_id").loc[trial_id, "status"] in ("COMPLETED", "PRUNED")

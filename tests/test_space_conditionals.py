@@ -1,0 +1,86 @@
+"""The default search spaces: every task has one, and Optuna samples only valid combinations from it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+import pytest
+import torch
+
+from raysearch.space import SearchSpace, load_space
+from raysearch.study import SEARCH_SPACES
+from raysearch.tasks import create_task, task_names
+from raysearch.training.hparams import defaults
+from raysearch.training.optim import create_optimizer, create_scheduler
+
+TRIALS = 50
+SCHEDULERS = {"none", "step", "cosine", "cosine_restarts", "plateau", "onecycle"}
+
+
+def default_space(name: str) -> SearchSpace:
+    return load_space(SEARCH_SPACES / f"{name}.yaml", known=set(defaults(create_task(name).hyperparameters)))
+
+
+def sampled(space: SearchSpace, trials: int = TRIALS) -> list[dict[str, Any]]:
+    """The parameters Optuna's random sampler sets in each of `trials` define-by-run trials."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    configurations = []
+    for _ in range(trials):
+        trial = study.ask()
+        fixed = space.sample(trial)
+        study.tell(trial, 0.0)
+        configurations.append({**fixed, **trial.params})
+    return configurations
+
+
+@pytest.mark.parametrize("name", task_names())
+def test_each_task_has_a_default_space_with_its_metric(name: str) -> None:
+    space = default_space(name)
+    assert space.task == name and space.metric == create_task(name).score and space.mode == create_task(name).mode
+    names = set(space.names)
+    knobs = {"optimizer", "lr", "weight_decay", "batch_size", "dropout", "scheduler", "warmup_epochs", "patience"}
+    assert knobs <= names
+    choices = {p.name: set(p.distribution.choices) for p in space.parameters if hasattr(p.distribution, "choices")}
+    assert choices["optimizer"] == {"adam", "adamw", "sgd"} and choices["scheduler"] == SCHEDULERS
+
+
+@pytest.mark.parametrize("name", task_names())
+def test_parameters_are_sampled_exactly_when_their_conditions_hold(name: str) -> None:
+    space = default_space(name)
+    for config in sampled(space):
+        for parameter in space.parameters:
+            assert (parameter.name in config) == parameter.active(config), (parameter.name, config)
+        assert ("step_size" in config) == (config["scheduler"] in ("step", "cosine_restarts"))
+        assert ("gamma" in config) == (config["scheduler"] in ("step", "plateau"))
+        assert ("plateau_patience" in config) == (config["scheduler"] == "plateau")
+        assert ("warmup_epochs" in config) == (config["scheduler"] not in ("plateau", "onecycle"))
+        assert ("momentum" in config) == (config["optimizer"] == "sgd")
+        if "model" in config:
+            for vgg_only in ("conv_layers", "pool_every", "width", "batch_norm"):
+                assert (vgg_only in config) == (config["model"] == "vgg")
+        if name == "multitask":
+            assert ("loss_weight" in config) == (config["loss_weighting"] == "fixed")
+
+
+@pytest.mark.parametrize("name", task_names())
+def test_every_sampled_configuration_makes_its_optimizer_and_scheduler(name: str) -> None:
+    space, hp = default_space(name), defaults(create_task(name).hyperparameters)
+    configs = sampled(space)
+    assert {c["scheduler"] for c in configs} == SCHEDULERS
+    for config in configs:
+        trial_hp = {**hp, **config}
+        optimizer = create_optimizer([torch.nn.Parameter(torch.zeros(1))], trial_hp)
+        scheduler = create_scheduler(optimizer, trial_hp, epochs=4, steps_per_epoch=3)
+        assert optimizer.param_groups[0]["lr"] > 0 and scheduler is not None
+
+
+def test_image_tasks_search_model_families_and_segmentation_its_encoders() -> None:
+    for name in ("classification", "regression", "multitask"):
+        models = {c["model"] for c in sampled(default_space(name))}
+        assert "vgg" in models and {"resnet18", "efficientnet_b0", "mobilenetv2_100"} & models
+    segmentation = sampled(default_space("segmentation"))
+    assert {c["architecture"] for c in segmentation} == {"unet", "unetplusplus", "fpn"}
+    assert {"dice_focal", "dice_bce"} <= {c["seg_loss"] for c in segmentation}
+    assert all("model" not in c and "conv_layers" not in c for c in segmentation)

@@ -22,6 +22,8 @@ from raysearch.tasks import create_task
 from raysearch.trained import best_checkpoint, build_model, load_weights, model_input, trial_hyperparameters
 from raysearch.training.hparams import preprocessing_of
 
+MIN_CAM_SIDE = 4
+
 
 class ClassLogits(nn.Module):
     """A task model seen through its class logits only, as Grad-CAM expects."""
@@ -48,11 +50,26 @@ def trial_model(root: str, directory: str, trial_id: str, _spec: dict[str, Any],
     return load_weights(network, checkpoint, torch.device("cpu")), hp
 
 
+def target_layer(network: nn.Module, images: torch.Tensor) -> nn.Module:
+    """The deepest convolution whose output still has at least MIN_CAM_SIDE pixels a side (small inputs
+    shrink to 1×1 in the last layers, where a heat map has nothing to show), else the first one."""
+    sides: dict[nn.Module, int] = {}
+    convolutions = [m for m in network.modules() if isinstance(m, nn.Conv2d)]
+    hooks = [m.register_forward_hook(lambda m, _, out: sides.__setitem__(m, min(out.shape[-2:])))
+             for m in convolutions]
+    with torch.no_grad():
+        network(images)
+    for hook in hooks:
+        hook.remove()
+    wide = [m for m in convolutions if sides.get(m, 0) >= MIN_CAM_SIDE]
+    return wide[-1] if wide else convolutions[0]
+
+
 def heat_map(network: nn.Module, hp: dict[str, Any], view: np.ndarray, class_id: int) -> np.ndarray:
-    """The Grad-CAM of `class_id` on the last convolution, over the grey view image, as RGB uint8."""
+    """The Grad-CAM of `class_id` over the grey view image, as RGB uint8."""
     tensor, _ = model_input(view, preprocessing_of(hp))
-    last_conv = [m for m in network.modules() if isinstance(m, nn.Conv2d)][-1]
-    with torch.enable_grad(), GradCAM(model=ClassLogits(network), target_layers=[last_conv]) as cam:
+    layer = target_layer(network, tensor)
+    with torch.enable_grad(), GradCAM(model=ClassLogits(network), target_layers=[layer]) as cam:
         grey = cam(input_tensor=tensor, targets=[ClassifierOutputTarget(class_id)])[0]
     heat = cv2.resize(grey, (view.shape[1], view.shape[0]), interpolation=cv2.INTER_LINEAR)
     rgb = cv2.cvtColor(view, cv2.COLOR_GRAY2RGB).astype(np.float32) / 255.0

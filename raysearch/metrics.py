@@ -132,11 +132,12 @@ def mask_counts(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def mask_metrics(counts: torch.Tensor) -> dict[str, float]:
-    """Foreground IoU, F1 (= Dice), precision and recall from summed `mask_counts` (smp.metrics, micro:
-    every pixel of the split weighs the same; a split with no foreground at all, predicted or true, scores 1)."""
+    """Foreground IoU, F1 (= Dice), precision and recall from summed `mask_counts` (smp.metrics): every pixel
+    of the split weighs the same, and a ratio with nothing to divide (e.g. no foreground, true or predicted)
+    is 1, smp's convention for "nothing to find, nothing found"."""
     from segmentation_models_pytorch import metrics
 
     tp, fp, fn, tn = (c.view(1, 1) for c in counts)
     scores = {"iou": metrics.iou_score, "f1": metrics.f1_score, "precision": metrics.precision,
               "recall": metrics.recall}
-    return {name: score(tp, fp, fn, tn, reduction="micro").item() for name, score in scores.items()}
+    return {name: score(tp, fp, fn, tn, zero_division=1.0).item() for name, score in scores.items()}

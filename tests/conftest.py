@@ -20,6 +20,20 @@ from raysearch.data.phantom import PhantomSpec, write_phantom
 
 TINY_STUDY_NAME = "tiny"
 TINY_PHANTOM = PhantomSpec(train=48, val=16, test=16, image_size=64)
+# Small VGGs only, so that every trial, evaluation and retraining of the tiny study takes seconds on a CPU.
+TINY_SPACE = """task: multitask
+metric: val_score
+mode: max
+parameters:
+  conv_layers: {type: int, low: 2, high: 4}
+  width: {type: categorical, choices: [8, 16]}
+  lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
+  scheduler: {type: categorical, choices: [none, step]}
+  step_size: {type: int, low: 1, high: 2, when: {scheduler: step}}
+fixed:
+  model: vgg
+  batch_size: 16
+"""
 
 
 @dataclass(frozen=True)
@@ -34,11 +48,13 @@ class TinyStudy:
 
 def _run_tiny_study(root: Path) -> TinyStudy:
     data = write_phantom(root / "phantom", TINY_PHANTOM, progress=False)
+    space = root / "tiny-space.yaml"
+    space.write_text(TINY_SPACE)
     results = root / "results"
     environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_USAGE_STATS_ENABLED": "0"}
-    command = [sys.executable, "-m", "raysearch", "run", "multitask", "--data", str(data), "--trials", "2",
-               "--max-epochs", "2", "--image-size", "32", "--results", str(results), "--name", TINY_STUDY_NAME,
-               "--quiet"]
+    command = [sys.executable, "-m", "raysearch", "run", "multitask", "--data", str(data), "--space", str(space),
+               "--trials", "2", "--max-epochs", "2", "--image-size", "32", "--results", str(results),
+               "--name", TINY_STUDY_NAME, "--quiet"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment)
     assert done.returncode == 0, f"tiny study failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     return TinyStudy(results, results / TINY_STUDY_NAME, data, done.stdout)

@@ -102,6 +102,16 @@ def test_models_page_errors_filter_and_grad_cam(dashboard, tiny_study) -> None:
     assert not app.exception and not app.error
     assert len(app.get("image")) == 12 + 4  # the gallery, then four heat maps
 
+    from gradcam import heat_map, trial_model  # the page's own functions, to look at the pixels
+
+    row = predictions.iloc[0]
+    spec = yaml.safe_load((tiny_study.study / "study.yaml").read_text())
+    trial = pd.read_parquet(tiny_study.study / "trials.parquet").set_index("trial_id").loc[row["trial_id"]]
+    network, hp = trial_model(str(tiny_study.results), str(tiny_study.study), row["trial_id"], spec, trial)
+    view = cv2.imread(str(tiny_study.study / row["view"]), cv2.IMREAD_GRAYSCALE)
+    heat = heat_map(network, hp, view, int(row["pred_class"]))
+    assert heat.shape == (*view.shape, 3) and heat.std() > 10  # a map, not a uniform tint
+
 
 @pytest.mark.slow
 def test_leaderboard_ranks_and_filters_across_studies(dashboard, tiny_study_copy) -> None:

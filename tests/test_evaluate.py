@@ -69,6 +69,7 @@ def test_run_evaluates_the_best_trial_on_the_test_split(tiny_study) -> None:
     config = yaml.safe_load((study / "model" / "config.yaml").read_text())
     assert config["trial_id"] == best and config["task"] == "multitask" and len(config["classes"]) == 6
     assert config["preprocessing"]["image_size"] == 32
+    assert config["hyperparameters"]["lr"] == trials.loc[best, "param.lr"]
     assert config["hyperparameters"]["conv_layers"] == trials.loc[best, "param.conv_layers"]
     assert config["test"]["test.score"] == pytest.approx(trials.loc[best, "test.score"])
     assert (study / "model" / "weights.pt").is_file()

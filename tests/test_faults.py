@@ -55,9 +55,12 @@ def test_killed_train_worker_is_replaced_and_the_trial_continues(data: Path, tmp
     """SIGKILL one of a 2-worker trial's Train workers once its first checkpoint is registered: Ray Train starts
     a new worker group from that checkpoint, so every epoch is reported exactly once and the trial completes."""
     environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    command = [sys.executable, "-m", "raysearch", "run", "multitask", "--data", str(data), "--trials", "1",
-               "--max-epochs", "8", "--image-size", "32", "--workers-per-trial", "2", "--results", str(tmp_path),
-               "--name", "killed", "--quiet"]
+    space = tmp_path / "space.yaml"
+    space.write_text("task: multitask\nparameters:\n  lr: {type: float, low: 1.0e-3, high: 3.0e-3}\n"
+                     "fixed: {model: vgg, conv_layers: 3, width: 8, patience: 0}\n")
+    command = [sys.executable, "-m", "raysearch", "run", "multitask", "--data", str(data), "--space", str(space),
+               "--trials", "1", "--max-epochs", "8", "--image-size", "32", "--workers-per-trial", "2",
+               "--results", str(tmp_path), "--name", "killed", "--quiet"]
     log = tmp_path / "run.log"
     with log.open("w") as output:
         run = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment)

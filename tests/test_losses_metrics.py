@@ -103,3 +103,9 @@ def test_mask_metrics_from_summed_pixel_counts() -> None:
     metrics = mask_metrics(counts)
     assert metrics["iou"] == pytest.approx(3 / 5) and metrics["f1"] == pytest.approx(6 / 8)
     assert metrics["precision"] == pytest.approx(3 / 4) and metrics["recall"] == pytest.approx(3 / 4)
+
+
+def test_mask_metrics_with_nothing_predicted_or_nothing_to_find_are_finite() -> None:
+    nothing_predicted = mask_metrics(torch.tensor([0, 0, 5, 10]))
+    assert nothing_predicted == {"iou": 0.0, "f1": 0.0, "precision": 1.0, "recall": 0.0}
+    assert mask_metrics(torch.tensor([0, 0, 0, 10])) == {"iou": 1.0, "f1": 1.0, "precision": 1.0, "recall": 1.0}

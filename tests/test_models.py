@@ -68,6 +68,9 @@ def test_a_local_weights_file_is_loaded(tmp_path: Path) -> None:
     torch.save(source.state_dict(), tmp_path / "resnet10t.pth")
     backbone = create_backbone("resnet10t", in_channels=3, image_size=32, pretrained=str(tmp_path / "resnet10t.pth"))
     assert torch.equal(backbone.model.conv1[0].weight, source.conv1[0].weight)
+    torch.save({"unrelated": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(ConfigError, match="pretrained: .*other.pth does not hold weights for resnet10t"):
+        create_backbone("resnet10t", in_channels=3, image_size=32, pretrained=str(tmp_path / "other.pth"))
 
 
 @pytest.mark.parametrize("encoder", [*ENCODERS, "tu-resnet10t"])

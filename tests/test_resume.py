@@ -31,10 +31,20 @@ def _reported(trial_dir: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in path.read_text().splitlines()] if path.is_file() else []
 
 
+def _running(experiment: Path) -> set[str]:
+    """The trials that Tune's latest experiment snapshot records as RUNNING."""
+    snapshots = sorted(experiment.glob("experiment_state-*.json"))
+    try:
+        trials = json.loads(snapshots[-1].read_text())["trial_data"] if snapshots else []
+    except ValueError:
+        return set()
+    states = [json.loads(trial[0]) for trial in trials]
+    return {state["trial_id"] for state in states if state["status"] == "RUNNING"}
+
+
 def _mid_trial(experiment: Path) -> bool:
-    """Whether one trial is done and another has reported two epochs (so has a checkpoint) but not all."""
-    progress = [len(_reported(d)) for d in experiment.iterdir() if d.is_dir()] if experiment.is_dir() else []
-    return len(progress) >= 2 and any(2 <= n < EPOCHS for n in progress)
+    """Whether a running trial has reported (and checkpointed) at least two epochs but not all."""
+    return any(2 <= len(_reported(experiment / trial_id)) < EPOCHS for trial_id in _running(experiment))
 
 
 def test_resume_refuses_a_folder_that_is_not_a_study(tmp_path: Path) -> None:
@@ -44,12 +54,16 @@ def test_resume_refuses_a_folder_that_is_not_a_study(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_driver_killed_mid_study_then_resumed(tmp_path: Path) -> None:
-    data = write_phantom(tmp_path / "phantom", PhantomSpec(train=96, val=16, test=8, image_size=64), progress=False)
+    data = write_phantom(tmp_path / "phantom", PhantomSpec(train=160, val=16, test=8, image_size=64), progress=False)
     results, study = tmp_path / "results", tmp_path / "results" / "resumed"
     experiment = study / "ray" / "resumed"
-    command = [sys.executable, "-m", "raysearch", "run", "multitask", "--data", str(data), "--trials", str(TRIALS),
-               "--max-epochs", str(EPOCHS), "--image-size", "48", "--concurrency", "1", "--seed", "3",
-               "--results", str(results), "--name", "resumed", "--quiet"]
+    space = tmp_path / "space.yaml"
+    space.write_text("task: multitask\nparameters:\n  lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n"
+                     "  width: {type: categorical, choices: [8, 16]}\n"
+                     "fixed: {model: vgg, conv_layers: 3, patience: 0}\n")
+    command = [sys.executable, "-m", "raysearch", "run", "multitask", "--data", str(data), "--space", str(space),
+               "--trials", str(TRIALS), "--max-epochs", str(EPOCHS), "--image-size", "48", "--concurrency", "1",
+               "--seed", "3", "--results", str(results), "--name", "resumed", "--quiet"]
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_environment())
     try:
         wait_for(lambda: _mid_trial(experiment) or driver.poll() is not None, 600, "a trial in progress")
@@ -60,12 +74,13 @@ def test_driver_killed_mid_study_then_resumed(tmp_path: Path) -> None:
         if driver.poll() is None:
             driver.kill()
     assert driver.returncode == -signal.SIGKILL, "the study was still running when its driver was killed"
-    interrupted = {d.name: _reported(d) for d in experiment.iterdir() if d.is_dir() and 0 < len(_reported(d)) < EPOCHS}
+    interrupted = {trial_id: _reported(experiment / trial_id) for trial_id in _running(experiment)}
+    assert interrupted, "a trial was running when the driver was killed"
     assert not (study / "trials.parquet").exists()
 
     # The local Ray instance that the killed driver started dies with it: its GCS and raylet exit at once
     # (Ray's agents linger for a minute or two; stop them here rather than leave them to other tests).
-    core = [pid for pid in local_ray if title(pid).split(" ")[0].endswith(("gcs_server", "raylet"))]
+    core = [pid for pid, name in local_ray.items() if name.split(" ")[0].endswith(("gcs_server", "raylet"))]
     assert core, "the driver had started a local Ray instance"
     wait_for(lambda: not any(alive(pid) for pid in core), 60, "the killed driver's GCS and raylet to exit")
     kill_all([pid for pid, name in local_ray.items() if title(pid) == name])

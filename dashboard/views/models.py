@@ -65,7 +65,7 @@ def confusion(study: Study, trial_id: str, rows: pd.DataFrame) -> None:
 def caption(row: pd.Series) -> str:
     parts = []
     if pd.notna(row.get("pred_class_name")):
-        mark = "✅" if row["pred_class_name"] == row["true_class_name"] else "❌"
+        mark = "✓" if row["pred_class_name"] == row["true_class_name"] else "✗"
         confidence = max(row["probabilities"]) if row["probabilities"] is not None else float("nan")
         parts.append(f"{mark} true {row['true_class_name']} · predicted {row['pred_class_name']} ({confidence:.0%})")
     if pd.notna(row.get("apd")):

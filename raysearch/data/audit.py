@@ -143,6 +143,7 @@ def _count_files(audit: Audit, scan: Scan, pixels: list[Pixels | None]) -> None:
 
 def _count_classes(audit: Audit, scan: Scan) -> None:
     """Instances, images containing the class, and images whose class (the training target) it is."""
+    has_targets = any(r.sample.class_id is not None for r in scan.records)  # masks have no image-level class
     for split in SPLITS:
         records = [r for r in scan.records if r.sample.split == split]
         instances = Counter(c for r in records for c in _instances(r))
@@ -155,14 +156,15 @@ def _count_classes(audit: Audit, scan: Scan) -> None:
             audit.add("classes", "targets", targets[class_id], **where)
             if not records:
                 continue
-            if images[class_id] == 0:
-                audit.add("class_warnings", "absent", 0, **where)
-            elif images[class_id] < NEARLY_EMPTY:
-                audit.add("class_warnings", "nearly_empty", images[class_id], **where,
-                          detail=f"fewer than {NEARLY_EMPTY} images")
-            if images[class_id] and not targets[class_id]:
-                audit.add("class_warnings", "never_target", images[class_id], **where,
-                          detail="present, but never an image's class (its first polygon)")
+            count = images[class_id]
+            if count == 0:
+                audit.add("class_warnings", "absent", 0, **where, detail="absent: no image")
+            elif count < NEARLY_EMPTY:
+                audit.add("class_warnings", "nearly_empty", count, **where,
+                          detail=f"nearly empty: {count} images (fewer than {NEARLY_EMPTY})")
+            if has_targets and count and not targets[class_id]:
+                audit.add("class_warnings", "never_target", count, **where,
+                          detail=f"in {count} images, but never an image's class (its first polygon)")
 
 
 def _count_issues(audit: Audit, scan: Scan, pixels: list[Pixels | None]) -> None:
@@ -318,7 +320,7 @@ def format_audit(audit: Audit) -> str:
     lines = [f"Audit of {audit.name} ({audit.format}, {audit.root})", "Files per split:", *_split_table(audit),
              "Classes per split:", *_class_table(audit), "Class warnings:"]
     warnings = audit.rows("class_warnings")
-    lines += [f"  {f.class_name} in {f.split}: {f.detail or f.key} ({f.value} images)" for f in warnings]
+    lines += [f"  {f.class_name} in {f.split}: {f.detail}" for f in warnings]
     lines += ["  none"] if not warnings else []
     lines += ["Image sizes and channels:", *_pixel_summary(audit)]
     points = Counter()

@@ -31,6 +31,27 @@ class TimmBackbone(nn.Module):
         return self.model(images)
 
 
+def _from_file(name: str, path: Path, kwargs: dict[str, Any]) -> nn.Module:
+    """A timm model with the weights of a local file (timm adapts the first convolution to the channels and
+    drops the file's classifier, so it loads leniently: every other tensor of the model must be in the file)."""
+    import timm
+    from timm.models import load_state_dict
+
+    if not path.is_file():
+        raise ConfigError(f"pretrained: weights file {path} not found")
+    try:
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+        stored = load_state_dict(str(path))
+    except (RuntimeError, KeyError) as error:
+        reason = str(error).splitlines()[0]
+        raise ConfigError(f"pretrained: {path} does not hold weights for {name} ({reason})") from None
+    missing = [k for k in model.state_dict() if k not in stored and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise ConfigError(f"pretrained: {path} does not hold weights for {name} ({len(missing)} tensors missing, "
+                          f"e.g. {missing[0]})")
+    return model
+
+
 def _timm_backbone(name: str, *, in_channels: int, image_size: int, pretrained: bool | str) -> TimmBackbone:
     import timm
 
@@ -38,17 +59,11 @@ def _timm_backbone(name: str, *, in_channels: int, image_size: int, pretrained: 
         raise ConfigError(f"model: {name!r} is neither 'vgg' nor a timm model name (see timm.list_models())")
     kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_channels}
     if isinstance(pretrained, str):
-        path = Path(pretrained).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"pretrained: weights file {path} not found")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
-    try:
-        model = create_offline(lambda: timm.create_model(name, pretrained=bool(pretrained), **kwargs),
-                               pretrained=bool(pretrained), what=name,
-                               hint=f"{WHERE_WEIGHTS_GO}, or give 'pretrained' a local .safetensors/.pth file")
-    except RuntimeError as error:
-        raise ConfigError(f"pretrained: {pretrained} does not hold weights for {name} "
-                          f"({str(error).splitlines()[0]})") from None
+        model = _from_file(name, Path(pretrained).expanduser(), kwargs)
+    else:
+        hint = f"{WHERE_WEIGHTS_GO}, or give 'pretrained' a local .safetensors/.pth file"
+        model = create_offline(lambda: timm.create_model(name, pretrained=pretrained, **kwargs), pretrained=pretrained,
+                               what=name, hint=hint)
     features = probe(model, in_channels=in_channels, image_size=image_size, what=f"model {name!r}")
     return TimmBackbone(model, features.shape[1])
 

@@ -72,9 +72,12 @@ class TrainSession:
         return _as_path(checkpoint.as_directory()) if checkpoint else nullcontext(None)
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        """Report from every worker (a barrier); rank 0's checkpoint is copied to the run's storage as
+        `checkpoint_<N>`, numbered from 0 by epoch like a Tune trial's, not named by timestamp."""
         import ray.train
 
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint) if checkpoint else None)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint) if checkpoint else None,
+                         checkpoint_dir_name=f"checkpoint_{metrics['epoch'] - 1:06d}")
 
 
 class _as_path(AbstractContextManager):

@@ -70,7 +70,8 @@ def epoch_seconds(batches: list[np.ndarray], deliver: Callable[[np.ndarray], Bat
 def step_times(data: CachedDataset, batches: list[np.ndarray], hp: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Median (wall, CPU) seconds per step waiting for data (make_batch) and computing (forward, backward, step)."""
     task = create_task("multitask")
-    model = task.build_model(hp, TaskContext(len(data.classes), hp["channels"], 0.2))
+    context = TaskContext(len(data.classes), hp["channels"], 0.2)
+    model = task.build_model(hp, context)
     optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"])
     augmentation = augmentation_for(hp["augment"])
     waits, computes = [], []
@@ -79,7 +80,7 @@ def step_times(data: CachedDataset, batches: list[np.ndarray], hp: dict[str, Any
         started = now()
         batch = make_batch(data, rows, hp, torch.device("cpu"), augmentation)
         loaded = now()
-        loss = task.loss(model, model(batch["image"]), batch, hp)
+        loss = task.loss(model, model(batch["image"]), batch, hp, context)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -52,7 +52,9 @@ def main() -> None:
     st.set_page_config(page_title="raysearch", page_icon=":material/radiology:", layout="wide")
     root = results_root()
     st.sidebar.markdown(f"**Results** `{root}`")
-    found = studies(root) if root.is_dir() else []
+    found, refused = studies(root) if root.is_dir() else ([], [])
+    for message in refused:
+        st.sidebar.error(message, icon=":material/block:")
     if not found:
         st.title("raysearch")
         st.error(f"No study in {root}: run `raysearch run TASK --results {root}` first.")

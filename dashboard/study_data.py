@@ -17,6 +17,7 @@ import streamlit as st
 import yaml
 
 from raysearch.dashboard_logic import AUDIT_FILE, EPOCHS_FILE, PREDICTIONS_FILE, TRIALS_FILE, find_studies, safe_path
+from raysearch.errors import RaysearchError
 
 STUDY_FILE = "study.yaml"
 DEFAULT_RESULTS = "raysearch-results"
@@ -101,9 +102,15 @@ def load_study(root: Path, directory: Path) -> Study:
                  read_table(root, directory, AUDIT_FILE))
 
 
-def studies(root: Path) -> list[Path]:
-    """The study folders in the results root."""
-    return [safe_path(root, s) for s in find_studies(root)]
+def studies(root: Path) -> tuple[list[Path], list[str]]:
+    """The study folders in the results root, and why any folder (a link pointing out of it) was refused."""
+    found, refused = [], []
+    for study in find_studies(root):
+        try:
+            found.append(safe_path(root, study))
+        except RaysearchError as error:
+            refused.append(str(error))
+    return found, refused
 
 
 def current_study() -> Study:

@@ -259,7 +259,8 @@ def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epoch
     """Evaluate the `top` best trials on the test split (see module docstring); returns their test metrics."""
     from tqdm.auto import tqdm
 
-    for flag, value in (("--top", top), ("--repeats", repeats), ("--max-epochs", max_epochs or 1)):
+    epochs_flag = 1 if max_epochs is None else max_epochs
+    for flag, value in (("--top", top), ("--repeats", repeats), ("--max-epochs", epochs_flag)):
         if value < 1:
             raise ConfigError(f"{flag}: must be at least 1, got {value}")
     study_dir = Path(study_dir)

@@ -10,8 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
-from raysearch.data.phantom import PhantomSpec, write_phantom
+from conftest import TinyStudy
 
 
 def raysearch(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -40,15 +39,11 @@ def test_unknown_task_lists_valid_ones(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_run_multitask_end_to_end(tmp_path: Path) -> None:
-    data = write_phantom(tmp_path / "phantom", PhantomSpec(train=48, val=24, test=12, image_size=64), progress=False)
-    results = tmp_path / "results"
-    result = raysearch("run", "multitask", "--data", str(data), "--trials", "2", "--max-epochs", "2",
-                       "--image-size", "32", "--results", str(results), "--name", "tiny", "--quiet")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Best trials by val_score" in result.stdout
-    assert "raysearch dashboard" in result.stdout
-    study = results / "tiny"
+def test_run_multitask_end_to_end(tiny_study: TinyStudy) -> None:
+    """The session's tiny study (conftest): `raysearch run multitask`, 2 trials, 2 epochs, 32 px."""
+    assert "Best trials by val_score" in tiny_study.stdout
+    assert "raysearch dashboard" in tiny_study.stdout
+    study = tiny_study.study
 
     trials = pq.read_table(study / "trials.parquet").to_pandas()
     assert len(trials) == 2 and trials["trial_id"].is_unique
@@ -79,5 +74,6 @@ def test_run_multitask_end_to_end(tmp_path: Path) -> None:
     assert resolved["versions"]["ray"].startswith("2.60")
     assert (study / "optuna.db").is_file()
 
-    again = raysearch("run", "multitask", "--data", str(data), "--results", str(results), "--name", "tiny")
+    again = raysearch("run", "multitask", "--data", str(tiny_study.data), "--results", str(tiny_study.results),
+                      "--name", study.name)
     assert again.returncode == 2 and "already finished" in again.stderr

@@ -151,8 +151,17 @@ def test_crafted_prediction_path_is_refused(dashboard, tiny_study_copy) -> None:
     assert (tiny_study_copy.study / views[0]).resolve() == outside.resolve()
     pq.write_table(table.set_column(table.schema.get_field_index("view"), "view", pa.array(views)), path)
 
-    app = page(dashboard(tiny_study_copy.results), "views/models.py")
-    assert len(app.error) == 1 and "refused, the path lies outside the results folder" in app.error[0].value
+    elsewhere = tiny_study_copy.results.parent / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "trials.parquet").write_bytes(path.read_bytes())
+    (tiny_study_copy.results / "linked").symlink_to(elsewhere, target_is_directory=True)
+
+    app = dashboard(tiny_study_copy.results)
+    assert app.selectbox(key="study").options == ["tiny"]
+    assert any("linked: refused" in e.value for e in app.sidebar.error)
+    page(app, "views/models.py")
+    errors = app.main.error
+    assert len(errors) == 1 and "refused, the path lies outside the results folder" in errors[0].value
     assert len(app.get("image")) == 11
 
 

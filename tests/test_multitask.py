@@ -42,7 +42,7 @@ def test_uncertainty_weighting_learns_log_variances() -> None:
     hp = {**defaults(task.hyperparameters), "loss_weighting": "uncertainty"}
     model = task.build_model(hp, CONTEXT)
     batch = {"image": torch.randn(4, 1, 32, 32), "label": torch.tensor([0, 1, 2, 3]), "polygon": torch.rand(4, 8)}
-    loss = task.loss(model, model(batch["image"]), batch, hp)
+    loss = task.loss(model, model(batch["image"]), batch, hp, CONTEXT)
     loss.backward()
     assert model.log_variances.grad is not None and model.log_variances.grad.abs().sum() > 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from contextlib import nullcontext
 from pathlib import Path
@@ -77,7 +78,7 @@ def test_forward_backward_loss_and_metrics_are_finite(name: str, tiny_cache: Cac
     batch = make_batch(tiny_cache, rows[:4], hp, torch.device("cpu"))
     output = model(batch["image"])
     assert set(output) == OUTPUTS.get(name, set(output))
-    loss = task.loss(model, output, batch, hp)
+    loss = task.loss(model, output, batch, hp, context)
     loss.backward()
     assert loss.ndim == 0 and torch.isfinite(loss)
     gradients = [p.grad for p in model.parameters() if p.requires_grad]
@@ -127,3 +128,19 @@ def test_segmentation_trains_on_the_bone_masks(tiny_cache: CachedDataset) -> Non
     metrics = task.summarise(task.metric_sums(perfect, batch, context), context)
     assert metrics["iou"] == pytest.approx(1.0) and metrics["f1"] == pytest.approx(1.0)
     assert metrics["score"] == metrics["iou"]
+
+
+@pytest.mark.parametrize("name", ["classification", "multitask"])
+def test_class_weights_change_the_classification_loss(name: str, tiny_cache: CachedDataset) -> None:
+    task, hp = create_task(name), small_hp(name)
+    context = context_of(tiny_cache, name)
+    model = task.build_model(hp, context)
+    rows = task.usable(tiny_cache, tiny_cache.indices("train"))[:6]
+    batch = make_batch(tiny_cache, rows, hp, torch.device("cpu"))
+    with torch.no_grad():
+        output = model(batch["image"])
+        plain = task.loss(model, output, batch, hp, context)
+        weights = torch.ones(context.num_classes)
+        weights[batch["label"][0]] = 10.0
+        weighted = task.loss(model, output, batch, hp, dataclasses.replace(context, class_weights=weights))
+    assert not torch.isclose(plain, weighted)

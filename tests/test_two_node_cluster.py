@@ -68,7 +68,8 @@ def _stop(node: subprocess.Popen) -> None:
 
 
 def _environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    """This environment, with Ray's token authentication on for nodes and driver alike (as in cluster.yaml)."""
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "token"}
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from raysearch.dashboard_logic import (
 
 def trials_of(study: Study, everything: bool) -> pd.DataFrame:
     """The study's trials, or every study's in the results folder, with `study` and `task` columns."""
-    chosen = [load_study(study.root, s) for s in studies(study.root)] if everything else [study]
+    chosen = [load_study(study.root, s) for s in studies(study.root)[0]] if everything else [study]
     frames = [s.trials.assign(study=s.name, task=s.task) for s in chosen if not s.trials.empty]
     return pd.concat(frames, ignore_index=True) if frames else study.trials
 

@@ -53,8 +53,10 @@ class Task(ABC):
         """The network for one trial's hyperparameters."""
 
     @abstractmethod
-    def loss(self, model: nn.Module, output: Any, batch: Batch, hp: dict[str, Any]) -> torch.Tensor:
-        """The training loss of one batch."""
+    def loss(
+        self, model: nn.Module, output: Any, batch: Batch, hp: dict[str, Any], context: TaskContext
+    ) -> torch.Tensor:
+        """The training loss of one batch (`context.class_weights` weights the classes, when set)."""
 
     @abstractmethod
     def metric_sums(self, output: Any, batch: Batch, context: TaskContext) -> dict[str, torch.Tensor]:

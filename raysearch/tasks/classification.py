@@ -42,8 +42,12 @@ class ClassificationTask(Task):
     def build_model(self, hp: dict[str, Any], context: TaskContext) -> nn.Module:
         return HeadNet(backbone_from(hp, context.in_channels), dropout=hp["dropout"], num_classes=context.num_classes)
 
-    def loss(self, model: nn.Module, output: Any, batch: Batch, hp: dict[str, Any]) -> torch.Tensor:
-        return F.cross_entropy(output["logits"], batch["label"], label_smoothing=hp["label_smoothing"])
+    def loss(
+        self, model: nn.Module, output: Any, batch: Batch, hp: dict[str, Any], context: TaskContext
+    ) -> torch.Tensor:
+        return F.cross_entropy(
+            output["logits"], batch["label"], weight=context.class_weights, label_smoothing=hp["label_smoothing"]
+        )
 
     def metric_sums(self, output: Any, batch: Batch, context: TaskContext) -> dict[str, torch.Tensor]:
         return classification_sums(output["logits"], batch["label"], context.num_classes)

@@ -50,8 +50,12 @@ class MultitaskTask(Task):
         return TwoHeadNet(backbone_from(hp, context.in_channels), context.num_classes, hp["dropout"],
                           uncertainty=hp["loss_weighting"] == "uncertainty")
 
-    def loss(self, model: nn.Module, output: Any, batch: Batch, hp: dict[str, Any]) -> torch.Tensor:
-        classification = F.cross_entropy(output["logits"], batch["label"], label_smoothing=hp["label_smoothing"])
+    def loss(
+        self, model: nn.Module, output: Any, batch: Batch, hp: dict[str, Any], context: TaskContext
+    ) -> torch.Tensor:
+        classification = F.cross_entropy(
+            output["logits"], batch["label"], weight=context.class_weights, label_smoothing=hp["label_smoothing"]
+        )
         regression = regression_loss(hp["reg_loss"], output["polygon"], batch["polygon"])
         log_variances = getattr(model, "module", model).log_variances
         if log_variances is None:

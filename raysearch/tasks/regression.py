@@ -39,7 +39,9 @@ class RegressionTask(Task):
     def build_model(self, hp: dict[str, Any], context: TaskContext) -> nn.Module:
         return HeadNet(backbone_from(hp, context.in_channels), dropout=hp["dropout"], polygon=True)
 
-    def loss(self, model: nn.Module, output: Any, batch: Batch, hp: dict[str, Any]) -> torch.Tensor:
+    def loss(
+        self, model: nn.Module, output: Any, batch: Batch, hp: dict[str, Any], context: TaskContext
+    ) -> torch.Tensor:
         return regression_loss(hp["reg_loss"], output["polygon"], batch["polygon"])
 
     def metric_sums(self, output: Any, batch: Batch, context: TaskContext) -> dict[str, torch.Tensor]:

@@ -40,7 +40,9 @@ class SegmentationTask(Task):
                                          image_size=hp["image_size"], pretrained=hp["pretrained"],
                                          dropout=hp["dropout"])
 
-    def loss(self, model: nn.Module, output: Any, batch: Batch, hp: dict[str, Any]) -> torch.Tensor:
+    def loss(
+        self, model: nn.Module, output: Any, batch: Batch, hp: dict[str, Any], context: TaskContext
+    ) -> torch.Tensor:
         return segmentation_loss(hp["seg_loss"])(output["mask"], batch["mask"])
 
     def metric_sums(self, output: Any, batch: Batch, context: TaskContext) -> dict[str, torch.Tensor]:

@@ -204,7 +204,7 @@ def train(hp: dict[str, Any], settings: LoopSettings, session: Session) -> None:
         for rows in train_batches(train_rows, hp, epoch, settings.seed, session.world_rank, session.world_size,
                                   train_labels):
             batch = make_batch(data, rows, hp, session.device, augmentation)
-            loss = task.loss(trained, trained(batch["image"]), batch, hp)
+            loss = task.loss(trained, trained(batch["image"]), batch, hp, context)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -16,7 +16,14 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from raysearch.dashboard_logic import AUDIT_FILE, EPOCHS_FILE, PREDICTIONS_FILE, TRIALS_FILE, find_studies, safe_path
+from raysearch.dashboard_logic import (
+    EPOCHS_FILE,
+    PREDICTIONS_FILE,
+    TRIALS_FILE,
+    audit_locations,
+    find_studies,
+    safe_path,
+)
 from raysearch.errors import RaysearchError
 
 STUDY_FILE = "study.yaml"
@@ -52,6 +59,7 @@ class Study:
     epochs: pd.DataFrame | None
     predictions: pd.DataFrame | None
     audit: pd.DataFrame | None
+    audit_source: Path | None
 
     @property
     def name(self) -> str:
@@ -92,14 +100,24 @@ def read_table(root: Path, directory: Path, name: str) -> pd.DataFrame | None:
     return _parquet(str(path), path.stat().st_mtime) if path.is_file() else None
 
 
+def _audit(root: Path, directory: Path, spec: dict[str, Any]) -> tuple[pd.DataFrame | None, Path | None]:
+    """The study's data audit (see dashboard_logic.audit_locations) and where it was found."""
+    for candidate in audit_locations(directory, root, spec):
+        found = read_table(root, candidate.parent, candidate.name)
+        if found is not None:
+            return found, candidate
+    return None, None
+
+
 def load_study(root: Path, directory: Path) -> Study:
     """Read one study folder's files (cached until they change)."""
     spec_path = safe_path(root, directory / STUDY_FILE)
     spec = _yaml(str(spec_path), spec_path.stat().st_mtime) if spec_path.is_file() else {}
     trials = read_table(root, directory, TRIALS_FILE)
+    audit, audit_source = _audit(root, directory, spec)
     return Study(root, safe_path(root, directory), spec, trials if trials is not None else pd.DataFrame(),
                  read_table(root, directory, EPOCHS_FILE), read_table(root, directory, PREDICTIONS_FILE),
-                 read_table(root, directory, AUDIT_FILE))
+                 audit, audit_source)
 
 
 def studies(root: Path) -> tuple[list[Path], list[str]]:

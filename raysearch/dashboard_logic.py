@@ -253,6 +253,17 @@ def prediction_errors(predictions: pd.DataFrame, *, apd_limit: float, iou_limit:
     return wrong
 
 
+def audit_locations(study_dir: Path, results: Path, study: Mapping[str, Any]) -> list[Path]:
+    """Where a study's data audit may be, in order: the study folder, `raysearch data audit`'s default
+    `<results>/audit/<dataset folder name>/`, then the results folder itself."""
+    root = str(study.get("data", {}).get("root") or "")
+    name = Path(root.rstrip("/")).name
+    if name.endswith((".yaml", ".yml")):
+        name = Path(root).parent.name
+    named = [results / "audit" / name / AUDIT_FILE] if name else []
+    return [study_dir / AUDIT_FILE, *named, results / AUDIT_FILE]
+
+
 def dataset_attribution(study: Mapping[str, Any]) -> str | None:
     """The license attribution to show with results on the real bone-fracture radiographs, else None."""
     data = study.get("data", {})

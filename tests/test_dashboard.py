@@ -18,6 +18,7 @@ import yaml
 from streamlit.testing.v1 import AppTest
 
 from raysearch.cli import main
+from raysearch.data.audit import audit_dataset, write_audit
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "dashboard"
 PAGES = {
@@ -86,7 +87,8 @@ def test_every_page_renders_the_study(dashboard, tiny_study) -> None:
     assert "predicted" in chart_text(app)  # the confusion matrix
 
     page(app, "views/audit.py")
-    assert app.get("plotly_chart")  # images per split
+    assert "raysearch data audit" in app.info[0].value  # none was run for this study's data
+    assert app.metric[0].value == "48 / 16 / 16"
 
 
 @pytest.mark.slow
@@ -166,13 +168,13 @@ def test_crafted_prediction_path_is_refused(dashboard, tiny_study_copy) -> None:
 
 
 @pytest.mark.slow
-def test_audit_page_shows_the_audit(dashboard, tiny_study_copy) -> None:
-    audit = pd.DataFrame({"check": ["duplicate", "duplicate", "empty label"], "split": ["train", "test", "val"],
-                          "path": ["a.png", "b.png", "c.png"]})
-    audit.to_parquet(tiny_study_copy.study / "audit.parquet")
+def test_audit_page_shows_the_datasets_audit(dashboard, tiny_study_copy) -> None:
+    write_audit(audit_dataset(tiny_study_copy.data, progress=False), tiny_study_copy.results / "audit" / "phantom")
     app = page(dashboard(tiny_study_copy.results), "views/audit.py")
-    assert "duplicate" in chart_text(app)
-    assert app.dataframe[-1].value["path"].tolist() == ["a.png", "b.png", "c.png"]
+    assert any("audit/phantom/audit.parquet" in c.value for c in app.caption)
+    assert [m.value for m in app.metric][:5] == ["80", "80", "0", "0", "0"]
+    assert all(name in chart_text(app) for name in ("finger", "shoulder"))  # images per class and split
+    assert "Class warnings" in [h.value for h in app.subheader]  # val and test are nearly empty per class
 
 
 @pytest.mark.slow

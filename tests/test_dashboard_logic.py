@@ -12,6 +12,7 @@ import pytest
 
 from raysearch.dashboard_logic import (
     BONE_FRACTURE_ATTRIBUTION,
+    audit_locations,
     confusion_from_metrics,
     confusion_from_predictions,
     dataset_attribution,
@@ -206,3 +207,11 @@ def test_find_studies(tmp_path: Path) -> None:
     assert [p.name for p in find_studies(tmp_path)] == ["a", "b"]
     assert find_studies(tmp_path / "a") == [tmp_path / "a"]
     assert find_studies(tmp_path / "missing") == []
+
+
+def test_audit_locations(tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    for root, name in (("/data/bone-fracture-yolo", "bone-fracture-yolo"), ("/data/xr/data.yaml", "xr")):
+        assert audit_locations(study, tmp_path, {"data": {"root": root}}) == [
+            study / "audit.parquet", tmp_path / "audit" / name / "audit.parquet", tmp_path / "audit.parquet"]
+    assert audit_locations(study, tmp_path, {}) == [study / "audit.parquet", tmp_path / "audit.parquet"]

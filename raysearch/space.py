@@ -38,7 +38,7 @@ from raysearch.errors import ConfigError
 if TYPE_CHECKING:
     import optuna
 
-SPACE_KEYS = {"task", "description", "metric", "mode", "parameters", "fixed"}
+SPACE_KEYS = {"extends", "task", "description", "metric", "mode", "parameters", "fixed"}
 PARAMETER_KEYS = {"type": str, "low": (int, float), "high": (int, float), "log": bool, "step": (int, float),
                   "choices": list, "when": dict}
 TYPE_KEYS = {"int": {"low", "high"}, "float": {"low", "high"}, "categorical": {"choices"}}
@@ -192,14 +192,35 @@ def parse_space(data: Any, *, source: str, known: set[str] | None = None) -> Sea
     return SearchSpace(data["task"], tuple(parameters.values()), dict(fixed), data.get("metric"), mode, source)
 
 
-def load_space(path: Path, *, known: set[str] | None = None) -> SearchSpace:
-    """Read and validate a search-space YAML file."""
+def _read_yaml(path: Path) -> Any:
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except OSError as error:
         raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{line}: invalid YAML ({getattr(error, 'problem', error)})") from None
-    return parse_space(data, source=str(path), known=known)
+
+
+def _resolve_extends(path: Path, data: Any, seen: tuple[Path, ...] = ()) -> Any:
+    """Merge a document over the file its `extends:` names (relative to it): keys and parameters override."""
+    if not isinstance(data, dict) or "extends" not in data:
+        return data
+    if not isinstance(data["extends"], str):
+        raise ConfigError(f"{path}: extends: expected a file path, got {data['extends']!r}")
+    parent_path = (path.parent / data["extends"]).resolve()
+    if parent_path in seen:
+        raise ConfigError(f"{path}: extends: {data['extends']} extends itself")
+    parent = _resolve_extends(parent_path, _read_yaml(parent_path), (*seen, parent_path))
+    if not isinstance(parent, dict):
+        raise ConfigError(f"{parent_path}: expected a mapping at the top level")
+    merged = {**parent, **{k: v for k, v in data.items() if k not in ("extends", "parameters", "fixed")}}
+    for section in ("parameters", "fixed"):
+        merged[section] = {**(parent.get(section) or {}), **(data.get(section) or {})}
+    return merged
+
+
+def load_space(path: Path, *, known: set[str] | None = None) -> SearchSpace:
+    """Read and validate a search-space YAML file (following `extends:` to the file it builds on)."""
+    return parse_space(_resolve_extends(path, _read_yaml(path), (path.resolve(),)), source=str(path), known=known)

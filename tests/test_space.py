@@ -6,6 +6,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from raysearch.errors import ConfigError
@@ -83,3 +84,38 @@ def test_conditional_parameter_sampled_only_when_active() -> None:
         assert ("step_size" in trial.params) == (trial.params["scheduler"] == "step")
         study.tell(trial, 0.0)
     assert {t.params["scheduler"] for t in study.trials} == {"step", "cosine"}
+
+
+@pytest.mark.parametrize("path", sorted(SEARCH_SPACES.rglob("*.yaml")), ids=lambda p: str(p.relative_to(SEARCH_SPACES)))
+def test_every_shipped_space_is_valid_for_its_task(path: Path) -> None:
+    task = yaml.safe_load(path.read_text()).get("task") or path.stem
+    space = load_space(path, known=set(defaults(create_task(task).hyperparameters)))
+    assert space.task == path.stem
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        space.sample(trial)
+        assert all(p.active(trial.params) == (p.name in trial.params) for p in space.parameters)
+        study.tell(trial, 0.0)
+
+
+def test_extends_overrides_parameters_in_place(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text(
+        "task: multitask\nparameters:\n  model: {type: categorical, choices: [vgg]}\n"
+        "  conv_layers: {type: int, low: 2, high: 4, when: {model: vgg}}\nfixed:\n  optimizer: sgd\n"
+    )
+    (tmp_path / "wide.yaml").write_text(
+        "extends: base.yaml\nparameters:\n  model: {type: categorical, choices: [vgg, resnet18]}\n"
+        "  dropout: {type: float, low: 0.0, high: 0.5}\n"
+    )
+    space = load_space(tmp_path / "wide.yaml", known=KNOWN)
+    assert [p.name for p in space.parameters] == ["model", "conv_layers", "dropout"]
+    assert space.parameters[0].distribution.choices == ("vgg", "resnet18")
+    assert space.fixed == {"optimizer": "sgd"} and space.task == "multitask"
+
+
+def test_extends_cycle_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\ntask: multitask\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\ntask: multitask\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_space(tmp_path / "a.yaml", known=KNOWN)

@@ -108,7 +108,7 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
     hp_defaults = {**defaults(task.hyperparameters), "image_size": spec.image_size}
     space, space_text = _space_for(spec, set(hp_defaults))
     name = spec.study_name(space_text)
-    results_root = Path(spec.results)
+    results_root = Path(spec.results).resolve()
     study_dir = results_root / name
     if (study_dir / TRIALS_FILE).exists():
         raise ConfigError(f"study {name} already finished in {study_dir}; choose another --name or delete it")
@@ -245,7 +245,8 @@ def print_summary(outcome: StudyOutcome, space: SearchSpace, out: TextIO, top: i
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"), file=out)
     if len(ranked):
         best = ranked.iloc[0]
-        params = {p.name: _plain(best.get(f"param.{p.name}")) for p in space.parameters}
+        values = {p.name: _plain(best.get(f"param.{p.name}")) for p in space.parameters}
+        params = {name: value for name, value in values.items() if not _missing(value)}
         print(f"\nBest configuration ({best['trial_id']}): {params}", file=out)
     print(f"\nSearch took {outcome.search_seconds:.0f} s. Results: {outcome.directory.resolve()}", file=out)
     print(f"Explore them: raysearch dashboard {outcome.directory.parent.resolve()}", file=out)
@@ -254,3 +255,8 @@ def print_summary(outcome: StudyOutcome, space: SearchSpace, out: TextIO, top: i
 def _plain(value: Any) -> Any:
     """A numpy scalar as the Python value it holds (for printing)."""
     return value.item() if hasattr(value, "item") else value
+
+
+def _missing(value: Any) -> bool:
+    """A parameter that the trial did not sample (None, or NaN in a numeric column)."""
+    return value is None or (isinstance(value, float) and value != value)

@@ -145,9 +145,11 @@ def test_project_and_dependencies_installed_on_every_node(prepared: Config) -> N
 def test_results_go_to_storage_every_node_shares(prepared: Config) -> None:
     exports = [m.group(1) for c in prepared["head_setup_commands"]
                for m in re.finditer(r"echo 'export RAYSEARCH_RESULTS=([^'\s;]+)'", c)]
-    assert len(exports) == 1 and re.fullmatch(r"s3://[^/]+/\S+", exports[0]), exports
-    for name, worker in _worker_types(prepared).items():
-        assert "IamInstanceProfile" in worker["node_config"], f"{name} must reach S3 itself"
+    assert len(exports) == 1 and exports[0].startswith("/mnt/raysearch/"), exports
+    mounts = [c for c in prepared["setup_commands"] if "mount -t nfs4" in c]
+    assert len(mounts) == 1 and "/mnt/raysearch" in mounts[0], "every node mounts the shared file system"
+    for merged in ("head_setup_commands", "worker_setup_commands"):
+        assert mounts[0] in prepared[merged]
     assert prepared["cluster_synced_files"] == []
     assert '--results "$RAYSEARCH_RESULTS"' in CLUSTER_YAML.read_text()  # the documented `raysearch run`
 

@@ -10,6 +10,7 @@ The cluster is stopped by terminating those two processes, which stop the proces
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -34,16 +35,20 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _start_node(root: Path, name: str, *options: str) -> subprocess.Popen:
-    """One `ray start --block` node with its own temp dir under `root` and its own ports; returns once the
-    node is up. `root` must be short: Ray's Unix sockets live below it (at most 107 bytes of path)."""
+def _start_node(root: Path, name: str, address: str, *options: str) -> subprocess.Popen:
+    """One `ray start --block` node of the cluster at `address`, with its own temp dir under `root` and its
+    own ports; returns once the node is up. `root` must be short: Ray's Unix sockets live below it (at most
+    107 bytes of path). RAY_ADDRESS tells the node's processes which cluster is theirs: Ray Train's
+    PlacementGroupCleaner otherwise finds every Ray instance on the machine, cannot choose, and never frees
+    a finished trial's workers, so the next trial waits forever."""
     temp, log = root / name, root / f"{name}.log"
     temp.mkdir()
     command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--num-cpus=1",
                "--node-ip-address=127.0.0.1", f"--temp-dir={temp}", "--disable-usage-stats",
                f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}", *options]
     with log.open("w") as output:
-        node = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=_environment())
+        node = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
+                                env=_environment() | {"RAY_ADDRESS": address})
     try:
         wait_for(lambda: "Ray runtime started" in log.read_text() or node.poll() is not None, 300,
                  f"the {name} node to start")
@@ -77,13 +82,14 @@ def two_nodes() -> Iterator[str]:
     """A head node and a worker node of one CPU each; yields the cluster's address."""
     root = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))
     port = _free_port()
-    head = _start_node(root, "head", "--head", f"--port={port}", "--include-dashboard=true",
-                       "--dashboard-host=127.0.0.1",
-                       f"--dashboard-port={_free_port()}", f"--ray-client-server-port={_free_port()}")
+    address = f"127.0.0.1:{port}"
+    head = _start_node(root, "head", address, "--head", f"--port={port}", "--include-dashboard=true",
+                       "--dashboard-host=127.0.0.1", f"--dashboard-port={_free_port()}",
+                       f"--ray-client-server-port={_free_port()}")
     nodes = [head]
     try:
-        nodes.append(_start_node(root, "worker", f"--address=127.0.0.1:{port}"))
-        yield f"127.0.0.1:{port}"
+        nodes.append(_start_node(root, "worker", address, f"--address={address}"))
+        yield address
     finally:
         for node in reversed(nodes):
             _stop(node)
@@ -104,7 +110,11 @@ def test_two_worker_trials_on_a_two_node_cluster(two_nodes: str, tmp_path: Path)
                          capture_output=True, text=True, env=_environment(), timeout=900)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-4000:]
-    assert "node_rank=1" in output, "the trial's second worker ran on the second node"
+    workers = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "list", "actors", "--address", two_nodes,
+                              "--filter", "class_name=RayTrainWorker", "--format", "json", "--limit", "100"],
+                             capture_output=True, text=True, env=_environment(), timeout=120)
+    nodes = {actor["node_id"] for actor in json.loads(workers.stdout)}
+    assert len(nodes) == 2, f"each trial's two DDP workers ran on both nodes: {workers.stdout[-2000:]}"
 
     study = results / "two-nodes"
     resolved = yaml.safe_load((study / "study.yaml").read_text())

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from raysearch.search.tuner import SearchSettings
 
 STUDY_FILE = "study.yaml"
+EXPERIMENT_SNAPSHOT_S = 2
 DATA_ISSUES_FILE = "data_issues.parquet"
 
 
@@ -140,10 +141,14 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
 
 @contextmanager
 def _connected(address: str | None) -> Iterator[None]:
-    """Connected to the Ray cluster at `address`, or to a local instance started (and stopped) here."""
+    """Connected to the Ray cluster at `address`, or to a local instance started (and stopped) here.
+
+    Ray Tune snapshots its experiment (trials, searcher) every EXPERIMENT_SNAPSHOT_S seconds instead of
+    its default of at least 10: `raysearch resume` continues from the last snapshot, so a trial started
+    after it would be sampled again rather than continued."""
     import ray
 
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(EXPERIMENT_SNAPSHOT_S))
     ray.init(address=address, log_to_driver=True, configure_logging=False)
     try:
         yield
@@ -182,7 +187,7 @@ def run_study(spec: StudySpec, *, progress: bool = True, out: TextIO = sys.stdou
         started = time.perf_counter()
         grid = build_tuner(plan.space, plan.search, plan.trial, concurrency).fit()
         search_seconds = time.perf_counter() - started
-        records = records_from(grid)
+        records = records_from(grid, Path(plan.trial.storage_path))
     return _finish(plan, records, search_seconds, progress=progress, out=out)
 
 
@@ -213,7 +218,7 @@ def resume_study(study_dir: Path, *, address: str | None = None, progress: bool 
         started = time.perf_counter()
         grid = restore_tuner(plan.search, plan.trial).fit()
         search_seconds = time.perf_counter() - started
-        records = records_from(grid)
+        records = records_from(grid, Path(plan.trial.storage_path))
     return _finish(plan, records, search_seconds, progress=progress, out=out)
 
 

@@ -63,7 +63,8 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     if settings.workers == 1:
         from raysearch.training.session import TuneSession
 
-        train(hp, loop, TuneSession(use_gpu=use_gpu))
+        train(hp, loop, TuneSession(use_gpu=use_gpu,
+                                    directory=Path(settings.storage_path) / tune.get_context().get_trial_id()))
         return
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

@@ -10,6 +10,7 @@ from raysearch.results import TrialRecord
 from raysearch.search.resources import ElasticConcurrency
 from raysearch.search.trial import TrialSettings, is_reported_metric, run_trial
 from raysearch.space import SearchSpace
+from raysearch.training.session import latest_checkpoint, read_history
 
 
 @dataclass(frozen=True)
@@ -65,15 +66,15 @@ def build_tuner(space: SearchSpace, search: SearchSettings, trial: TrialSettings
         run_config=tune.RunConfig(
             name=search.name, storage_path=str(experiment_dir(search.results_dir, search.name).parent.resolve()),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
 
 
 def restore_tuner(search: SearchSettings, trial: TrialSettings) -> Any:
     """The Tuner of an interrupted study: finished and failed trials are kept as they are, unfinished
-    ones continue from their latest checkpoint, and the searcher (with its concurrency limit) and the
-    count of trials still to sample come back from the experiment folder. ASHA's rungs are not saved by
+    ones start again and continue from the latest checkpoint in their trial folder (see
+    raysearch.training.session), and the searcher (with its concurrency limit) and the count of trials
+    still to sample come back from the experiment folder. ASHA's rungs are not saved by
     Ray Tune: they fill again from the trials that report after the resume."""
     from ray import tune
 
@@ -81,29 +82,23 @@ def restore_tuner(search: SearchSettings, trial: TrialSettings) -> Any:
                               resume_unfinished=True, resume_errored=False, restart_errored=False)
 
 
-def records_from(result_grid: Any) -> list[TrialRecord]:
-    """Every trial's config, full epoch history, error and checkpoint, from Tune's results on disk."""
+def records_from(result_grid: Any, train_dir: Path) -> list[TrialRecord]:
+    """Every trial's config, full epoch history, error and checkpoint: the history is the one kept in the
+    trial's latest checkpoint under `train_dir` (see raysearch.training.session), Tune's results give the
+    rest."""
     records = []
     for result in result_grid:
-        history = result.metrics_dataframe
-        epochs: list[dict[str, Any]] = []
-        if history is not None and "epoch" in history:
-            columns = [c for c in history.columns if is_reported_metric(c)]
-            history = history.dropna(subset=["epoch"]).drop_duplicates(subset=["epoch"], keep="last")
-            epochs = [
-                {k: v for k, v in row.items() if v == v}
-                for row in history[columns].sort_values("epoch").to_dict("records")
-            ]
-            for epoch in epochs:
-                epoch["epoch"] = int(epoch["epoch"])
+        trial_id = Path(result.path).name
+        checkpoint = latest_checkpoint(train_dir / trial_id)
+        epochs = [{k: v for k, v in epoch.items() if is_reported_metric(k) and v == v}
+                  for epoch in read_history(checkpoint)]
         error = None
         if result.error is not None:
             lines = [line for line in str(result.error).strip().splitlines() if line.strip()]
             error = lines[-1][:500] if lines else type(result.error).__name__
-        metrics = result.metrics or {}
-        checkpoint = result.checkpoint.path if result.checkpoint else metrics.get("checkpoint_path")
         records.append(TrialRecord(
-            trial_id=Path(result.path).name, config=dict(result.config or {}), epochs=epochs, error=error,
-            wall_time_s=float(metrics.get("time_total_s", 0.0)), checkpoint=checkpoint,
+            trial_id=trial_id, config=dict(result.config or {}), epochs=epochs, error=error,
+            wall_time_s=float((result.metrics or {}).get("time_total_s", 0.0)),
+            checkpoint=None if checkpoint is None else str(checkpoint),
         ))
     return sorted(records, key=lambda r: r.trial_id)

@@ -197,6 +197,8 @@ def train(hp: dict[str, Any], settings: LoopSettings, session: Session) -> None:
             start_epoch, best_score, stale = state["epoch"], state["best_score"], state["stale"]
             if (folder / BEST_FILE).is_file():
                 best_weights = torch.load(folder / BEST_FILE, map_location=session.device, weights_only=True)["model"]
+    if hp["patience"] > 0 and stale >= hp["patience"]:
+        return  # restored from the checkpoint of an epoch that had already stopped early
     for epoch in range(start_epoch, settings.max_epochs):
         started = time.perf_counter()
         trained.train()

@@ -3,15 +3,31 @@
 A one-worker trial runs the loop directly in the Tune trial process (`TuneSession`: no worker group to
 start, ~30 s cheaper per trial); a multi-worker trial runs it in every worker of a Ray Train
 `TorchTrainer` (`TrainSession`). The loop itself cannot tell the difference.
+
+Both keep a trial's checkpoints in one folder per trial, `<study>/train/<trial_id>/checkpoint_<N>` (N
+counts epochs from 0), and both find them again by the trial's id when Tune restarts the trial (after a
+failure or `raysearch resume`). A one-worker trial writes its own checkpoints there rather than through
+Tune: Ray Tune 2.60 deletes a trial's previous checkpoint before its experiment snapshot stops pointing to
+it, so a driver killed in between left a trial that could not be restored.
+
+Every checkpoint also holds the metrics of every epoch up to it (`history.json`). That history, not Ray
+Tune's result log, is a trial's record: Tune starts a trial's log afresh when it restarts a trial that
+has no Tune checkpoint, and the history always matches the weights it sits beside.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+
+CHECKPOINT_PREFIX = "checkpoint_"
+HISTORY_FILE = "history.json"
 
 
 class Session(Protocol):
@@ -28,29 +44,91 @@ class Session(Protocol):
         """Report one epoch's metrics, with rank 0's checkpoint folder."""
 
 
+def checkpoint_name(epoch: int) -> str:
+    """The folder name of the checkpoint taken after `epoch` (1-based): checkpoint_000000 for the first."""
+    return f"{CHECKPOINT_PREFIX}{epoch - 1:06d}"
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest complete checkpoint folder in `directory` (a `.checkpoint_*` folder is one being written)."""
+    found = sorted(directory.glob(f"{CHECKPOINT_PREFIX}*")) if directory.is_dir() else []
+    return found[-1] if found else None
+
+
+def publish_checkpoint(source: Path, directory: Path, name: str) -> Path:
+    """Copy `source` to `directory/name` atomically (a temporary sibling, then a rename), then delete the
+    older checkpoints: a crash leaves either the previous checkpoint or the new one, never half of one."""
+    final, staging = directory / name, directory / f".{name}"
+    directory.mkdir(parents=True, exist_ok=True)
+    for unfinished in directory.glob(f".{CHECKPOINT_PREFIX}*"):
+        shutil.rmtree(unfinished)
+    shutil.copytree(source, staging)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    for stale in directory.glob(f"{CHECKPOINT_PREFIX}*"):
+        if stale.name < name:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def read_history(folder: Path | None) -> list[dict[str, Any]]:
+    """The metrics of every epoch up to the checkpoint in `folder` ([] for none)."""
+    path = None if folder is None else folder / HISTORY_FILE
+    return json.loads(path.read_text()) if path is not None and path.is_file() else []
+
+
+def _record(history: list[dict[str, Any]], metrics: dict[str, Any], checkpoint: Path | None) -> None:
+    """Append an epoch to `history` and write the whole history into its checkpoint folder."""
+    history.append(metrics)
+    if checkpoint is not None:
+        (checkpoint / HISTORY_FILE).write_text(json.dumps(history))
+
+
+class _Restoring(AbstractContextManager):
+    """Enter a checkpoint folder's context, loading the epoch history kept in it into `history`."""
+
+    def __init__(self, inner: AbstractContextManager[Any], history: list[dict[str, Any]]) -> None:
+        self.inner, self.history = inner, history
+
+    def __enter__(self) -> Path | None:
+        entered = self.inner.__enter__()
+        folder = None if entered is None else Path(entered)
+        self.history[:] = read_history(folder)
+        return folder
+
+    def __exit__(self, *exc: object) -> None:
+        self.inner.__exit__(*exc)
+
+
 def _device(use_gpu: bool) -> torch.device:
     return torch.device("cuda", 0) if use_gpu and torch.cuda.is_available() else torch.device("cpu")
 
 
 class TuneSession:
-    """The loop running inside a Ray Tune function trial (one worker)."""
+    """The loop running inside a Ray Tune function trial (one worker), checkpointing into `directory`."""
 
     world_rank = 0
     world_size = 1
 
-    def __init__(self, *, use_gpu: bool) -> None:
+    def __init__(self, *, use_gpu: bool, directory: Path) -> None:
         self.device = _device(use_gpu)
+        self.directory = directory
+        self.history: list[dict[str, Any]] = []
 
     def restored(self) -> AbstractContextManager[Path | None]:
-        from ray import tune
-
-        checkpoint = tune.get_checkpoint()
-        return _as_path(checkpoint.as_directory()) if checkpoint else nullcontext(None)
+        return _Restoring(nullcontext(latest_checkpoint(self.directory)), self.history)
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        """Publish the checkpoint first, then report the epoch (with its `checkpoint_path`, as Ray Train's
+        TuneReportCallback does), so that a reported epoch always has its checkpoint."""
         from ray import tune
 
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint) if checkpoint else None)
+        _record(self.history, metrics, checkpoint)
+        if checkpoint is not None:
+            saved = publish_checkpoint(checkpoint, self.directory, checkpoint_name(metrics["epoch"]))
+            metrics = {**metrics, "checkpoint_path": str(saved)}
+        tune.report(metrics)
 
 
 class TrainSession:
@@ -64,30 +142,19 @@ class TrainSession:
         self.world_rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.device = ray.train.torch.get_device()
+        self.history: list[dict[str, Any]] = []
 
     def restored(self) -> AbstractContextManager[Path | None]:
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
-        return _as_path(checkpoint.as_directory()) if checkpoint else nullcontext(None)
+        return _Restoring(checkpoint.as_directory() if checkpoint else nullcontext(None), self.history)
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
-        """Report from every worker (a barrier); rank 0's checkpoint is copied to the run's storage as
-        `checkpoint_<N>`, numbered from 0 by epoch like a Tune trial's, not named by timestamp."""
+        """Report from every worker (a barrier); Ray Train copies rank 0's checkpoint to the run's storage
+        as `checkpoint_<N>` (not named by timestamp) and records it only once the copy is complete."""
         import ray.train
 
+        _record(self.history, metrics, checkpoint)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint) if checkpoint else None,
-                         checkpoint_dir_name=f"checkpoint_{metrics['epoch'] - 1:06d}")
-
-
-class _as_path(AbstractContextManager):
-    """Wrap a checkpoint's `as_directory()` context so it yields a Path."""
-
-    def __init__(self, inner: AbstractContextManager[str]) -> None:
-        self.inner = inner
-
-    def __enter__(self) -> Path:
-        return Path(self.inner.__enter__())
-
-    def __exit__(self, *exc: object) -> None:
-        self.inner.__exit__(*exc)
+                         checkpoint_dir_name=checkpoint_name(metrics["epoch"]))

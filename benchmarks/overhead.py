@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from torch.nn import functional as F
 import yaml
+from torch.nn import functional as F
 
 from raysearch.api import run_study
 from raysearch.data.cache import dataset_fingerprint, ensure_cache, load_cache
@@ -87,27 +89,37 @@ def raysearch_trials(
     return train_images / steady, fixed
 
 
+def measure(workers: int, epochs: int, trials: int, image_size: int) -> None:
+    """Print one line: the plain loop against raysearch trials with `workers` workers each."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_phantom(Path(tmp, "phantom"), PhantomSpec(train=480, val=120, test=24), progress=False)
+        index = read_yolo(data)
+        cache_dir, _ = ensure_cache(index, dataset_fingerprint(index), Preprocessing(image_size=image_size),
+                                    Path(tmp, "results", "cache"), progress=False)
+        plain = plain_loop(cache_dir, image_size, epochs, threads=workers)
+        trial_rate, fixed = raysearch_trials(data, Path(tmp, "results"), image_size, epochs, trials, workers)
+        print(f"{workers}-worker trial: plain loop ({workers} thread(s)) {plain:7.1f} img/s | "
+              f"raysearch trial {trial_rate:7.1f} img/s | ratio (b)/(a) {trial_rate / plain:.2f} | "
+              f"fixed overhead {fixed:.1f} s/trial", flush=True)
+
+
 def main() -> None:
-    """Measure and print the ratios."""
+    """Measure and print the ratios; each worker count runs in its own process (its own local Ray)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, help="measure only this worker count (in this process)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        data = write_phantom(Path(tmp, "phantom"), PhantomSpec(train=480, val=120, test=24), progress=False)
-        index = read_yolo(data)
-        cache_dir, _ = ensure_cache(index, dataset_fingerprint(index), Preprocessing(image_size=args.image_size),
-                                    Path(tmp, "results", "cache"), progress=False)
-        print(f"model: default VGG (4 conv, width 16), batch 32, {args.image_size}px, {len(index.split('train'))} "
-              f"train images, {args.epochs} epochs, {args.trials} trials per setting, {os.cpu_count()} CPUs")
-        for workers in (1, 2):
-            plain = plain_loop(cache_dir, args.image_size, args.epochs, threads=workers)
-            trial_rate, fixed = raysearch_trials(data, Path(tmp, "results"), args.image_size, args.epochs,
-                                                 args.trials, workers)
-            print(f"{workers}-worker trial: plain loop ({workers} thread(s)) {plain:7.1f} img/s | "
-                  f"raysearch trial {trial_rate:7.1f} img/s | ratio (b)/(a) {trial_rate / plain:.2f} | "
-                  f"fixed overhead {fixed:.1f} s/trial")
+    if args.workers:
+        measure(args.workers, args.epochs, args.trials, args.image_size)
+        return
+    print(f"model: default VGG (4 conv, width 16), batch 32, {args.image_size}px, 480 train images, "
+          f"{args.epochs} epochs, {args.trials} trials per setting, {os.cpu_count()} CPUs", flush=True)
+    for workers in (1, 2):
+        subprocess.run([sys.executable, __file__, "--workers", str(workers), "--epochs", str(args.epochs),
+                        "--trials", str(args.trials), "--image-size", str(args.image_size)], check=True,
+                       stderr=subprocess.DEVNULL)
 
 
 if __name__ == "__main__":

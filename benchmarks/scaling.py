@@ -33,6 +33,7 @@ def study(data: Path, results: Path, name: str, *, workers: int, concurrency: in
           image_size: int, gpus_per_worker: float) -> StudyOutcome:
     """One study of the fixed configuration, every trial running all `epochs`."""
     space = results / "fixed.yaml"
+    results.mkdir(parents=True, exist_ok=True)
     space.write_text(yaml.safe_dump({"task": "multitask", "fixed": FIXED}))
     spec = StudySpec(task="multitask", data=str(data), space=str(space), name=name, results=str(results),
                      trials=trials, max_epochs=epochs, image_size=image_size, workers_per_trial=workers,

@@ -17,8 +17,15 @@ import yaml
 from raysearch.data.cache import cache_issues, dataset_fingerprint, ensure_cache
 from raysearch.data.records import issues_table
 from raysearch.data.samples import DatasetIndex
-from raysearch.errors import ConfigError, DataError
-from raysearch.results import EPOCHS_FILE, TRIALS_FILE, epochs_table, trials_table, write_table_atomic, write_text_atomic
+from raysearch.errors import ConfigError, DataError, StudyInterrupted
+from raysearch.results import (
+    EPOCHS_FILE,
+    TRIALS_FILE,
+    epochs_table,
+    trials_table,
+    write_table_atomic,
+    write_text_atomic,
+)
 from raysearch.space import SearchSpace, load_space
 from raysearch.study import StudySpec, resolved_study
 from raysearch.tasks import create_task
@@ -187,6 +194,7 @@ def run_study(spec: StudySpec, *, progress: bool = True, out: TextIO = sys.stdou
         started = time.perf_counter()
         grid = build_tuner(plan.space, plan.search, plan.trial, concurrency).fit()
         search_seconds = time.perf_counter() - started
+        _require_finished(grid, spec.trials, plan.directory)
         records = records_from(grid, Path(plan.trial.storage_path))
     return _finish(plan, records, search_seconds, progress=progress, out=out)
 
@@ -218,6 +226,7 @@ def resume_study(study_dir: Path, *, address: str | None = None, progress: bool 
         started = time.perf_counter()
         grid = restore_tuner(plan.search, plan.trial).fit()
         search_seconds = time.perf_counter() - started
+        _require_finished(grid, spec.trials, plan.directory)
         records = records_from(grid, Path(plan.trial.storage_path))
     return _finish(plan, records, search_seconds, progress=progress, out=out)
 
@@ -265,3 +274,12 @@ def _plain(value: Any) -> Any:
 def _missing(value: Any) -> bool:
     """A parameter that the trial did not sample (None, or NaN in a numeric column)."""
     return value is None or (isinstance(value, float) and value != value)
+
+
+def _require_finished(grid: Any, trials: int, directory: Path) -> None:
+    """Refuse to write final results for a search that Ctrl-C (or a signal) stopped part-way: its Ray Tune
+    state is saved, and `raysearch resume` continues it."""
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    if unfinished or len(grid) < trials:
+        raise StudyInterrupted(f"study interrupted with {grid.num_terminated + grid.num_errors} of {trials} trials "
+                               f"finished; continue it with `raysearch resume {directory}`")

@@ -13,3 +13,7 @@ class ConfigError(RaysearchError):
 
 class DataError(RaysearchError):
     """A dataset file is missing, unreadable or malformed."""
+
+
+class StudyInterrupted(RaysearchError):
+    """The search stopped before every trial finished; its state is saved for `raysearch resume`."""

@@ -17,6 +17,7 @@ from ray_processes import alive, descendants, kill_all, title, wait_for
 from raysearch.api import resume_study
 from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.errors import ConfigError
+from raysearch.training.session import latest_checkpoint, read_history
 
 TRIALS, EPOCHS = 4, 6
 
@@ -43,10 +44,14 @@ def _running(experiment: Path) -> set[str]:
     return {state["trial_id"] for state in states if state["status"] == "RUNNING"}
 
 
-def _mid_trial(experiment: Path) -> bool:
-    """Whether a trial recorded as running has reported (and checkpointed) 3 or 5 of its 6 epochs: not
-    an ASHA rung (1, 2, 4), so it cannot have been stopped at that report."""
-    return any(len(_reported(experiment / trial_id)) in (3, 5) for trial_id in _running(experiment))
+def _checkpointed(study: Path, trial_id: str) -> list[int]:
+    """The epochs in the history kept in a trial's latest checkpoint (written as each epoch ends)."""
+    return [epoch["epoch"] for epoch in read_history(latest_checkpoint(study / "train" / trial_id))]
+
+
+def _mid_trial(study: Path, experiment: Path) -> bool:
+    """Whether a trial that Tune's snapshot records as running has checkpointed 2 to 4 of its 6 epochs."""
+    return any(2 <= len(_checkpointed(study, trial_id)) <= EPOCHS - 2 for trial_id in _running(experiment))
 
 
 def test_resume_refuses_a_folder_that_is_not_a_study(tmp_path: Path) -> None:
@@ -56,7 +61,7 @@ def test_resume_refuses_a_folder_that_is_not_a_study(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_driver_killed_mid_study_then_resumed(tmp_path: Path) -> None:
-    data = write_phantom(tmp_path / "phantom", PhantomSpec(train=320, val=16, test=8, image_size=96), progress=False)
+    data = write_phantom(tmp_path / "phantom", PhantomSpec(train=240, val=16, test=8, image_size=64), progress=False)
     results, study = tmp_path / "results", tmp_path / "results" / "resumed"
     experiment = study / "ray" / "resumed"
     space = tmp_path / "space.yaml"
@@ -64,11 +69,11 @@ def test_driver_killed_mid_study_then_resumed(tmp_path: Path) -> None:
                      "  width: {type: categorical, choices: [8, 16]}\n"
                      "fixed: {model: vgg, conv_layers: 3, patience: 0}\n")
     command = [sys.executable, "-m", "raysearch", "run", "multitask", "--data", str(data), "--space", str(space),
-               "--trials", str(TRIALS), "--max-epochs", str(EPOCHS), "--image-size", "96", "--concurrency", "1",
+               "--trials", str(TRIALS), "--max-epochs", str(EPOCHS), "--image-size", "64", "--concurrency", "1",
                "--seed", "3", "--results", str(results), "--name", "resumed", "--quiet"]
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_environment())
     try:
-        wait_for(lambda: _mid_trial(experiment) or driver.poll() is not None, 600, "a trial in progress")
+        wait_for(lambda: _mid_trial(study, experiment) or driver.poll() is not None, 600, "a trial in progress")
         local_ray = {pid: title(pid) for pid in descendants(driver.pid)}
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=60)
@@ -76,7 +81,7 @@ def test_driver_killed_mid_study_then_resumed(tmp_path: Path) -> None:
         if driver.poll() is None:
             driver.kill()
     assert driver.returncode == -signal.SIGKILL, "the study was still running when its driver was killed"
-    interrupted = {trial_id: _reported(experiment / trial_id) for trial_id in _running(experiment)}
+    interrupted = {trial_id: _checkpointed(study, trial_id) for trial_id in _running(experiment)}
     assert interrupted, "a trial was running when the driver was killed"
     assert not (study / "trials.parquet").exists()
 
@@ -106,5 +111,5 @@ def test_driver_killed_mid_study_then_resumed(tmp_path: Path) -> None:
         after = _reported(experiment / trial_id)
         assert after and after[0] > 1, f"{trial_id} continued from its checkpoint, not from epoch 1: {after}"
         history = epochs[epochs["trial_id"] == trial_id]["epoch"].tolist()
-        assert len(history) >= len(before) and history[-len(after):] == after, trial_id
+        assert history[: len(before)] == before and history[-len(after):] == after, trial_id
         assert trials.set_index("trial_id").loc[trial_id, "status"] in ("COMPLETED", "PRUNED")

@@ -59,16 +59,18 @@ def _start_node(root: Path, name: str, address: str, *options: str) -> subproces
     return node
 
 
-def _stop(node: subprocess.Popen) -> None:
-    """Stop one node: SIGTERM to its `ray start --block` process, which stops its node's processes (SIGKILL
-    to what is left after a minute)."""
-    below = descendants(node.pid)
-    node.send_signal(signal.SIGTERM)
+def _stop(*nodes: subprocess.Popen) -> None:
+    """Stop nodes: SIGTERM to their `ray start --block` processes, which stop their node's processes
+    (SIGKILL to what is left after a minute)."""
+    below = [pid for node in nodes for pid in descendants(node.pid)]
+    for node in nodes:
+        node.send_signal(signal.SIGTERM)
     try:
-        node.wait(timeout=60)
-        wait_for(lambda: not any(alive(pid) for pid in below), 60, "the node's processes to exit")
-    except (subprocess.TimeoutExpired, AssertionError):
-        kill_all([node.pid, *below])
+        wait_for(lambda: not any(alive(pid) for pid in [*below, *(node.pid for node in nodes)]), 60,
+                 "the nodes' processes to exit")
+    except AssertionError:
+        kill_all([*below, *(node.pid for node in nodes)])
+    for node in nodes:
         node.wait(timeout=60)
 
 
@@ -91,8 +93,7 @@ def two_nodes() -> Iterator[str]:
         nodes.append(_start_node(root, "worker", address, f"--address={address}"))
         yield address
     finally:
-        for node in reversed(nodes):
-            _stop(node)
+        _stop(*nodes)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import torch
 
 CHECKPOINT_PREFIX = "checkpoint_"
+CHECKPOINT_GLOB = CHECKPOINT_PREFIX + "[0-9]" * 6
 HISTORY_FILE = "history.json"
 
 
@@ -51,7 +52,7 @@ def checkpoint_name(epoch: int) -> str:
 
 def latest_checkpoint(directory: Path) -> Path | None:
     """The newest complete checkpoint folder in `directory` (a `.checkpoint_*` folder is one being written)."""
-    found = sorted(directory.glob(f"{CHECKPOINT_PREFIX}*")) if directory.is_dir() else []
+    found = sorted(directory.glob(CHECKPOINT_GLOB)) if directory.is_dir() else []
     return found[-1] if found else None
 
 
@@ -60,13 +61,13 @@ def publish_checkpoint(source: Path, directory: Path, name: str) -> Path:
     older checkpoints: a crash leaves either the previous checkpoint or the new one, never half of one."""
     final, staging = directory / name, directory / f".{name}"
     directory.mkdir(parents=True, exist_ok=True)
-    for unfinished in directory.glob(f".{CHECKPOINT_PREFIX}*"):
+    for unfinished in directory.glob(f".{CHECKPOINT_GLOB}"):
         shutil.rmtree(unfinished)
     shutil.copytree(source, staging)
     if final.exists():
         shutil.rmtree(final)
     os.replace(staging, final)
-    for stale in directory.glob(f"{CHECKPOINT_PREFIX}*"):
+    for stale in directory.glob(CHECKPOINT_GLOB):
         if stale.name < name:
             shutil.rmtree(stale, ignore_errors=True)
     return final

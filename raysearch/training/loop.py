@@ -181,7 +181,8 @@ def train(hp: dict[str, Any], settings: LoopSettings, session: Session) -> None:
     latency = measure_latency(model, (hp["channels"], hp["image_size"], hp["image_size"]), session.device)
     trained = model
     if session.world_size > 1:
-        trained = nn.parallel.DistributedDataParallel(model, device_ids=[session.device.index] if session.device.type == "cuda" else None)
+        device_ids = [session.device.index] if session.device.type == "cuda" else None
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     optimizer = create_optimizer(trained.parameters(), hp)
     steps = sum(1 for _ in train_batches(train_rows, hp, 0, settings.seed, session.world_rank, session.world_size,
                                          train_labels))

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -164,17 +164,23 @@ def _connected(address: str | None) -> Iterator[None]:
             ray.shutdown()
 
 
+def _capacity(plan: _Plan) -> AbstractContextManager[int]:
+    """The concurrency the cluster allows for `plan`'s trials, with nodes asked of its autoscaler meanwhile."""
+    from raysearch.search.autoscaling import cluster_capacity
+
+    spec = plan.spec
+    return cluster_capacity(plan.trial.shape, spec.concurrency, spec.trials, spec.wait_for_nodes)
+
+
 def run_study(spec: StudySpec, *, progress: bool = True, out: TextIO = sys.stdout) -> StudyOutcome:
     """Run a whole study: data, cache, Ray Tune search, Parquet results, summary on `out`."""
     import ray
 
-    from raysearch.search.resources import alive_nodes, concurrency_limit
     from raysearch.search.tuner import build_tuner, records_from
 
     plan = _plan(spec, progress=progress, resuming=False)
     index, metric, mode = plan.index, plan.search.metric, plan.search.mode
-    with _connected(spec.address):
-        concurrency = concurrency_limit(alive_nodes(), plan.trial.shape, spec.concurrency)
+    with _connected(spec.address), _capacity(plan) as concurrency:
         plan.directory.mkdir(parents=True, exist_ok=True)
         write_table_atomic(issues_table(index.issues), plan.directory / DATA_ISSUES_FILE)
         data_info = {"root": str(index.root), "format": index.format, "classes": index.classes,
@@ -199,12 +205,12 @@ def run_study(spec: StudySpec, *, progress: bool = True, out: TextIO = sys.stdou
     return _finish(plan, records, search_seconds, progress=progress, out=out)
 
 
-def resume_study(study_dir: Path, *, address: str | None = None, progress: bool = True,
-                 out: TextIO = sys.stdout) -> StudyOutcome:
+def resume_study(study_dir: Path, *, address: str | None = None, wait_for_nodes: float | None = None,
+                 progress: bool = True, out: TextIO = sys.stdout) -> StudyOutcome:
     """Continue an interrupted study in `study_dir` (driver killed, machine rebooted): finished trials are
     kept, unfinished ones continue from their last checkpoint, the searcher's state (Optuna's trials)
-    is restored, and the Parquet files end with every trial exactly once."""
-    from raysearch.search.resources import alive_nodes, concurrency_limit
+    is restored, and the Parquet files end with every trial exactly once. `address` and `wait_for_nodes`
+    may differ from the interrupted run's (a new cluster); None keeps the recorded wait."""
     from raysearch.search.tuner import records_from, restore_tuner
 
     study_file = Path(study_dir) / STUDY_FILE
@@ -212,7 +218,10 @@ def resume_study(study_dir: Path, *, address: str | None = None, progress: bool 
         raise ConfigError(f"{study_dir}: no {STUDY_FILE}, so not a study that `raysearch run` started")
     recorded = yaml.safe_load(study_file.read_text())
     try:
-        spec = StudySpec(**{**recorded["spec"], "results": str(Path(study_dir).parent), "address": address})
+        runtime = {"results": str(Path(study_dir).parent), "address": address}
+        if wait_for_nodes is not None:
+            runtime["wait_for_nodes"] = wait_for_nodes
+        spec = StudySpec(**{**recorded["spec"], **runtime})
     except (TypeError, KeyError) as error:
         raise ConfigError(f"{study_file}: spec: not a study description this raysearch reads ({error})") from None
     plan = _plan(spec, progress=progress, resuming=True)
@@ -221,8 +230,7 @@ def resume_study(study_dir: Path, *, address: str | None = None, progress: bool 
     if plan.fingerprint != recorded["data"]["fingerprint"]:
         raise ConfigError(f"{study_file}: data.fingerprint: the dataset at {plan.index.root} changed since the "
                           "study started")
-    with _connected(address):
-        concurrency_limit(alive_nodes(), plan.trial.shape, spec.concurrency)
+    with _connected(address), _capacity(plan):
         started = time.perf_counter()
         grid = restore_tuner(plan.search, plan.trial).fit()
         search_seconds = time.perf_counter() - started

@@ -39,8 +39,7 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker; fractions share a GPU")
     run.add_argument("--concurrency", type=int, help="trials at once (default and cap: what the cluster fits)")
     run.add_argument("--seed", type=int, default=0, help="seed of the sampler and of training (default: 0)")
-    run.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
-                     help="Ray cluster to join (default: $RAY_ADDRESS, else start a local one)")
+    _add_cluster_options(run, wait_default=900.0)
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_dataset_options(run)
     run.add_argument("--on-error", choices=("skip", "error"), default="skip",
@@ -56,11 +55,18 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
                         help="TRAIN,VAL,TEST shares for datasets without split folders (default: %(default)s)")
 
 
+def _add_cluster_options(parser: argparse.ArgumentParser, wait_default: float | None) -> None:
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
+                        help="Ray cluster to join (default: $RAY_ADDRESS, else start a local one)")
+    parser.add_argument("--wait-for-nodes", type=float, default=wait_default, metavar="SECONDS",
+                        help="on a cluster with an autoscaler, how long to wait for the first node that fits a "
+                        "trial (default: " + ("%(default)g s" if wait_default else "the study's") + ")")
+
+
 def _add_resume(commands: argparse._SubParsersAction) -> None:
     resume = commands.add_parser("resume", help="continue an interrupted study where it stopped")
     resume.add_argument("study", type=Path, help="study folder (RESULTS/STUDY_NAME)")
-    resume.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
-                        help="Ray cluster to join (default: $RAY_ADDRESS, else start a local one)")
+    _add_cluster_options(resume, wait_default=None)
     resume.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -120,8 +126,8 @@ def _run(args: argparse.Namespace) -> None:
         task=args.task, data=args.data, space=args.space, name=args.name, results=args.results, trials=args.trials,
         max_epochs=args.max_epochs, image_size=args.image_size, workers_per_trial=args.workers_per_trial,
         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker, concurrency=args.concurrency,
-        seed=args.seed, address=args.address, format=args.format, on_error=args.on_error,
-        empty_labels=args.empty_labels, split_ratios=args.split_ratios,
+        seed=args.seed, address=args.address, wait_for_nodes=args.wait_for_nodes, format=args.format,
+        on_error=args.on_error, empty_labels=args.empty_labels, split_ratios=args.split_ratios,
     )
     run_study(spec, progress=not args.quiet)
 
@@ -129,7 +135,7 @@ def _run(args: argparse.Namespace) -> None:
 def _resume(args: argparse.Namespace) -> None:
     from raysearch.api import resume_study
 
-    resume_study(args.study, address=args.address, progress=not args.quiet)
+    resume_study(args.study, address=args.address, wait_for_nodes=args.wait_for_nodes, progress=not args.quiet)
 
 
 def _data(args: argparse.Namespace) -> None:

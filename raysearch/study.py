@@ -18,6 +18,8 @@ DEFAULT_RESULTS = Path("raysearch-results")
 VERSIONED_PACKAGES = ("raysearch", "ray", "torch", "torchvision", "timm", "segmentation-models-pytorch", "optuna",
                       "pyarrow", "opencv-python-headless", "numpy")
 
+RUNTIME_FIELDS = ("name", "results", "address", "concurrency", "wait_for_nodes")
+
 
 @dataclass(frozen=True)
 class StudySpec:
@@ -37,6 +39,7 @@ class StudySpec:
     concurrency: int | None = None
     seed: int = 0
     address: str | None = None
+    wait_for_nodes: float = 900.0
     grace_period: int = 1
     reduction_factor: int = 2
     max_failures: int = 2
@@ -57,6 +60,8 @@ class StudySpec:
             raise ConfigError(f"--cpus-per-worker: must be positive, got {self.cpus_per_worker}")
         if self.gpus_per_worker < 0:
             raise ConfigError(f"--gpus-per-worker: must not be negative, got {self.gpus_per_worker}")
+        if self.wait_for_nodes < 0:
+            raise ConfigError(f"--wait-for-nodes: must not be negative, got {self.wait_for_nodes}")
         if self.concurrency is not None and self.concurrency < 1:
             raise ConfigError(f"--concurrency: must be at least 1, got {self.concurrency}")
         self.splits()
@@ -73,7 +78,7 @@ class StudySpec:
         """`--name`, or task + space file stem + a short hash of everything that shapes the study."""
         if self.name:
             return self.name
-        shaping = {k: v for k, v in asdict(self).items() if k not in ("name", "results", "address", "concurrency")}
+        shaping = {k: v for k, v in asdict(self).items() if k not in RUNTIME_FIELDS}
         digest = hashlib.blake2b(json.dumps([shaping, space_text], sort_keys=True).encode(), digest_size=4).hexdigest()
         stem = self.space_path().stem
         return f"{self.task}-{digest}" if stem == self.task else f"{self.task}-{stem}-{digest}"

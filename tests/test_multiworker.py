@@ -14,6 +14,7 @@ from raysearch.data.cache import dataset_fingerprint, ensure_cache
 from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.errors import ConfigError
 from raysearch.evaluate import EvaluationSession
+from raysearch.search.autoscaling import trial_bundles, wait_for_first_trial
 from raysearch.search.resources import (
     TRIAL_FUNCTION_MEMORY,
     ElasticConcurrency,
@@ -71,6 +72,24 @@ def test_elastic_limit_follows_nodes_joining_and_leaving() -> None:
     capped = ElasticConcurrency(OptunaSearch(metric="val_score", mode="max"), TrialShape(1, 1, 0), 2, limit=1,
                                 nodes=lambda: [CPU_NODE, CPU_NODE])
     assert capped.refresh() == 2
+
+
+def test_autoscaler_request_has_one_bundle_per_worker_of_each_trial() -> None:
+    assert trial_bundles(TrialShape(2, 4, 0.5), 3) == [{"CPU": 4, "GPU": 0.5}] * 6
+
+
+def test_waiting_for_nodes_ends_when_one_trial_fits_and_fails_when_none_comes() -> None:
+    polls: list[int] = []
+
+    def nodes() -> list[dict[str, float]]:
+        polls.append(1)
+        return [GPU_NODE, GPU_NODE] if len(polls) == 3 else []
+
+    assert wait_for_first_trial(TrialShape(1, 2, 0.5), None, wait_s=60, nodes=nodes, poll_s=0.01) == 4
+    assert len(polls) == 3, "polled until the third look found two nodes"
+    assert wait_for_first_trial(TrialShape(1, 2, 0.5), 3, wait_s=60, nodes=lambda: [GPU_NODE] * 2) == 3
+    with pytest.raises(ConfigError, match=r"^--wait-for-nodes: .*\(1 worker of 1 CPU, 1 GPU\).* within 0.05 s"):
+        wait_for_first_trial(TrialShape(1, 1, 1), None, wait_s=0.05, nodes=lambda: [CPU_NODE], poll_s=0.01)
 
 
 @pytest.fixture(scope="module")

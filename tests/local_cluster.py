@@ -31,10 +31,11 @@ def token_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "token"}
 
 
-def head_options(port: int) -> list[str]:
-    """`ray start` options of a head node on `port`, its dashboard on loopback and its other ports free."""
+def head_options(port: int, client_port: int | None = None) -> list[str]:
+    """`ray start` options of a head node on `port` with its Ray Client server on `client_port` (ray://),
+    its dashboard on loopback and its other ports free."""
     return ["--head", f"--port={port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}"]
+            f"--dashboard-port={free_port()}", f"--ray-client-server-port={client_port or free_port()}"]
 
 
 def start_node(root: Path, name: str, address: str, *options: str, cpus: int = 1,

@@ -2,7 +2,8 @@
 (like cluster.yaml's) whose autoscaler is Ray's own, with its fake multi-node provider, which starts
 worker nodes as local raylets (see local_cluster). The cluster starts with no worker, so no trial fits
 until raysearch asks the autoscaler for one; when the study ends the request is withdrawn and the idle
-worker scales down.
+worker scales down. The study that scales the cluster joins it through Ray Client (ray://), as from a
+laptop; the other through the GCS address, as on the head node.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -48,18 +50,24 @@ def _autoscaler_config(gcs_address: str) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class Cluster:
+    address: str
+    client_address: str
+
+
 @pytest.fixture(scope="module")
-def autoscaling_cluster() -> Iterator[str]:
-    """A head node of 0 CPUs with an autoscaler that can add one worker; yields the cluster's address."""
+def autoscaling_cluster() -> Iterator[Cluster]:
+    """A head node of 0 CPUs with an autoscaler that can add one worker."""
     root = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))
-    port = free_port()
+    port, client_port = free_port(), free_port()
     address = f"127.0.0.1:{port}"
     config = root / "autoscaler.json"
     config.write_text(json.dumps(_autoscaler_config(address)))
-    head = start_node(root, "head", address, *head_options(port), f"--autoscaling-config={config}", cpus=0,
-                      environment={"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
+    head = start_node(root, "head", address, *head_options(port, client_port), f"--autoscaling-config={config}",
+                      cpus=0, environment={"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
     try:
-        yield address
+        yield Cluster(address, f"ray://127.0.0.1:{client_port}")
     finally:
         stop_nodes(head)
         shutil.rmtree(root, ignore_errors=True)
@@ -91,9 +99,9 @@ def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_a_study_scales_a_cluster_up_from_no_worker_and_lets_it_scale_down(
-        autoscaling_cluster: str, phantom: Path, tmp_path: Path) -> None:
-    assert _alive_nodes(autoscaling_cluster) == 1
-    run = _run(autoscaling_cluster, phantom, tmp_path / "results", "scaled")
+        autoscaling_cluster: Cluster, phantom: Path, tmp_path: Path) -> None:
+    assert _alive_nodes(autoscaling_cluster.address) == 1
+    run = _run(autoscaling_cluster.client_address, phantom, tmp_path / "results", "scaled")
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-4000:]
     assert "asked the autoscaler for nodes to run 2 trial(s) of 1 worker of 1 CPU at once" in output
@@ -105,14 +113,14 @@ def test_a_study_scales_a_cluster_up_from_no_worker_and_lets_it_scale_down(
     trials = pq.read_table(study / "trials.parquet").to_pandas()
     assert len(trials) == 2 and set(trials["status"]) <= {"COMPLETED", "PRUNED"}
 
-    wait_for(lambda: _alive_nodes(autoscaling_cluster) == 1, 180,
+    wait_for(lambda: _alive_nodes(autoscaling_cluster.address) == 1, 180,
              "the idle worker to scale down once the study withdrew its resource request", every=3)
 
 
 @pytest.mark.slow
 def test_a_trial_no_node_type_fits_fails_after_the_wait_with_a_one_line_error(
-        autoscaling_cluster: str, phantom: Path, tmp_path: Path) -> None:
-    run = _run(autoscaling_cluster, phantom, tmp_path / "results", "too-big", "--cpus-per-worker", "4",
+        autoscaling_cluster: Cluster, phantom: Path, tmp_path: Path) -> None:
+    run = _run(autoscaling_cluster.address, phantom, tmp_path / "results", "too-big", "--cpus-per-worker", "4",
                "--wait-for-nodes", "5")
     assert run.returncode != 0
     last = run.stderr.strip().splitlines()[-1]

@@ -43,11 +43,10 @@ def test_two_worker_trials_on_a_two_node_cluster(two_nodes: str, tmp_path: Path)
     space.write_text("task: multitask\nparameters:\n  lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n"
                      "fixed: {model: vgg, conv_layers: 3, width: 8, patience: 0}\n")
     results = tmp_path / "results"
-    run = subprocess.run([sys.executable, "-m", "raysearch", "run", "multitask", "--data", str(data), "--space",
-                          str(space), "--trials", "2", "--max-epochs", "2", "--image-size", "32",
-                          "--workers-per-trial", "2", "--address", two_nodes, "--results", str(results),
-                          "--name", "two-nodes", "--quiet"],
-                         capture_output=True, text=True, env=token_environment(), timeout=900)
+    command = [sys.executable, "-m", "raysearch", "run", "multitask", "--data", str(data), "--space", str(space),
+               "--trials", "2", "--max-epochs", "2", "--image-size", "32", "--workers-per-trial", "2",
+               "--address", two_nodes, "--results", str(results), "--name", "two-nodes", "--quiet"]
+    run = subprocess.run(command, capture_output=True, text=True, env=token_environment(), timeout=900)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-4000:]
     workers = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "list", "actors", "--address", two_nodes,
@@ -65,3 +64,10 @@ def test_two_worker_trials_on_a_two_node_cluster(two_nodes: str, tmp_path: Path)
     assert trials["checkpoint"].str.contains(f"{study}/train/").all()
     epochs = pq.read_table(study / "epochs.parquet").to_pandas()
     assert len(epochs) == trials["epochs"].sum() and epochs["val_accuracy"].between(0, 1).all()
+
+    too_big = subprocess.run([*command[:-2], "too-big", "--quiet", "--cpus-per-worker", "2"],
+                             capture_output=True, text=True, env=token_environment(), timeout=300)
+    assert too_big.returncode != 0
+    assert too_big.stderr.strip().splitlines()[-1].startswith(
+        "raysearch: error: one trial needs 2 workers of 2 CPU each, but the cluster's 2 node(s) (2 CPU, 0 GPU) "
+        "cannot place them"), "without an autoscaler a trial no node holds is refused at once, not waited for"

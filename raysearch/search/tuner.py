@@ -46,16 +46,17 @@ def build_tuner(space: SearchSpace, search: SearchSettings, trial: TrialSettings
     concurrency limit (starting at `concurrency`) that follows the cluster's nodes."""
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
+
+    from raysearch.search.scheduler import ResumableASHA
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{(search.results_dir / 'optuna.db').resolve()}")
     searcher = OptunaSearch(
         space=space.sample, metric=search.metric, mode=search.mode, study_name=search.name, storage=storage,
         sampler=optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=max(2, min(10, search.trials // 3))),
     )
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=trial.max_epochs, grace_period=search.grace_period,
-                              reduction_factor=search.reduction_factor)
+    scheduler = ResumableASHA(trial.storage_path, time_attr="epoch", max_t=trial.max_epochs,
+                              grace_period=search.grace_period, reduction_factor=search.reduction_factor)
     return tune.Tuner(
         trainable(trial),
         tune_config=tune.TuneConfig(
@@ -74,8 +75,8 @@ def restore_tuner(search: SearchSettings, trial: TrialSettings) -> Any:
     """The Tuner of an interrupted study: finished and failed trials are kept as they are, unfinished
     ones start again and continue from the latest checkpoint in their trial folder (see
     raysearch.training.session), and the searcher (with its concurrency limit) and the count of trials
-    still to sample come back from the experiment folder. ASHA's rungs are not saved by
-    Ray Tune: they fill again from the trials that report after the resume."""
+    still to sample come back from the experiment folder, and ASHA's rungs are refilled from the
+    trials' recorded epochs (see raysearch.search.scheduler)."""
     from ray import tune
 
     return tune.Tuner.restore(str(experiment_dir(search.results_dir, search.name).resolve()), trainable(trial),

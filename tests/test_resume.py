@@ -61,7 +61,10 @@ def test_resume_refuses_a_folder_that_is_not_a_study(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_driver_killed_mid_study_then_resumed(tmp_path: Path) -> None:
-    data = write_phantom(tmp_path / "phantom", PhantomSpec(train=240, val=16, test=8, image_size=64), progress=False)
+    # Epochs of about 2 s here (128 px, 480 images): slow enough that Tune's 2 s snapshots see a trial
+    # mid-way, whatever the machine's load.
+    data = write_phantom(tmp_path / "phantom", PhantomSpec(train=480, val=16, test=8, image_size=128),
+                         progress=False)
     results, study = tmp_path / "results", tmp_path / "results" / "resumed"
     experiment = study / "ray" / "resumed"
     space = tmp_path / "space.yaml"
@@ -69,7 +72,7 @@ def test_driver_killed_mid_study_then_resumed(tmp_path: Path) -> None:
                      "  width: {type: categorical, choices: [8, 16]}\n"
                      "fixed: {model: vgg, conv_layers: 3, patience: 0}\n")
     command = [sys.executable, "-m", "raysearch", "run", "multitask", "--data", str(data), "--space", str(space),
-               "--trials", str(TRIALS), "--max-epochs", str(EPOCHS), "--image-size", "64", "--concurrency", "1",
+               "--trials", str(TRIALS), "--max-epochs", str(EPOCHS), "--image-size", "128", "--concurrency", "1",
                "--seed", "3", "--results", str(results), "--name", "resumed", "--quiet"]
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_environment())
     try:
@@ -113,3 +116,5 @@ def test_driver_killed_mid_study_then_resumed(tmp_path: Path) -> None:
         history = epochs[epochs["trial_id"] == trial_id]["epoch"].tolist()
         assert history[: len(before)] == before and history[-len(after):] == after, trial_id
         assert trials.set_index("trial_id").loc[trial_id, "status"] in ("COMPLETED", "PRUNED")
+        run_time = epochs[epochs["trial_id"] == trial_id]["epoch_time_s"].sum()
+        assert trials.set_index("trial_id").loc[trial_id, "wall_time_s"] >= run_time, "wall time spans the restart"

@@ -83,6 +83,14 @@ def restore_tuner(search: SearchSettings, trial: TrialSettings) -> Any:
                               resume_unfinished=True, resume_errored=False, restart_errored=False)
 
 
+def _wall_time(last_result: dict[str, Any], epochs: list[dict[str, Any]]) -> float:
+    """A trial's wall time across restarts: Tune's clock restarts with a trial that continues from a
+    raysearch checkpoint, so the epochs from before the restart (all but the `training_iteration` it
+    reported since) add their recorded epoch times."""
+    earlier = epochs[:max(len(epochs) - int(last_result.get("training_iteration", 0)), 0)]
+    return float(last_result.get("time_total_s", 0.0)) + sum(float(e.get("epoch_time_s", 0.0)) for e in earlier)
+
+
 def records_from(result_grid: Any, train_dir: Path) -> list[TrialRecord]:
     """Every trial's config, full epoch history, error and checkpoint: the history is the one kept in the
     trial's latest checkpoint under `train_dir` (see raysearch.training.session), Tune's results give the
@@ -99,7 +107,7 @@ def records_from(result_grid: Any, train_dir: Path) -> list[TrialRecord]:
             error = lines[-1][:500] if lines else type(result.error).__name__
         records.append(TrialRecord(
             trial_id=trial_id, config=dict(result.config or {}), epochs=epochs, error=error,
-            wall_time_s=float((result.metrics or {}).get("time_total_s", 0.0)),
+            wall_time_s=_wall_time(result.metrics or {}, epochs),
             checkpoint=None if checkpoint is None else str(checkpoint),
         ))
     return sorted(records, key=lambda r: r.trial_id)

@@ -63,6 +63,7 @@ def build_tuner(space: SearchSpace, search: SearchSettings, trial: TrialSettings
             metric=search.metric, mode=search.mode, scheduler=scheduler, num_samples=search.trials,
             search_alg=ElasticConcurrency(searcher, trial.shape, search.concurrency, concurrency),
             trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=lambda t: t.trial_id,
+            reuse_actors=trial.workers == 1,
         ),
         run_config=tune.RunConfig(
             name=search.name, storage_path=str(experiment_dir(search.results_dir, search.name).parent.resolve()),

@@ -39,6 +39,10 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker; fractions share a GPU")
     run.add_argument("--concurrency", type=int, help="trials at once (default and cap: what the cluster fits)")
     run.add_argument("--seed", type=int, default=0, help="seed of the sampler and of training (default: 0)")
+    run.add_argument("--grace-period", type=int, default=1,
+                     help="ASHA: epochs every trial runs before it can be stopped (default: %(default)s)")
+    run.add_argument("--reduction-factor", type=int, default=2,
+                     help="ASHA: keep the best 1/N of trials at each rung (default: %(default)s)")
     _add_cluster_options(run, wait_default=900.0)
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_dataset_options(run)
@@ -126,7 +130,8 @@ def _run(args: argparse.Namespace) -> None:
         task=args.task, data=args.data, space=args.space, name=args.name, results=args.results, trials=args.trials,
         max_epochs=args.max_epochs, image_size=args.image_size, workers_per_trial=args.workers_per_trial,
         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker, concurrency=args.concurrency,
-        seed=args.seed, address=args.address, wait_for_nodes=args.wait_for_nodes, format=args.format,
+        seed=args.seed, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+        address=args.address, wait_for_nodes=args.wait_for_nodes, format=args.format,
         on_error=args.on_error, empty_labels=args.empty_labels, split_ratios=args.split_ratios,
     )
     run_study(spec, progress=not args.quiet)

@@ -51,6 +51,8 @@ class StudySpec:
     def __post_init__(self) -> None:
         positive = {"trials": self.trials, "max_epochs": self.max_epochs, "workers_per_trial": self.workers_per_trial,
                     "grace_period": self.grace_period}
+        if self.reduction_factor < 2:
+            raise ConfigError(f"--reduction-factor: must be at least 2, got {self.reduction_factor}")
         for field_name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"--{field_name.replace('_', '-')}: must be at least 1, got {value}")

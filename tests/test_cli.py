@@ -38,6 +38,19 @@ def test_unknown_task_lists_valid_ones(tmp_path: Path) -> None:
     assert "unknown task 'detection'" in result.stderr and "multitask" in result.stderr
 
 
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--reduction-factor", "1", "--reduction-factor: must be at least 2, got 1"),
+    ("--grace-period", "0", "--grace-period: must be at least 1, got 0"),
+    ("--wait-for-nodes", "-5", "--wait-for-nodes: must not be negative, got -5.0"),
+    ("--concurrency", "0", "--concurrency: must be at least 1, got 0"),
+])
+def test_bad_run_flag_exits_with_one_line_naming_it(tmp_path: Path, flag: str, value: str, message: str) -> None:
+    result = raysearch("run", "multitask", flag, value, "--results", str(tmp_path / "r"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"raysearch: error: {message}"]
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.slow
 def test_run_multitask_end_to_end(tiny_study: TinyStudy) -> None:
     """The session's tiny study (conftest): `raysearch run multitask`, 2 trials, 2 epochs, 32 px."""

@@ -2,8 +2,12 @@
 (like cluster.yaml's) whose autoscaler is Ray's own, with its fake multi-node provider, which starts
 worker nodes as local raylets (see local_cluster). The cluster starts with no worker, so no trial fits
 until raysearch asks the autoscaler for one; when the study ends the request is withdrawn and the idle
-worker scales down. The study that scales the cluster joins it through Ray Client (ray://), as from a
-laptop; the other through the GCS address, as on the head node.
+worker scales down. The study that scales the cluster joins it through the GCS address, as on the head
+node; the other through Ray Client (ray://), as from a laptop.
+
+Ray Client starts a server process per connection and gives it 30 s to answer
+(RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S); on a loaded 2-core machine, with a fresh virtual
+environment whose imports are not yet compiled, that is too short, so the head here gives it longer.
 """
 
 from __future__ import annotations
@@ -65,7 +69,8 @@ def autoscaling_cluster() -> Iterator[Cluster]:
     config = root / "autoscaler.json"
     config.write_text(json.dumps(_autoscaler_config(address)))
     head = start_node(root, "head", address, *head_options(port, client_port), f"--autoscaling-config={config}",
-                      cpus=0, environment={"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
+                      cpus=0, environment={"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+                                                 "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "300"})
     try:
         yield Cluster(address, f"ray://127.0.0.1:{client_port}")
     finally:
@@ -101,7 +106,7 @@ def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_study_scales_a_cluster_up_from_no_worker_and_lets_it_scale_down(
         autoscaling_cluster: Cluster, phantom: Path, tmp_path: Path) -> None:
     assert _alive_nodes(autoscaling_cluster.address) == 1
-    run = _run(autoscaling_cluster.client_address, phantom, tmp_path / "results", "scaled")
+    run = _run(autoscaling_cluster.address, phantom, tmp_path / "results", "scaled")
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-4000:]
     assert "asked the autoscaler for nodes to run 2 trial(s) of 1 worker of 1 CPU at once" in output
@@ -120,7 +125,7 @@ def test_a_study_scales_a_cluster_up_from_no_worker_and_lets_it_scale_down(
 @pytest.mark.slow
 def test_a_trial_no_node_type_fits_fails_after_the_wait_with_a_one_line_error(
         autoscaling_cluster: Cluster, phantom: Path, tmp_path: Path) -> None:
-    run = _run(autoscaling_cluster.address, phantom, tmp_path / "results", "too-big", "--cpus-per-worker", "4",
+    run = _run(autoscaling_cluster.client_address, phantom, tmp_path / "results", "too-big", "--cpus-per-worker", "4",
                "--wait-for-nodes", "5")
     assert run.returncode != 0
     last = run.stderr.strip().splitlines()[-1]

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from raysearch.errors import ConfigError
-from raysearch.search.resources import TrialShape, alive_nodes, concurrency_limit, trials_that_fit
+from raysearch.search.resources import TrialShape, alive_nodes, capped, concurrency_limit, trials_that_fit
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def wait_for_first_trial(shape: TrialShape, requested: int | None, wait_s: float
             logger.warning("raysearch: waiting %.0f s so far for the autoscaler to add a node for %s",
                            waited, shape.describe())
         time.sleep(poll_s)
-    return min(fits, requested) if requested else fits
+    return capped(fits, requested)
 
 
 @contextmanager

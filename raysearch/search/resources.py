@@ -66,6 +66,11 @@ def trials_that_fit(nodes: Sequence[Mapping[str, float]], shape: TrialShape) -> 
     return slots // shape.workers
 
 
+def capped(fits: int, requested: int | None) -> int:
+    """Trials at once: what fits, or `requested` (--concurrency) when that is fewer."""
+    return min(fits, requested) if requested else fits
+
+
 def concurrency_limit(nodes: Sequence[Mapping[str, float]], shape: TrialShape, requested: int | None) -> int:
     """Trials at once: what the nodes fit, capped by `requested`; ConfigError when not even one trial fits."""
     fits = trials_that_fit(nodes, shape)
@@ -75,7 +80,7 @@ def concurrency_limit(nodes: Sequence[Mapping[str, float]], shape: TrialShape, r
         raise ConfigError(f"one trial needs {shape.describe()} each, but the cluster's {len(nodes)} node(s) "
                           f"({cpus:g} CPU, {gpus:g} GPU) cannot place them (see --workers-per-trial, "
                           "--cpus-per-worker, --gpus-per-worker)")
-    return min(fits, requested) if requested else fits
+    return capped(fits, requested)
 
 
 class ElasticConcurrency(ConcurrencyLimiter):
@@ -93,7 +98,7 @@ class ElasticConcurrency(ConcurrencyLimiter):
         """Re-derive the limit from the live nodes now; return it."""
         self.checked_at = time.time()
         fits = max(trials_that_fit(self.nodes(), self.shape), 1)
-        limit = min(fits, self.requested) if self.requested else fits
+        limit = capped(fits, self.requested)
         if limit != self.max_concurrent:
             logger.warning("raysearch: the cluster now fits %d trial(s) at once (was %d)", limit, self.max_concurrent)
             self.set_max_concurrency(limit)

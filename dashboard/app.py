@@ -10,7 +10,7 @@ import os
 import urllib.request
 
 import streamlit as st
-from study_data import current_study, load_study, results_root, studies
+from study_data import load_study, ray_dashboard_url, results_root, studies
 
 from raysearch.dashboard_logic import ray_dashboard_candidates
 from raysearch.errors import RaysearchError
@@ -38,9 +38,10 @@ def live_ray_dashboard(candidates: tuple[str, ...]) -> str | None:
     return None
 
 
-def sidebar_ray(spec: dict) -> None:
-    """The Ray dashboard's address when a cluster is live, else where one would be."""
-    candidates = tuple(ray_dashboard_candidates(os.environ, spec))
+def sidebar_ray() -> None:
+    """The Ray dashboard's address when a cluster is live, else where one would be. Only addresses the user
+    gave are probed: a results folder may come from someone else, and its study.yaml is never an address."""
+    candidates = tuple(ray_dashboard_candidates(os.environ, ray_dashboard_url()))
     live = live_ray_dashboard(candidates)
     if live:
         st.sidebar.success(f"Ray cluster live: [Ray dashboard]({live})", icon=":material/hub:")
@@ -69,7 +70,7 @@ def main() -> None:
     except RaysearchError as error:
         st.error(str(error))
         return
-    sidebar_ray(current_study().spec)
+    sidebar_ray()
     st.navigation(PAGES).run()
 
 

@@ -30,12 +30,22 @@ STUDY_FILE = "study.yaml"
 DEFAULT_RESULTS = "raysearch-results"
 
 
-def results_root() -> Path:
-    """The results folder: `-- --results DIR` after `streamlit run app.py`, else $RAYSEARCH_RESULTS."""
+def _app_arguments() -> argparse.Namespace:
+    """The app's own arguments, given after `--` in `streamlit run app.py -- --results DIR ...`."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--results")
-    given, _ = parser.parse_known_args(sys.argv[1:])
-    return Path(given.results or os.environ.get("RAYSEARCH_RESULTS", DEFAULT_RESULTS)).resolve()
+    parser.add_argument("--ray-dashboard")
+    return parser.parse_known_args(sys.argv[1:])[0]
+
+
+def results_root() -> Path:
+    """The results folder: `-- --results DIR` after `streamlit run app.py`, else $RAYSEARCH_RESULTS."""
+    return Path(_app_arguments().results or os.environ.get("RAYSEARCH_RESULTS", DEFAULT_RESULTS)).resolve()
+
+
+def ray_dashboard_url() -> str | None:
+    """The Ray dashboard address the user passed (`-- --ray-dashboard URL`), if any."""
+    return _app_arguments().ray_dashboard
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -106,7 +106,13 @@ def _add_results(commands: argparse._SubParsersAction) -> None:
     dashboard = commands.add_parser("dashboard", help="open the Streamlit dashboard on a results folder")
     dashboard.add_argument("results", type=Path, nargs="?", default=Path("raysearch-results"),
                            help="results folder (default: %(default)s)")
-    dashboard.add_argument("--port", type=int, default=8501, help="local port (default: %(default)s)")
+    dashboard.add_argument("--port", type=int, default=8501, help="port to listen on (default: %(default)s)")
+    dashboard.add_argument("--host", default="127.0.0.1",
+                           help="address to listen on (default: %(default)s, this machine only; 0.0.0.0: every "
+                           "interface, so anyone who reaches the port sees the results)")
+    dashboard.add_argument("--ray-dashboard", metavar="URL",
+                           help="a Ray dashboard to link when it answers, e.g. http://127.0.0.1:8265 (only this, "
+                           "$RAY_DASHBOARD_URL, $RAY_ADDRESS's host and localhost are ever probed)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,8 +193,8 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _dashboard(args: argparse.Namespace) -> None:
-    import subprocess
-
+    """Replace this process with the Streamlit server (so stopping `raysearch dashboard` stops the server),
+    private by default: bound to --host (localhost) and with Streamlit's usage statistics off."""
     from raysearch.errors import ConfigError
 
     app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
@@ -196,8 +202,14 @@ def _dashboard(args: argparse.Namespace) -> None:
         raise ConfigError(f"{args.results}: no such results folder")
     if not app.is_file():
         raise ConfigError(f"{app}: the dashboard app is missing (install raysearch from its source tree)")
-    subprocess.run([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
-                    "--client.toolbarMode", "minimal", "--", "--results", str(args.results.resolve())], check=False)
+    command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.host,
+               "--server.port", str(args.port), "--browser.gatherUsageStats", "false",
+               "--client.toolbarMode", "minimal", "--", "--results", str(args.results.resolve())]
+    if args.ray_dashboard:
+        command += ["--ray-dashboard", args.ray_dashboard]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

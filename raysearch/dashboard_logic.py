@@ -271,15 +271,16 @@ def dataset_attribution(study: Mapping[str, Any]) -> str | None:
     return BONE_FRACTURE_ATTRIBUTION if real else None
 
 
-def ray_dashboard_candidates(environment: Mapping[str, str], study: Mapping[str, Any]) -> list[str]:
-    """Where a live Ray dashboard may be: $RAY_DASHBOARD_URL, the host of $RAY_ADDRESS or of the study's
-    cluster address on port 8265, then the local default."""
-    candidates = [environment.get("RAY_DASHBOARD_URL", "")]
-    for address in (environment.get("RAY_ADDRESS", ""), str(study.get("spec", {}).get("address") or "")):
-        if address and address != "auto":
-            parsed = urlparse(address if "://" in address else f"ray://{address}")
-            scheme = parsed.scheme if parsed.scheme in ("http", "https") else "http"
-            port = parsed.port if parsed.scheme in ("http", "https") and parsed.port else 8265
-            candidates.append(f"{scheme}://{parsed.hostname}:{port}")
+def ray_dashboard_candidates(environment: Mapping[str, str], passed: str | None = None) -> list[str]:
+    """Where a live Ray dashboard may be, from what the user gave only (never from a results file, which may
+    come from someone else): `passed` (`raysearch dashboard --ray-dashboard URL`), $RAY_DASHBOARD_URL, the
+    host of $RAY_ADDRESS on port 8265, then the local default."""
+    candidates = [passed or "", environment.get("RAY_DASHBOARD_URL", "")]
+    address = environment.get("RAY_ADDRESS", "")
+    if address and address != "auto":
+        parsed = urlparse(address if "://" in address else f"ray://{address}")
+        scheme = parsed.scheme if parsed.scheme in ("http", "https") else "http"
+        port = parsed.port if parsed.scheme in ("http", "https") and parsed.port else 8265
+        candidates.append(f"{scheme}://{parsed.hostname}:{port}")
     candidates.append("http://127.0.0.1:8265")
     return list(dict.fromkeys(c for c in candidates if c))

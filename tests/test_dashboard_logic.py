@@ -193,9 +193,9 @@ def test_attribution_only_for_the_real_dataset() -> None:
 
 
 def test_ray_dashboard_candidates() -> None:
-    found = ray_dashboard_candidates({"RAY_ADDRESS": "ray://head:10001"}, {"spec": {"address": "10.0.0.5:6379"}})
-    assert found == ["http://head:8265", "http://10.0.0.5:8265", "http://127.0.0.1:8265"]
-    assert ray_dashboard_candidates({"RAY_DASHBOARD_URL": "http://h:9000", "RAY_ADDRESS": "auto"}, {}) == [
+    found = ray_dashboard_candidates({"RAY_ADDRESS": "ray://head:10001"}, "http://passed:8265")
+    assert found == ["http://passed:8265", "http://head:8265", "http://127.0.0.1:8265"]
+    assert ray_dashboard_candidates({"RAY_DASHBOARD_URL": "http://h:9000", "RAY_ADDRESS": "auto"}) == [
         "http://h:9000", "http://127.0.0.1:8265"]
 
 

@@ -142,6 +142,43 @@ def test_project_and_dependencies_installed_on_every_node(prepared: Config) -> N
     assert any("pip install" in c and "boto3" in c for c in prepared["head_setup_commands"]), "the autoscaler"
 
 
+def _installed_requirements(command: str) -> list[str]:
+    """The requirements that a `pip install` / `uv pip install` command names (options and their values left out)."""
+    words = shlex.split(command.split("#", 1)[0])
+    starts = [i + 2 for i in range(len(words) - 1) if words[i : i + 2] == ["pip", "install"]]
+    found = []
+    for start in starts:
+        skip_next = False
+        for word in words[start:]:
+            if word in (";", "&&", "||", "|") or word.endswith(";"):
+                break
+            if skip_next:
+                skip_next = False
+            elif word in ("--python", "-r", "-c", "--index-url", "--target", "-e", "--editable"):
+                skip_next = True  # an option's value; -e names the mounted checkout, pinned by this commit
+            elif not word.startswith("-"):
+                found.append(word)
+    return found
+
+
+def test_installs_are_pinned_and_no_script_is_piped_into_a_shell(raw: Config) -> None:
+    commands = _all_commands(raw)
+    for command in commands:
+        assert "curl" not in command and "wget" not in command, command
+        assert not re.search(r"\|\s*(sudo\s+)?(ba|z)?sh\b", command), command
+    requirements = [r for c in commands for r in _installed_requirements(c)]
+    assert {"uv==0.13.9", "boto3==1.44.8", "ray[default,tune,train]==2.60.0"} <= set(requirements)
+    for requirement in requirements:
+        assert re.fullmatch(r"[A-Za-z0-9_.\-\[\],]+==[0-9][0-9A-Za-z.]*", requirement), (
+            f"unpinned install: {requirement}")
+
+
+def test_pin_check_catches_what_it_should() -> None:
+    assert _installed_requirements('uv pip install --python ~/venv/bin/python "ray[tune]==2.60.0" -e ~/raysearch') == [
+        "ray[tune]==2.60.0"]
+    assert _installed_requirements("python3 -m pip install --user boto3") == ["boto3"]
+
+
 def test_results_go_to_storage_every_node_shares(prepared: Config) -> None:
     exports = [m.group(1) for c in prepared["head_setup_commands"]
                for m in re.finditer(r"echo 'export RAYSEARCH_RESULTS=([^'\s;]+)'", c)]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from recording_session import RecordingSession
 from torchvision.transforms import v2
 
 from raysearch.data.augment import Augmentation, augmentation_for
@@ -140,26 +139,11 @@ def test_balanced_epochs_give_every_worker_the_same_batches_count() -> None:
     assert all(len(batch) == 3 for shard in shards for batch in shard)
 
 
-class _Recorder:
-    """A one-worker, in-process session that keeps what the loop reports."""
-
-    world_rank, world_size, device = 0, 1, torch.device("cpu")
-
-    def __init__(self) -> None:
-        self.metrics: list[dict[str, Any]] = []
-
-    def restored(self) -> nullcontext[None]:
-        return nullcontext(None)
-
-    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
-        self.metrics.append(metrics)
-
-
 @pytest.mark.parametrize("balance", ["sampler", "weighted_loss"])
 def test_a_trial_trains_with_augmentation_and_class_balance(cached: tuple[CachedDataset, dict[str, Any]],
                                                             balance: str) -> None:
     data, hp = cached
-    session = _Recorder()
+    session = RecordingSession()
     hp = {**defaults(create_task("multitask").hyperparameters), **hp, "augment": 0.5, "class_balance": balance,
           "batch_size": 4, "conv_layers": 2, "width": 8}
     train(hp, LoopSettings("multitask", str(data.directory), max_epochs=1, seed=0), session)

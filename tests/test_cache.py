@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
+import shutil
+import time
 from dataclasses import replace
-from functools import partial
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+import cv2
 import numpy as np
 import optuna
 import pytest
 
-from raysearch.data.cache import cache_issues, dataset_fingerprint, ensure_cache, load_cache
+from raysearch.data.cache import build_cache, cache_issues, cache_key, dataset_fingerprint, ensure_cache, load_cache
 from raysearch.data.formats import load_dataset
 from raysearch.data.phantom import PhantomSpec, write_phantom
+from raysearch.data.preprocess import Preprocessing
+from raysearch.data.records import issues_table
 from raysearch.data.samples import DatasetIndex
 from raysearch.errors import DataError
 from raysearch.space import parse_space
@@ -67,14 +73,120 @@ def test_a_second_trial_with_the_same_preprocessing_hits_and_other_preprocessing
     assert not np.array_equal(load_cache(built).images, load_cache(no_clahe).images)
 
 
-def test_trials_that_need_the_same_entry_at_once_build_it_once(index: DatasetIndex, tmp_path: Path) -> None:
-    preprocessing = preprocessing_of({**defaults({}), "image_size": 32, "clahe": True})
-    job = (index, dataset_fingerprint(index), preprocessing, tmp_path)
-    with multiprocessing.get_context("spawn").Pool(3) as pool:
-        found = pool.starmap(partial(ensure_cache, progress=False), [job] * 3)
-    assert len({directory for directory, _ in found}) == 1
-    assert sorted(hit for _, hit in found) == [False, True, True]  # one builder; the others waited for it
+def _ensure_in_child(index: DatasetIndex, fingerprint: str, config: Preprocessing, root: Path,
+                     found: multiprocessing.Queue) -> None:
+    found.put(ensure_cache(index, fingerprint, config, root, progress=False))
+
+
+def _wait_until_waiting_for(lock: Path, process: BaseProcess, timeout: float = 120.0) -> None:
+    """Return once the kernel lists `process` as blocked on `lock`'s flock (/proc/locks shows waiters as
+    `->`); fail if it ends first: then it never waited for the builder holding the lock."""
+    inode = f":{lock.stat().st_ino} "
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        waiting = [line for line in Path("/proc/locks").read_text().splitlines()
+                   if "->" in line and inode in line and f" {process.pid} " in line]
+        if waiting:
+            return
+        assert process.is_alive(), "the second builder finished without waiting for the lock held by the first"
+        time.sleep(0.05)
+    raise AssertionError(f"the second builder neither waited for {lock} nor finished in {timeout:.0f} s")
+
+
+def test_a_trial_that_needs_an_entry_being_built_waits_for_the_builder_and_builds_nothing(
+        index: DatasetIndex, tmp_path: Path) -> None:
+    config = preprocessing_of({**defaults({}), "image_size": 32, "clahe": True})
+    fingerprint = dataset_fingerprint(index)
+    directory = tmp_path / cache_key(fingerprint, config)
+    lock = tmp_path / f"{directory.name}.lock"
+    context = multiprocessing.get_context("spawn")
+    found = context.Queue()
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # this test is the first builder, inside the lock
+        second = context.Process(target=_ensure_in_child, args=(index, fingerprint, config, tmp_path, found))
+        second.start()
+        _wait_until_waiting_for(lock, second)
+        build_cache(index, config, directory, progress=False)
+        built = (directory / "meta.json").stat()
+        fcntl.flock(held, fcntl.LOCK_UN)
+    assert found.get(timeout=120) == (directory, True)  # it found the entry built and counts as a hit
+    second.join(timeout=60)
+    assert second.exitcode == 0
+    after = (directory / "meta.json").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (built.st_ino, built.st_mtime_ns)  # not built a second time
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+
+
+def _copy_dataset(root: Path, target: Path) -> Path:
+    shutil.copytree(root, target)
+    return target
+
+
+def test_the_fingerprint_changes_with_any_image_s_pixels(index: DatasetIndex, tmp_path: Path) -> None:
+    same = load_dataset(_copy_dataset(Path(index.root), tmp_path / "same"))
+    assert dataset_fingerprint(same) == dataset_fingerprint(index)
+    victim = sorted((tmp_path / "same" / "val" / "images").iterdir())[0]
+    changed_root = _copy_dataset(tmp_path / "same", tmp_path / "changed")
+    pixels = cv2.imread(str(victim), cv2.IMREAD_GRAYSCALE)
+    pixels[0, 0] ^= 0xFF  # one pixel of one image: same names, labels and sizes
+    cv2.imwrite(str(changed_root / "val" / "images" / victim.name), pixels)
+    changed = load_dataset(changed_root)
+    assert dataset_fingerprint(changed) != dataset_fingerprint(index)
+    config = preprocessing_of({**defaults({}), "image_size": 32})
+    first, _ = ensure_cache(index, dataset_fingerprint(index), config, tmp_path / "cache", progress=False)
+    second, hit = ensure_cache(changed, dataset_fingerprint(changed), config, tmp_path / "cache", progress=False)
+    assert not hit and second != first  # the second dataset never gets the first one's arrays
+
+
+def _supersampled(shapes: list[np.ndarray], size: int, factor: int = 8) -> np.ndarray:
+    """Pixels (size × size, 0/1) whose area lies mostly inside any of the normalised polygons."""
+    big = np.zeros((size * factor, size * factor), np.uint8)
+    for points in shapes:
+        cv2.fillPoly(big, [np.round(points * size * factor * 16).astype(np.int32)], 255, shift=4)
+    return (cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA) > 127).astype(np.uint8)
+
+
+def test_segmentation_masks_of_a_yolo_dataset_are_its_polygons_rasterised(tmp_path: Path) -> None:
+    shapes = {
+        "square": [np.array([[0.25, 0.25], [0.75, 0.25], [0.75, 0.75], [0.25, 0.75]])],
+        "two": [np.array([[0.1, 0.1], [0.5, 0.1], [0.3, 0.6]]),
+                np.array([[0.55, 0.55], [0.95, 0.6], [0.9, 0.95], [0.6, 0.9], [0.5, 0.75]])],
+        "val": [np.array([[0.2, 0.3], [0.8, 0.2], [0.7, 0.9]])],
+    }
+    root = tmp_path / "yolo"
+    (root / "data.yaml").parent.mkdir()
+    (root / "data.yaml").write_text("train: train/images\nval: val/images\nnames: [fracture]\n")
+    for stem, polygons in shapes.items():
+        split = "val" if stem == "val" else "train"
+        for folder in ("images", "labels"):
+            (root / split / folder).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / split / "images" / f"{stem}.png"), np.full((256, 192), 100, np.uint8))
+        lines = ["0 " + " ".join(f"{v:.4f}" for v in points.ravel()) for points in polygons]
+        (root / split / "labels" / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+    index = load_dataset(root)
+    config = preprocessing_of({**defaults({}), "image_size": 64, "resize": "stretch"})
+    directory, _ = ensure_cache(index, dataset_fingerprint(index), config, tmp_path / "cache", progress=False)
+    data = load_cache(directory)
+    for row, path in enumerate(data.paths):
+        expected = _supersampled(shapes[Path(path).stem], 64)
+        mask = np.asarray(data.masks[row])
+        assert set(np.unique(mask)) <= {0, 1}
+        agreement = (mask & expected).sum() / (mask | expected).sum()
+        assert agreement > 0.9, f"{path}: mask and polygons overlap by IoU {agreement:.2f}"
+
+
+def test_skipped_files_are_listed_with_their_reason_in_the_data_issues_table(tmp_path: Path) -> None:
+    root = write_phantom(tmp_path / "data", PhantomSpec(4, 2, 2, image_size=32), progress=False)
+    labels = root / "train" / "labels"
+    first = sorted(labels.iterdir())[0]
+    first.write_text("0 0.1 0.1 x 0.2 0.3 0.3\n")
+    missing = sorted(labels.iterdir())[1]
+    missing.unlink()
+    table = issues_table(load_dataset(root).issues).to_pylist()
+    assert len(table) == 2
+    by_file = {Path(row["path"]).name: row for row in table}
+    assert by_file[first.name]["line"] == 1 and "not numbers" in by_file[first.name]["message"]
+    assert by_file[missing.name]["line"] is None and "label file missing" in by_file[missing.name]["message"]
 
 
 def test_images_that_fail_to_decode_are_left_out_and_listed(index: DatasetIndex, tmp_path: Path) -> None:

@@ -3,6 +3,10 @@
 `tiny_study`: ONE real results folder, made once per test session by running `raysearch run multitask` as
 a user would (subprocess, local Ray) on a tiny phantom dataset, for the tests that read finished results
 (evaluation, export, dashboard). Tests that change the folder work on `tiny_study_copy`.
+
+Suite rules kept by the hooks below: a test that runs a Ray study (a study fixture, or `ray.init` in this
+process) must be marked `slow`, so that `pytest -m "not slow"` stays fast; `gpu` tests are deselected, not
+skipped, where CUDA is absent; with RAYSEARCH_FAIL_ON_SKIP=1 (set by CI) a skipped test fails the run.
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ import pytest
 
 from raysearch.data.phantom import PhantomSpec, write_phantom
 
+STUDY_FIXTURES = frozenset({"tiny_study", "tiny_study_copy"})
+FAIL_ON_SKIP = "RAYSEARCH_FAIL_ON_SKIP"
 TINY_STUDY_NAME = "tiny"
+TINY_MALFORMED_LABEL = "0 0.1 0.1 x 0.2 0.3 0.3\n"  # one bad label file in the tiny study's data: skipped, listed
 TINY_PHANTOM = PhantomSpec(train=48, val=16, test=16, image_size=64)
 # Small VGGs only, so that every trial, evaluation and retraining of the tiny study takes seconds on a CPU.
 TINY_SPACE = """task: multitask
@@ -36,6 +43,53 @@ fixed:
 """
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse unmarked study tests; deselect `gpu` tests (reported as deselected, never as skipped) without CUDA."""
+    unmarked = [item.nodeid for item in items
+                if STUDY_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError(f"tests that run a Ray study must be marked slow: {', '.join(unmarked)}")
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if gpu:
+        config.hook.pytest_deselected(items=gpu)
+        items[:] = [item for item in items if item.get_closest_marker("gpu") is None]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    """With RAYSEARCH_FAIL_ON_SKIP=1, a skipped test is reported as failed, with the skip's reason."""
+    report = yield
+    if report.skipped and not hasattr(report, "wasxfail") and os.environ.get(FAIL_ON_SKIP) == "1":
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but {FAIL_ON_SKIP}=1 forbids skips: {reason}"
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With RAYSEARCH_FAIL_ON_SKIP=1, any skip left (e.g. a module skipped at collection) fails the run."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if os.environ.get(FAIL_ON_SKIP) == "1" and reporter is not None and reporter.stats.get("skipped"):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_start_no_ray(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test not marked slow that calls `ray.init` fails: fast tests run no Ray study."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    import ray
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"{request.node.nodeid} starts Ray (ray.init) but is not marked slow")
+
+    monkeypatch.setattr(ray, "init", refuse)
+
+
 @dataclass(frozen=True)
 class TinyStudy:
     """A finished tiny study: its results root, study folder, phantom dataset and `raysearch run` output."""
@@ -48,6 +102,9 @@ class TinyStudy:
 
 def _run_tiny_study(root: Path) -> TinyStudy:
     data = write_phantom(root / "phantom", TINY_PHANTOM, progress=False)
+    template = sorted((data / "train" / "images").iterdir())[0]
+    shutil.copyfile(template, template.with_name(f"malformed{template.suffix}"))
+    (data / "train" / "labels" / "malformed.txt").write_text(TINY_MALFORMED_LABEL)
     space = root / "tiny-space.yaml"
     space.write_text(TINY_SPACE)
     results = root / "results"

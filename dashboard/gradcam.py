@@ -18,8 +18,9 @@ from torch import nn
 
 from raysearch.dashboard_logic import safe_path, study_distributions, typed_params
 from raysearch.errors import DataError
+from raysearch.layout import StudyFolder
 from raysearch.tasks import create_task
-from raysearch.trained import best_checkpoint, build_model, load_weights, model_input, trial_hyperparameters
+from raysearch.trained import build_model, load_weights, model_input, trial_hyperparameters
 from raysearch.training.hparams import preprocessing_of
 
 MIN_CAM_SIDE = 4
@@ -40,7 +41,7 @@ class ClassLogits(nn.Module):
 def trial_model(root: str, directory: str, trial_id: str, _spec: dict[str, Any],
                 _row: pd.Series) -> tuple[nn.Module, dict[str, Any]]:
     """A trial's network with its best checkpoint (which must lie inside the results folder), and its hp."""
-    checkpoint = best_checkpoint(Path(directory), trial_id)
+    checkpoint = StudyFolder(Path(directory)).best_checkpoint(trial_id)
     if checkpoint is None:
         raise DataError(f"trial {trial_id}: no checkpoint in {directory}")
     checkpoint = safe_path(Path(root), checkpoint)

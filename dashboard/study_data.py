@@ -16,18 +16,17 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from raysearch.dashboard_logic import (
+from raysearch.dashboard_logic import audit_locations, safe_path
+from raysearch.errors import RaysearchError
+from raysearch.layout import (
+    DEFAULT_RESULTS,
     EPOCHS_FILE,
     PREDICTIONS_FILE,
+    STUDY_FILE,
     TRIALS_FILE,
-    audit_locations,
     find_studies,
-    safe_path,
+    score_column,
 )
-from raysearch.errors import RaysearchError
-
-STUDY_FILE = "study.yaml"
-DEFAULT_RESULTS = "raysearch-results"
 
 
 def _app_arguments() -> argparse.Namespace:
@@ -89,7 +88,7 @@ class Study:
 
     @property
     def score_column(self) -> str:
-        return f"metric.{self.metric}.best"
+        return score_column(self.metric)
 
     @property
     def classes(self) -> list[str]:

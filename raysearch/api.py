@@ -15,17 +15,12 @@ from typing import TYPE_CHECKING, Any, TextIO
 import yaml
 
 from raysearch.data.cache import cache_issues, dataset_fingerprint, ensure_cache
+from raysearch.data.loading import load_dataset
 from raysearch.data.records import issues_table
 from raysearch.data.samples import DatasetIndex
 from raysearch.errors import ConfigError, DataError, StudyInterrupted
-from raysearch.results import (
-    EPOCHS_FILE,
-    TRIALS_FILE,
-    epochs_table,
-    trials_table,
-    write_table_atomic,
-    write_text_atomic,
-)
+from raysearch.layout import StudyFolder, score_column
+from raysearch.results import epochs_table, trials_table, write_table_atomic, write_text_atomic
 from raysearch.space import SearchSpace, load_space
 from raysearch.study import StudySpec, resolved_study
 from raysearch.tasks import create_task
@@ -36,9 +31,7 @@ if TYPE_CHECKING:
     from raysearch.search.trial import TrialSettings
     from raysearch.search.tuner import SearchSettings
 
-STUDY_FILE = "study.yaml"
 EXPERIMENT_SNAPSHOT_S = 2
-DATA_ISSUES_FILE = "data_issues.parquet"
 
 
 @dataclass(frozen=True)
@@ -50,25 +43,6 @@ class StudyOutcome:
     metric: str
     mode: str
     search_seconds: float
-
-
-def load_dataset(data: str | None, *, format: str | None = None, on_error: str = "skip", empty_labels: str = "skip",
-                 split_ratios: str = "0.8,0.1,0.1", progress: bool = True, out: TextIO = sys.stdout) -> DatasetIndex:
-    """The dataset at `data` (any format, see raysearch.data.formats), or the built-in phantom X-rays when None.
-
-    Prints what was read and what was left out: empty label files and problems are never dropped silently.
-    """
-    from raysearch.data import formats
-    from raysearch.data.phantom import PhantomSpec, ensure_phantom
-    from raysearch.data.records import SplitRatios, describe_index
-
-    root = ensure_phantom(PhantomSpec(), progress=progress) if data is None else Path(data)
-    if not root.exists():
-        raise ConfigError(f"--data: {root} does not exist")
-    index = formats.load_dataset(root, format, on_error=on_error, empty_labels=empty_labels,
-                                 split_ratios=SplitRatios.parse(split_ratios))
-    print(describe_index(index), file=out)
-    return index
 
 
 def _add_cache_issues(index: DatasetIndex, cache: Path, on_error: str) -> None:
@@ -118,7 +92,8 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
     name = spec.study_name(space_text)
     results_root = Path(spec.results).resolve()
     study_dir = results_root / name
-    if (study_dir / TRIALS_FILE).exists():
+    folder = StudyFolder(study_dir)
+    if folder.trials_file.exists():
         raise ConfigError(f"study {name} already finished in {study_dir}; choose another --name or delete it")
     interrupted = Tuner.can_restore(experiment_dir(study_dir, name))
     if interrupted and not resuming:
@@ -129,14 +104,14 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
     index = load_dataset(spec.data, format=spec.format, on_error=spec.on_error, empty_labels=spec.empty_labels,
                          split_ratios=spec.split_ratios, progress=progress)
     fingerprint = dataset_fingerprint(index)
-    cache_root = results_root / "cache"
+    cache_root = folder.cache_root
     base_cache, _ = ensure_cache(index, fingerprint, preprocessing_of({**hp_defaults, **space.fixed}), cache_root,
                                  progress=progress)
     _add_cache_issues(index, base_cache, spec.on_error)
     metric, mode = space.metric or task.score, space.mode or task.mode
     trial = TrialSettings(
         task=spec.task, defaults={**hp_defaults, **space.fixed}, index=index, fingerprint=fingerprint,
-        cache_root=str(cache_root.resolve()), storage_path=str((study_dir / "train").resolve()),
+        cache_root=str(cache_root.resolve()), storage_path=str(folder.train_dir.resolve()),
         max_epochs=spec.max_epochs, seed=spec.seed, workers=spec.workers_per_trial,
         cpus_per_worker=spec.cpus_per_worker, gpus_per_worker=spec.gpus_per_worker, max_failures=spec.max_failures,
     )
@@ -182,7 +157,7 @@ def run_study(spec: StudySpec, *, progress: bool = True, out: TextIO = sys.stdou
     index, metric, mode = plan.index, plan.search.metric, plan.search.mode
     with _connected(spec.address), _capacity(plan) as concurrency:
         plan.directory.mkdir(parents=True, exist_ok=True)
-        write_table_atomic(issues_table(index.issues), plan.directory / DATA_ISSUES_FILE)
+        write_table_atomic(issues_table(index.issues), StudyFolder(plan.directory).data_issues_file)
         data_info = {"root": str(index.root), "format": index.format, "classes": index.classes,
                      "fingerprint": plan.fingerprint, "base_cache": str(plan.base_cache),
                      "samples": {s: len(index.split(s)) for s in ("train", "val", "test")},
@@ -196,7 +171,7 @@ def run_study(spec: StudySpec, *, progress: bool = True, out: TextIO = sys.stdou
                        "gpus_per_worker": spec.gpus_per_worker, "concurrency": concurrency,
                        "cluster": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}},
         )
-        write_text_atomic(yaml.safe_dump(study, sort_keys=False), plan.directory / STUDY_FILE)
+        write_text_atomic(yaml.safe_dump(study, sort_keys=False), StudyFolder(plan.directory).study_file)
         started = time.perf_counter()
         grid = build_tuner(plan.space, plan.search, plan.trial, concurrency).fit()
         search_seconds = time.perf_counter() - started
@@ -213,9 +188,9 @@ def resume_study(study_dir: Path, *, address: str | None = None, wait_for_nodes:
     may differ from the interrupted run's (a new cluster); None keeps the recorded wait."""
     from raysearch.search.tuner import records_from, restore_tuner
 
-    study_file = Path(study_dir) / STUDY_FILE
+    study_file = StudyFolder(study_dir).study_file
     if not study_file.is_file():
-        raise ConfigError(f"{study_dir}: no {STUDY_FILE}, so not a study that `raysearch run` started")
+        raise ConfigError(f"{study_dir}: no {study_file.name}, so not a study that `raysearch run` started")
     recorded = yaml.safe_load(study_file.read_text())
     try:
         runtime = {"results": str(Path(study_dir).parent), "address": address}
@@ -242,12 +217,11 @@ def resume_study(study_dir: Path, *, address: str | None = None, wait_for_nodes:
 def _finish(plan: _Plan, records: list[TrialRecord], search_seconds: float, *, progress: bool,
             out: TextIO) -> StudyOutcome:
     """Write the trials and their epochs as Parquet, finish the study's results, print the summary."""
-    from raysearch.evaluate import finish_study
-
     metric, mode = plan.search.metric, plan.search.mode
+    folder = StudyFolder(plan.directory)
     table = trials_table(records, plan.space, score=metric, mode=mode, max_epochs=plan.spec.max_epochs)
-    write_table_atomic(epochs_table(records), plan.directory / EPOCHS_FILE)
-    write_table_atomic(table, plan.directory / TRIALS_FILE)
+    write_table_atomic(epochs_table(records), folder.epochs_file)
+    write_table_atomic(table, folder.trials_file)
     finish_study(plan.directory, progress=progress, out=out)
     outcome = StudyOutcome(plan.directory, table.to_pandas(), metric, mode, search_seconds)
     print_summary(outcome, plan.space, out)
@@ -257,7 +231,7 @@ def _finish(plan: _Plan, records: list[TrialRecord], search_seconds: float, *, p
 def print_summary(outcome: StudyOutcome, space: SearchSpace, out: TextIO, top: int = 5) -> None:
     """The best trials as a short ranked table, the results folder and the dashboard command."""
     frame = outcome.trials
-    score = f"metric.{outcome.metric}.best"
+    score = score_column(outcome.metric)
     ranked = frame.sort_values(score, ascending=outcome.mode == "min", na_position="last").head(top)
     metric_columns = [c for c in ranked.columns if c.startswith("metric.val_") and c.endswith(".best") and c != score]
     shown = ["trial_id", "status", "epochs", score, *metric_columns[:5], *[f"param.{p.name}" for p in space.parameters]]
@@ -291,3 +265,13 @@ def _require_finished(grid: Any, trials: int, directory: Path) -> None:
     if unfinished or len(grid) < trials:
         raise StudyInterrupted(f"study interrupted with {grid.num_terminated + grid.num_errors} of {trials} trials "
                                f"finished; continue it with `raysearch resume {directory}`")
+
+
+def finish_study(study_dir: Path, *, progress: bool = True, out: TextIO = sys.stdout) -> None:
+    """What `raysearch run` does after the search: evaluate the best trial on the test split, export it."""
+    from raysearch.evaluate import evaluate_study
+    from raysearch.export import export_model
+
+    if evaluate_study(study_dir, top=1, repeats=1, progress=progress, out=out).empty:
+        return
+    print(f"Best model exported to {export_model(study_dir)}", file=out)

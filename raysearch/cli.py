@@ -163,12 +163,12 @@ def _audit(args: argparse.Namespace) -> None:
     from raysearch.data.audit import audit_dataset, format_audit, write_audit
     from raysearch.data.records import SplitRatios
     from raysearch.errors import DataError
-    from raysearch.study import DEFAULT_RESULTS
+    from raysearch.layout import AUDIT_DIR, DEFAULT_RESULTS
 
     audit = audit_dataset(args.path, args.format, split_ratios=SplitRatios.parse(args.split_ratios),
                           progress=not args.quiet)
     print(format_audit(audit))
-    written = write_audit(audit, args.out or DEFAULT_RESULTS / "audit" / audit.name)
+    written = write_audit(audit, args.out or Path(DEFAULT_RESULTS) / AUDIT_DIR / audit.name)
     print(f"Written: {written}")
     if audit.fatal:
         raise DataError(f"{args.path}: training is impossible: {'; '.join(audit.fatal)}")
@@ -182,7 +182,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from raysearch.export import MODEL_DIR, predict
+    from raysearch.export import predict
+    from raysearch.layout import MODEL_DIR
 
     model = args.model / MODEL_DIR if (args.model / MODEL_DIR).is_dir() else args.model
     for found in predict(model, args.images, args.out):
@@ -195,13 +196,12 @@ def _predict(args: argparse.Namespace) -> None:
 def _dashboard(args: argparse.Namespace) -> None:
     """Replace this process with the Streamlit server (so stopping `raysearch dashboard` stops the server),
     private by default: bound to --host (localhost) and with Streamlit's usage statistics off."""
+    from raysearch.bundled import dashboard_app
     from raysearch.errors import ConfigError
 
-    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
     if not args.results.is_dir():
         raise ConfigError(f"{args.results}: no such results folder")
-    if not app.is_file():
-        raise ConfigError(f"{app}: the dashboard app is missing (install raysearch from its source tree)")
+    app = dashboard_app()
     command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.host,
                "--server.port", str(args.port), "--browser.gatherUsageStats", "false",
                "--client.toolbarMode", "minimal", "--", "--results", str(args.results.resolve())]

@@ -18,9 +18,8 @@ import numpy as np
 import pandas as pd
 
 from raysearch.errors import DataError
+from raysearch.layout import AUDIT_DIR, AUDIT_FILE
 
-TRIALS_FILE, EPOCHS_FILE, PREDICTIONS_FILE, AUDIT_FILE = (
-    "trials.parquet", "epochs.parquet", "predictions.parquet", "audit.parquet")
 STATUSES = ("COMPLETED", "EARLY_STOPPED", "PRUNED", "FAILED")
 LOWER_IS_BETTER = re.compile(r"(loss|apd|mse|mae|error|latency|params|time|epochs|\.std$)")
 CONFUSION_CELL = re.compile(r"^metric\.val_confusion_(\d+)_(\d+)\.best$")
@@ -44,14 +43,6 @@ def safe_path(root: Path, candidate: str | Path) -> Path:
     if not resolved.is_relative_to(base):
         raise DataError(f"{candidate}: refused, the path lies outside the results folder {base}")
     return resolved
-
-
-def find_studies(results: Path) -> list[Path]:
-    """The study folders (with a trials.parquet) in a results folder, or the folder itself if it is one."""
-    results = Path(results)
-    if (results / TRIALS_FILE).is_file():
-        return [results]
-    return sorted(p for p in results.iterdir() if (p / TRIALS_FILE).is_file()) if results.is_dir() else []
 
 
 def lower_is_better(column: str) -> bool:
@@ -87,14 +78,6 @@ def metric_columns(frame: pd.DataFrame) -> list[str]:
     best = [c for c in numeric if c.startswith("metric.") and c.endswith(".best")]
     cost = [c for c in ("params", "latency_ms", "wall_time_s", "epochs") if c in numeric]
     return test + best + cost
-
-
-def rank_trials(frame: pd.DataFrame, column: str, mode: str) -> pd.DataFrame:
-    """Trials sorted best first by `column` ("max" or "min"), missing values last, with a 1-based `rank`."""
-    if mode not in ("max", "min"):
-        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-    ranked = frame.sort_values(column, ascending=mode == "min", na_position="last", kind="stable")
-    return ranked.assign(rank=np.arange(1, len(ranked) + 1)).reset_index(drop=True)
 
 
 def filter_trials(frame: pd.DataFrame, *, statuses: Iterable[str] | None = None, tasks: Iterable[str] | None = None,
@@ -260,7 +243,7 @@ def audit_locations(study_dir: Path, results: Path, study: Mapping[str, Any]) ->
     name = Path(root.rstrip("/")).name
     if name.endswith((".yaml", ".yml")):
         name = Path(root).parent.name
-    named = [results / "audit" / name / AUDIT_FILE] if name else []
+    named = [results / AUDIT_DIR / name / AUDIT_FILE] if name else []
     return [study_dir / AUDIT_FILE, *named, results / AUDIT_FILE]
 
 

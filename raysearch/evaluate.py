@@ -26,27 +26,21 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from raysearch.dashboard_logic import headline_columns, metric_name, rank_trials
+from raysearch.dashboard_logic import headline_columns, metric_name
 from raysearch.data.cache import CachedDataset, cache_key, dataset_fingerprint, ensure_cache, load_cache
+from raysearch.data.loading import load_dataset
 from raysearch.data.preprocess import fit, placement
 from raysearch.errors import ConfigError, DataError
+from raysearch.layout import BEST_FILE, PREDICTIONS_DIR, StudyFolder
 from raysearch.metrics import point_distances
-from raysearch.results import TRIALS_FILE, write_table_atomic
+from raysearch.results import write_table_atomic
 from raysearch.tasks import create_task
 from raysearch.tasks.base import Task, TaskContext
-from raysearch.trained import (
-    best_checkpoint,
-    build_model,
-    device,
-    read_study,
-    restore_trial,
-    trial_hyperparameters,
-)
+from raysearch.trained import build_model, device, restore_trial, trial_hyperparameters
 from raysearch.training.hparams import preprocessing_of
-from raysearch.training.loop import BEST_FILE, LoopSettings, baseline_apd, make_batch, train
+from raysearch.training.loop import LoopSettings, baseline_apd, make_batch, train
 from raysearch.training.loop import evaluate as evaluate_rows
 
-PREDICTIONS_FILE, PREDICTIONS_DIR = "predictions.parquet", "predictions"
 VIEW_SIZE = 256
 FLOAT_LIST = pa.list_(pa.float32())
 PREDICTION_SCHEMA = pa.schema([
@@ -94,11 +88,9 @@ def _study_cache(study_dir: Path, study: Mapping[str, Any], hp: Mapping[str, Any
     """The preprocessed arrays for a trial's preprocessing: the study's cache, rebuilt from the data if gone."""
     preprocessing = preprocessing_of(dict(hp))
     fingerprint = study["data"]["fingerprint"]
-    cache_root = study_dir.parent / "cache"
+    cache_root = StudyFolder(study_dir).cache_root
     directory = cache_root / cache_key(fingerprint, preprocessing)
     if not (directory / "meta.json").is_file():
-        from raysearch.api import load_dataset
-
         index = load_dataset(study["data"]["root"], progress=progress)
         if dataset_fingerprint(index) != fingerprint:
             raise DataError(f"{study['data']['root']}: the dataset changed since study {study['name']} ran "
@@ -243,7 +235,7 @@ def _models(study_dir: Path, study: Mapping[str, Any], row: Mapping[str, Any],
             out: TextIO) -> list[Model]:
     """The models of one trial: its best checkpoint (one repeat, when it has one), else retrained per seed."""
     seed = study["seed"]
-    if repeats == 1 and best_checkpoint(study_dir, row["trial_id"]) is not None:
+    if repeats == 1 and StudyFolder(study_dir).best_checkpoint(row["trial_id"]) is not None:
         _, network, hp = restore_trial(study_dir, study, row["trial_id"], row, device())
         return [Model(row["trial_id"], 0, seed, network, hp)]
     if repeats == 1:
@@ -264,17 +256,13 @@ def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epoch
         if value < 1:
             raise ConfigError(f"{flag}: must be at least 1, got {value}")
     study_dir = Path(study_dir)
-    study = read_study(study_dir)
-    trials_path = study_dir / TRIALS_FILE
-    if not trials_path.is_file():
-        raise DataError(f"{study_dir}: the study has no {TRIALS_FILE} yet (still running or interrupted)")
-    table = pq.read_table(trials_path)
-    metric, mode = study["scheduler"]["metric"], study["scheduler"]["mode"]
-    frame = table.to_pandas()
-    ranked = rank_trials(frame[frame["status"] != "FAILED"], f"metric.{metric}.best", mode).head(top)
+    folder = StudyFolder(study_dir)
+    study = folder.read_study()
+    ranked = folder.ranked_trials(study).head(top)
     if ranked.empty:
         print("No finished trial to evaluate on the test split.", file=out)
         return ranked
+    table = pq.read_table(folder.trials_file)
     rows = {r["trial_id"]: r for r in table.to_pylist()}
     task = create_task(study["task"])
     caches: dict[str, CachedDataset] = {}
@@ -285,7 +273,7 @@ def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epoch
             caches[key] = _study_cache(study_dir, study, hp, progress)
         return caches[key]
 
-    shutil.rmtree(study_dir / PREDICTIONS_DIR / "masks", ignore_errors=True)
+    shutil.rmtree(folder.predictions_dir / "masks", ignore_errors=True)
     results: dict[str, dict[str, float]] = {}
     predictions: list[pa.Table] = []
     epochs = max_epochs or study["spec"]["max_epochs"]
@@ -300,8 +288,8 @@ def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epoch
             predictions.append(pa.table({f.name: pa.array(columns.get(f.name, [None] * len(test_rows)), f.type)
                                          for f in PREDICTION_SCHEMA}, schema=PREDICTION_SCHEMA))
         results[trial_id] = _summary(runs)
-    write_table_atomic(pa.concat_tables(predictions), study_dir / PREDICTIONS_FILE)
-    write_table_atomic(_with_test_columns(table, results), trials_path)
+    write_table_atomic(pa.concat_tables(predictions), folder.predictions_file)
+    write_table_atomic(_with_test_columns(table, results), folder.trials_file)
     print(f"\nTest split ({repeats} repeat{'s' if repeats > 1 else ''} per trial):", file=out)
     print(_readable(results).to_string(index=False), file=out)
     return pd.DataFrame([{"trial_id": t, **m} for t, m in results.items()])
@@ -319,11 +307,3 @@ def _readable(results: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
         rows.append(row)
     return pd.DataFrame(rows)
 
-
-def finish_study(study_dir: Path, *, progress: bool = True, out: TextIO = sys.stdout) -> None:
-    """What `raysearch run` does after the search: evaluate the best trial on the test split, export it."""
-    from raysearch.export import export_model
-
-    if evaluate_study(study_dir, top=1, repeats=1, progress=progress, out=out).empty:
-        return
-    print(f"Best model exported to {export_model(study_dir)}", file=out)

@@ -20,25 +20,15 @@ import torch
 import yaml
 from torch import nn
 
-from raysearch.dashboard_logic import rank_trials
 from raysearch.data.preprocess import Placement, Preprocessing
 from raysearch.errors import DataError
+from raysearch.layout import CONFIG_FILE, MODEL_DIR, WEIGHTS_FILE, StudyFolder
 from raysearch.overlay import draw_overlay
-from raysearch.results import TRIALS_FILE, write_text_atomic
+from raysearch.results import write_text_atomic
 from raysearch.tasks import create_task
 from raysearch.tasks.base import Task
-from raysearch.trained import (
-    best_checkpoint,
-    build_model,
-    device,
-    load_weights,
-    model_input,
-    read_study,
-    trial_hyperparameters,
-)
+from raysearch.trained import build_model, device, load_weights, model_input, trial_hyperparameters
 from raysearch.training.hparams import preprocessing_of
-
-MODEL_DIR, CONFIG_FILE, WEIGHTS_FILE = "model", "config.yaml", "weights.pt"
 
 
 @dataclass(frozen=True)
@@ -67,19 +57,18 @@ class Prediction:
 def export_model(study_dir: Path, trial_id: str | None = None) -> Path:
     """Export a trial (default: the best by the study's metric) to `<study>/model/`; returns that folder."""
     study_dir = Path(study_dir)
-    study = read_study(study_dir)
-    table = pq.read_table(study_dir / TRIALS_FILE)
-    frame = table.to_pandas()
-    metric, mode = study["scheduler"]["metric"], study["scheduler"]["mode"]
+    folder = StudyFolder(study_dir)
+    study = folder.read_study()
+    metric = study["scheduler"]["metric"]
     if trial_id is None:
-        ranked = rank_trials(frame[frame["status"] != "FAILED"], f"metric.{metric}.best", mode)
+        ranked = folder.ranked_trials(study)
         if ranked.empty:
             raise DataError(f"{study_dir}: no finished trial to export")
         trial_id = str(ranked["trial_id"].iloc[0])
-    rows = {r["trial_id"]: r for r in table.to_pylist()}
+    rows = {r["trial_id"]: r for r in pq.read_table(folder.trials_file).to_pylist()}
     if trial_id not in rows:
         raise DataError(f"{study_dir}: no trial {trial_id}")
-    checkpoint = best_checkpoint(study_dir, trial_id)
+    checkpoint = folder.best_checkpoint(trial_id)
     if checkpoint is None:
         raise DataError(f"{study_dir}: trial {trial_id} has no checkpoint to export")
     row = rows[trial_id]
@@ -91,7 +80,7 @@ def export_model(study_dir: Path, trial_id: str | None = None) -> Path:
         "test": {k: v for k, v in row.items() if k.startswith("test.") and v is not None},
         "params": row.get("params"), "latency_ms": row.get("latency_ms"),
     }
-    target = study_dir / MODEL_DIR
+    target = folder.model_dir
     staging = study_dir / f".{MODEL_DIR}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()

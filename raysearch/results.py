@@ -1,4 +1,4 @@
-"""The study's results as Parquet: `trials.parquet` (one row per trial), `epochs.parquet` (per epoch).
+"""The study's results as Parquet tables: one row per trial (`trials.parquet`), one per epoch (`epochs.parquet`).
 
 Every file is written to a temporary sibling and renamed into place, so a crash never leaves a
 half-written file for the dashboard or a resume to trip over.
@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 
 from raysearch.space import SearchSpace
 
-TRIALS_FILE, EPOCHS_FILE = "trials.parquet", "epochs.parquet"
 BOOKKEEPING = {"epoch", "trial_id", "stopped_early", "params", "latency_ms"}
 
 

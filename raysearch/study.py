@@ -10,11 +10,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from raysearch.bundled import search_spaces_dir
 from raysearch.data.records import SplitRatios
 from raysearch.errors import ConfigError
+from raysearch.layout import DEFAULT_RESULTS, describe_study
 
-SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
-DEFAULT_RESULTS = Path("raysearch-results")
 VERSIONED_PACKAGES = ("raysearch", "ray", "torch", "torchvision", "timm", "segmentation-models-pytorch", "optuna",
                       "pyarrow", "opencv-python-headless", "numpy")
 
@@ -29,7 +29,7 @@ class StudySpec:
     data: str | None = None
     space: str | None = None
     name: str | None = None
-    results: str = str(DEFAULT_RESULTS)
+    results: str = DEFAULT_RESULTS
     trials: int = 8
     max_epochs: int = 6
     image_size: int = 64
@@ -73,8 +73,8 @@ class StudySpec:
         return SplitRatios.parse(self.split_ratios)
 
     def space_path(self) -> Path:
-        """The search-space file: the one given, or the task's default in search_spaces/."""
-        return Path(self.space) if self.space else SEARCH_SPACES / f"{self.task}.yaml"
+        """The search-space file: the one given, or the task's default shipped in search_spaces/."""
+        return Path(self.space) if self.space else search_spaces_dir() / f"{self.task}.yaml"
 
     def study_name(self, space_text: str) -> str:
         """`--name`, or task + space file stem + a short hash of everything that shapes the study."""
@@ -100,6 +100,6 @@ def versions() -> dict[str, str]:
 def resolved_study(spec: StudySpec, *, name: str, space: dict[str, Any], data: dict[str, Any],
                    defaults: dict[str, Any], scheduler: dict[str, Any], resources: dict[str, Any]) -> dict[str, Any]:
     """The fully resolved study, as written to study.yaml."""
-    return {"name": name, "task": spec.task, "spec": asdict(spec), "data": data, "search_space": space,
-            "defaults": defaults, "scheduler": scheduler, "resources": resources, "seed": spec.seed,
-            "versions": versions()}
+    return describe_study(name=name, task=spec.task, spec=asdict(spec), data=data, search_space=space,
+                          defaults=defaults, scheduler=scheduler, resources=resources, seed=spec.seed,
+                          versions=versions())

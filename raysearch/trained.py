@@ -3,33 +3,20 @@ network rebuilt from them. Paths are found inside the study folder, so a copied 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from raysearch.data.preprocess import Preprocessing, enhance, fit, normalise, placement
 from raysearch.errors import DataError
+from raysearch.layout import BEST_FILE, StudyFolder
 from raysearch.tasks import create_task
 from raysearch.tasks.base import Task, TaskContext
 from raysearch.training.hparams import defaults
-from raysearch.training.loop import BEST_FILE
-
-STUDY_FILE = "study.yaml"
-_CHECKPOINT_NUMBER = re.compile(r"checkpoint_(\d+)$")
-
-
-def read_study(study_dir: Path) -> dict[str, Any]:
-    """A study's resolved description (study.yaml)."""
-    path = study_dir / STUDY_FILE
-    if not path.is_file():
-        raise DataError(f"{study_dir}: not a study folder (no {STUDY_FILE})")
-    return yaml.safe_load(path.read_text())
 
 
 def trial_hyperparameters(study: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
@@ -43,14 +30,6 @@ def trial_hyperparameters(study: Mapping[str, Any], params: Mapping[str, Any]) -
                if k.startswith("param.") and v is not None and v == v}
     current = defaults(create_task(study["task"]).hyperparameters)
     return {**current, **study["defaults"], **study["search_space"]["fixed"], **sampled}
-
-
-def best_checkpoint(study_dir: Path, trial_id: str) -> Path | None:
-    """`best_model.pt` in a trial's newest checkpoint (Tune trial folder or Train run folder), or None."""
-    found = [*study_dir.glob(f"ray/*/{trial_id}/checkpoint_*/{BEST_FILE}"),
-             *study_dir.glob(f"train/{trial_id}/checkpoint_*/{BEST_FILE}")]
-    numbered = [(int(m.group(1)), p) for p in found if (m := _CHECKPOINT_NUMBER.search(p.parent.name))]
-    return max(numbered)[1] if numbered else None
 
 
 def build_model(task: Task, hp: Mapping[str, Any], num_classes: int) -> nn.Module:
@@ -68,7 +47,7 @@ def load_weights(model: nn.Module, path: Path, device: torch.device) -> nn.Modul
 def restore_trial(study_dir: Path, study: Mapping[str, Any], trial_id: str, params: Mapping[str, Any],
                   device: torch.device) -> tuple[Task, nn.Module, dict[str, Any]]:
     """A trial's task, its network with the best checkpoint's weights, and its hyperparameters."""
-    checkpoint = best_checkpoint(study_dir, trial_id)
+    checkpoint = StudyFolder(study_dir).best_checkpoint(trial_id)
     if checkpoint is None:
         raise DataError(f"{study_dir}: trial {trial_id} has no checkpoint with {BEST_FILE}")
     task = create_task(study["task"])

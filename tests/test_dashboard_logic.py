@@ -17,7 +17,6 @@ from raysearch.dashboard_logic import (
     confusion_from_predictions,
     dataset_attribution,
     filter_trials,
-    find_studies,
     importance_study,
     lower_is_better,
     metric_columns,
@@ -25,7 +24,6 @@ from raysearch.dashboard_logic import (
     param_importances,
     pareto_front,
     prediction_errors,
-    rank_trials,
     ray_dashboard_candidates,
     safe_path,
     stop_points,
@@ -91,15 +89,6 @@ def test_crafted_parquet_path_is_refused(tmp_path: Path) -> None:
     assert safe_path(root, root / "study" / views[0]) == root / "study" / "predictions" / "ok.png"
     with pytest.raises(DataError, match="outside.png: refused"):
         safe_path(root, root / "study" / views[1])
-
-
-def test_rank_trials_best_first_missing_last() -> None:
-    frame = pd.DataFrame({"trial_id": ["a", "b", "c", "d"], "score": [0.5, np.nan, 0.9, 0.1]})
-    assert rank_trials(frame, "score", "max")["trial_id"].tolist() == ["c", "a", "d", "b"]
-    ranked = rank_trials(frame, "score", "min")
-    assert ranked["trial_id"].tolist() == ["d", "a", "c", "b"] and ranked["rank"].tolist() == [1, 2, 3, 4]
-    with pytest.raises(ValueError, match="mode"):
-        rank_trials(frame, "score", "best")
 
 
 def test_filter_trials_by_status_task_choices_and_ranges() -> None:
@@ -197,16 +186,6 @@ def test_ray_dashboard_candidates() -> None:
     assert found == ["http://passed:8265", "http://head:8265", "http://127.0.0.1:8265"]
     assert ray_dashboard_candidates({"RAY_DASHBOARD_URL": "http://h:9000", "RAY_ADDRESS": "auto"}) == [
         "http://h:9000", "http://127.0.0.1:8265"]
-
-
-def test_find_studies(tmp_path: Path) -> None:
-    for name in ("b", "a"):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "trials.parquet").write_bytes(b"")
-    (tmp_path / "cache").mkdir()
-    assert [p.name for p in find_studies(tmp_path)] == ["a", "b"]
-    assert find_studies(tmp_path / "a") == [tmp_path / "a"]
-    assert find_studies(tmp_path / "missing") == []
 
 
 def test_audit_locations(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from ray.tune.search.optuna import OptunaSearch
 
-from raysearch.api import load_dataset
 from raysearch.data.cache import dataset_fingerprint, ensure_cache
+from raysearch.data.loading import load_dataset
 from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.errors import ConfigError
 from raysearch.evaluate import EvaluationSession

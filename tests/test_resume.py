@@ -17,7 +17,7 @@ from ray_processes import alive, descendants, kill_all, title, wait_for
 from raysearch.api import resume_study
 from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.errors import ConfigError
-from raysearch.training.session import latest_checkpoint, read_history
+from raysearch.layout import latest_checkpoint, read_history
 
 TRIALS, EPOCHS = 4, 6
 

@@ -9,17 +9,19 @@ import pytest
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from raysearch.bundled import search_spaces_dir
 from raysearch.errors import ConfigError
 from raysearch.space import load_space, parse_space
-from raysearch.study import SEARCH_SPACES
 from raysearch.tasks import create_task
 from raysearch.training.hparams import defaults
+
+SPACES = search_spaces_dir()
 
 KNOWN = set(defaults(create_task("multitask").hyperparameters))
 
 
 def test_default_multitask_space_is_typed() -> None:
-    space = load_space(SEARCH_SPACES / "multitask.yaml", known=KNOWN)
+    space = load_space(SPACES / "multitask.yaml", known=KNOWN)
     kinds = {p.name: type(p.distribution) for p in space.parameters}
     assert space.task == "multitask"
     assert kinds["conv_layers"] is IntDistribution
@@ -86,7 +88,7 @@ def test_conditional_parameter_sampled_only_when_active() -> None:
     assert {t.params["scheduler"] for t in study.trials} == {"step", "cosine"}
 
 
-@pytest.mark.parametrize("path", sorted(SEARCH_SPACES.rglob("*.yaml")), ids=lambda p: str(p.relative_to(SEARCH_SPACES)))
+@pytest.mark.parametrize("path", sorted(SPACES.rglob("*.yaml")), ids=lambda p: str(p.relative_to(SPACES)))
 def test_every_shipped_space_is_valid_for_its_task(path: Path) -> None:
     task = yaml.safe_load(path.read_text()).get("task") or path.stem
     space = load_space(path, known=set(defaults(create_task(task).hyperparameters)))

@@ -8,18 +8,20 @@ import optuna
 import pytest
 import torch
 
+from raysearch.bundled import search_spaces_dir
 from raysearch.space import SearchSpace, load_space
-from raysearch.study import SEARCH_SPACES
 from raysearch.tasks import create_task, task_names
 from raysearch.training.hparams import defaults
 from raysearch.training.optim import create_optimizer, create_scheduler
+
+SPACES = search_spaces_dir()
 
 TRIALS = 50
 SCHEDULERS = {"none", "step", "cosine", "cosine_restarts", "plateau", "onecycle"}
 
 
 def default_space(name: str) -> SearchSpace:
-    return load_space(SEARCH_SPACES / f"{name}.yaml", known=set(defaults(create_task(name).hyperparameters)))
+    return load_space(SPACES / f"{name}.yaml", known=set(defaults(create_task(name).hyperparameters)))
 
 
 def sampled(space: SearchSpace, trials: int = TRIALS) -> list[dict[str, Any]]:

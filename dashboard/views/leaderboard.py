@@ -13,8 +13,8 @@ from raysearch.dashboard_logic import (
     headline_columns,
     lower_is_better,
     metric_columns,
-    rank_trials,
 )
+from raysearch.layout import rank_trials
 
 
 def trials_of(study: Study, everything: bool) -> pd.DataFrame:

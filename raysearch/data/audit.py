@@ -31,8 +31,8 @@ import pyarrow.parquet as pq
 from raysearch.data.formats import scan_dataset
 from raysearch.data.records import DEFAULT_SPLIT, Record, Scan, SplitRatios
 from raysearch.data.samples import SPLITS, DataIssue
+from raysearch.layout import AUDIT_FILE
 
-AUDIT_FILE = "audit.parquet"
 NEAR_DUPLICATE_BITS = 32
 NEARLY_EMPTY = 5
 HASH_SIZE = 16

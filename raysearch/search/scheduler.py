@@ -13,7 +13,7 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler
 
-from raysearch.training.session import latest_checkpoint, read_history
+from raysearch.layout import latest_checkpoint, read_history
 
 
 class ResumableASHA(ASHAScheduler):

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raysearch.layout import OPTUNA_FILE, RAY_DIR, latest_checkpoint, read_history
 from raysearch.results import TrialRecord
 from raysearch.search.resources import ElasticConcurrency
 from raysearch.search.trial import TrialSettings, is_reported_metric, run_trial
 from raysearch.space import SearchSpace
-from raysearch.training.session import latest_checkpoint, read_history
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class SearchSettings:
 
 def experiment_dir(study_dir: Path, name: str) -> Path:
     """Where Ray Tune keeps a study's experiment state, searcher state and trial folders."""
-    return study_dir / "ray" / name
+    return study_dir / RAY_DIR / name
 
 
 def trainable(trial: TrialSettings) -> Any:
@@ -50,7 +50,7 @@ def build_tuner(space: SearchSpace, search: SearchSettings, trial: TrialSettings
 
     from raysearch.search.scheduler import ResumableASHA
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(search.results_dir / 'optuna.db').resolve()}")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(search.results_dir / OPTUNA_FILE).resolve()}")
     searcher = OptunaSearch(
         space=space.sample, metric=search.metric, mode=search.mode, study_name=search.name, storage=storage,
         sampler=optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=max(2, min(10, search.trials // 3))),

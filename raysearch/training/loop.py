@@ -25,13 +25,12 @@ from raysearch.data.augment import Augmentation, augmentation_for
 from raysearch.data.cache import CachedDataset, load_cache
 from raysearch.data.preprocess import normalise
 from raysearch.errors import ConfigError
+from raysearch.layout import BEST_FILE, STATE_FILE
 from raysearch.tasks import create_task
 from raysearch.tasks.base import Batch, Task, TaskContext
 from raysearch.training.hparams import AUGMENTATION, CLASS_BALANCE, preprocessing_of
 from raysearch.training.optim import PER_BATCH_SCHEDULERS, create_optimizer, create_scheduler, step_epoch
 from raysearch.training.session import Session
-
-STATE_FILE, BEST_FILE = "state.pt", "best_model.pt"
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,7 @@ from typing import Any, Protocol
 
 import torch
 
-CHECKPOINT_PREFIX = "checkpoint_"
-CHECKPOINT_GLOB = CHECKPOINT_PREFIX + "[0-9]" * 6
-HISTORY_FILE = "history.json"
+from raysearch.layout import CHECKPOINT_GLOB, HISTORY_FILE, checkpoint_name, latest_checkpoint, read_history
 
 
 class Session(Protocol):
@@ -43,17 +41,6 @@ class Session(Protocol):
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         """Report one epoch's metrics, with rank 0's checkpoint folder."""
-
-
-def checkpoint_name(epoch: int) -> str:
-    """The folder name of the checkpoint taken after `epoch` (1-based): checkpoint_000000 for the first."""
-    return f"{CHECKPOINT_PREFIX}{epoch - 1:06d}"
-
-
-def latest_checkpoint(directory: Path) -> Path | None:
-    """The newest complete checkpoint folder in `directory` (a `.checkpoint_*` folder is one being written)."""
-    found = sorted(directory.glob(CHECKPOINT_GLOB)) if directory.is_dir() else []
-    return found[-1] if found else None
 
 
 def publish_checkpoint(source: Path, directory: Path, name: str) -> Path:
@@ -71,12 +58,6 @@ def publish_checkpoint(source: Path, directory: Path, name: str) -> Path:
         if stale.name < name:
             shutil.rmtree(stale, ignore_errors=True)
     return final
-
-
-def read_history(folder: Path | None) -> list[dict[str, Any]]:
-    """The metrics of every epoch up to the checkpoint in `folder` ([] for none)."""
-    path = None if folder is None else folder / HISTORY_FILE
-    return json.loads(path.read_text()) if path is not None and path.is_file() else []
 
 
 def _record(history: list[dict[str, Any]], metrics: dict[str, Any], checkpoint: Path | None) -> None:

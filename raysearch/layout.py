@@ -1,0 +1,205 @@
+"""The layout of a results folder: every file and folder name of a study, the `study.yaml` schema, where a
+trial's checkpoints are, and how trials rank. Every other module asks this one.
+
+```
+RESULTS/                      results root (`--results`)
+  cache/                      preprocessed arrays shared by the studies of this root
+  audit/DATASET/audit.parquet `raysearch data audit` output
+  STUDY/
+    study.yaml                the resolved study (STUDY_KEYS)
+    trials.parquet            one row per trial (written when the search ends)
+    epochs.parquet            one row per trial per epoch
+    predictions.parquet       test-split predictions of the evaluated trials; PNGs under predictions/
+    data_issues.parquet       images and labels left out, and why
+    optuna.db                 the Optuna study (SQLite)
+    model/                    the best model exported (config.yaml, weights.pt, model.onnx, model.ts)
+    train/TRIAL/checkpoint_NNNNNN/   a trial's latest checkpoint (state.pt, best_model.pt, history.json)
+    ray/STUDY/                Ray Tune's experiment state (what `raysearch resume` restores)
+```
+
+Only the standard library and PyYAML are imported here (pandas when ranking), so the dashboard and
+`import raysearch` stay light.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from raysearch.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+DEFAULT_RESULTS = "raysearch-results"
+CACHE_DIR, AUDIT_DIR = "cache", "audit"
+STUDY_FILE, TRIALS_FILE, EPOCHS_FILE = "study.yaml", "trials.parquet", "epochs.parquet"
+PREDICTIONS_FILE, PREDICTIONS_DIR = "predictions.parquet", "predictions"
+DATA_ISSUES_FILE, AUDIT_FILE, OPTUNA_FILE = "data_issues.parquet", "audit.parquet", "optuna.db"
+MODEL_DIR, CONFIG_FILE, WEIGHTS_FILE = "model", "config.yaml", "weights.pt"
+ONNX_FILE, TORCHSCRIPT_FILE = "model.onnx", "model.torchscript.pt"
+TRAIN_DIR, RAY_DIR = "train", "ray"
+STATE_FILE, BEST_FILE, HISTORY_FILE = "state.pt", "best_model.pt", "history.json"
+CHECKPOINT_PREFIX = "checkpoint_"
+CHECKPOINT_GLOB = CHECKPOINT_PREFIX + "[0-9]" * 6
+_CHECKPOINT_NUMBER = re.compile(rf"{CHECKPOINT_PREFIX}(\d+)$")
+
+STUDY_KEYS = ("name", "task", "spec", "data", "search_space", "defaults", "scheduler", "resources", "seed", "versions")
+FAILED = "FAILED"
+
+
+def checkpoint_name(epoch: int) -> str:
+    """The folder name of the checkpoint taken after `epoch` (1-based): checkpoint_000000 for the first."""
+    return f"{CHECKPOINT_PREFIX}{epoch - 1:06d}"
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest complete checkpoint folder in `directory` (a `.checkpoint_*` folder is one being written)."""
+    found = sorted(directory.glob(CHECKPOINT_GLOB)) if directory.is_dir() else []
+    return found[-1] if found else None
+
+
+def read_history(folder: Path | None) -> list[dict[str, Any]]:
+    """The metrics of every epoch up to the checkpoint in `folder` ([] for none)."""
+    path = None if folder is None else folder / HISTORY_FILE
+    return json.loads(path.read_text()) if path is not None and path.is_file() else []
+
+
+def score_column(metric: str) -> str:
+    """The trials.parquet column that ranks trials by `metric` (its value at the trial's best epoch)."""
+    return f"metric.{metric}.best"
+
+
+def rank_trials(frame: pd.DataFrame, column: str, mode: str) -> pd.DataFrame:
+    """Trials sorted best first by `column` ("max" or "min"), missing values last, with a 1-based `rank`."""
+    import numpy as np
+
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    ranked = frame.sort_values(column, ascending=mode == "min", na_position="last", kind="stable")
+    return ranked.assign(rank=np.arange(1, len(ranked) + 1)).reset_index(drop=True)
+
+
+def describe_study(**fields: Any) -> dict[str, Any]:
+    """The `study.yaml` mapping, its keys in STUDY_KEYS order (a missing or unknown key is a bug: ValueError)."""
+    if set(fields) != set(STUDY_KEYS):
+        raise ValueError(f"study.yaml needs exactly {STUDY_KEYS}, got {sorted(fields)}")
+    return {key: fields[key] for key in STUDY_KEYS}
+
+
+def is_study(directory: Path) -> bool:
+    """Whether `directory` holds a finished study (its trials.parquet)."""
+    return (Path(directory) / TRIALS_FILE).is_file()
+
+
+def find_studies(results: Path) -> list[Path]:
+    """The finished study folders in a results folder, or the folder itself if it is one."""
+    results = Path(results)
+    if is_study(results):
+        return [results]
+    return sorted(p for p in results.iterdir() if is_study(p)) if results.is_dir() else []
+
+
+@dataclass(frozen=True)
+class StudyFolder:
+    """One study's folder: where each of its files is, its description, its ranked trials."""
+
+    directory: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "directory", Path(self.directory))
+
+    @property
+    def name(self) -> str:
+        return self.directory.name
+
+    @property
+    def results(self) -> Path:
+        """The results root the study lies in."""
+        return self.directory.parent
+
+    @property
+    def cache_root(self) -> Path:
+        """The preprocessed-array caches, shared by the studies of one results root."""
+        return self.results / CACHE_DIR
+
+    @property
+    def study_file(self) -> Path:
+        return self.directory / STUDY_FILE
+
+    @property
+    def trials_file(self) -> Path:
+        return self.directory / TRIALS_FILE
+
+    @property
+    def epochs_file(self) -> Path:
+        return self.directory / EPOCHS_FILE
+
+    @property
+    def predictions_file(self) -> Path:
+        return self.directory / PREDICTIONS_FILE
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.directory / PREDICTIONS_DIR
+
+    @property
+    def data_issues_file(self) -> Path:
+        return self.directory / DATA_ISSUES_FILE
+
+    @property
+    def optuna_file(self) -> Path:
+        return self.directory / OPTUNA_FILE
+
+    @property
+    def model_dir(self) -> Path:
+        return self.directory / MODEL_DIR
+
+    @property
+    def train_dir(self) -> Path:
+        """Where each trial keeps its checkpoints, one folder per trial id."""
+        return self.directory / TRAIN_DIR
+
+    def ray_dir(self, name: str) -> Path:
+        """Ray Tune's experiment folder of the study named `name`."""
+        return self.directory / RAY_DIR / name
+
+    def trial_dir(self, trial_id: str) -> Path:
+        return self.train_dir / trial_id
+
+    def best_checkpoint(self, trial_id: str) -> Path | None:
+        """`best_model.pt` in a trial's newest checkpoint (Train run folder, or a Tune trial folder), or None."""
+        found = [*self.directory.glob(f"{RAY_DIR}/*/{trial_id}/{CHECKPOINT_GLOB}/{BEST_FILE}"),
+                 *self.trial_dir(trial_id).glob(f"{CHECKPOINT_GLOB}/{BEST_FILE}")]
+        numbered = [(int(m.group(1)), p) for p in found if (m := _CHECKPOINT_NUMBER.search(p.parent.name))]
+        return max(numbered)[1] if numbered else None
+
+    def read_study(self) -> dict[str, Any]:
+        """The study's resolved description (study.yaml); DataError if absent or missing a key."""
+        if not self.study_file.is_file():
+            raise DataError(f"{self.directory}: not a study folder (no {STUDY_FILE})")
+        try:
+            study = yaml.safe_load(self.study_file.read_text())
+        except yaml.YAMLError as error:
+            raise DataError(f"{self.study_file}: not valid YAML ({str(error).splitlines()[0]})") from None
+        missing = [key for key in STUDY_KEYS if not isinstance(study, dict) or key not in study]
+        if missing:
+            raise DataError(f"{self.study_file}: missing {', '.join(missing)} (not written by this raysearch)")
+        return study
+
+    def ranked_trials(self, study: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        """The trials that did not fail, best first by the study's metric (a `rank` column added)."""
+        import pandas as pd
+
+        study = self.read_study() if study is None else study
+        if not self.trials_file.is_file():
+            raise DataError(f"{self.directory}: the study has no {TRIALS_FILE} yet (still running or interrupted)")
+        frame = pd.read_parquet(self.trials_file)
+        metric, mode = study["scheduler"]["metric"], study["scheduler"]["mode"]
+        return rank_trials(frame[frame["status"] != FAILED], score_column(metric), mode)

@@ -98,3 +98,31 @@ def test_train_batches_split_global_batch_over_workers() -> None:
     assert len(shards[0]) == len(shards[1]) == 3
     assert sorted(np.concatenate([np.concatenate(s) for s in shards]).tolist()) == list(range(20))
     assert not set(np.concatenate(shards[0]).tolist()) & set(np.concatenate(shards[1]).tolist())
+
+
+@pytest.mark.parametrize("reg_loss", ["smooth_l1", "mse", "l1"])
+def test_uncertainty_weighting_is_kendall_s_formula(reg_loss: str) -> None:
+    """exp(−s₁)·CE + exp(−s₂)·polygon loss + s₁ + s₂ (Kendall et al. 2018), computed here by hand."""
+    task = create_task("multitask")
+    hp = {**defaults(task.hyperparameters), "loss_weighting": "uncertainty", "reg_loss": reg_loss}
+    model = task.build_model(hp, CONTEXT)
+    with torch.no_grad():
+        model.log_variances.copy_(torch.tensor([0.3, -0.7]))
+    logits = torch.tensor([[2.0, 0.0, -1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0, 3.0]])
+    labels = [0, 5]
+    predicted = torch.tensor([[0.1] * 8, [0.5] * 8])
+    target = torch.tensor([[0.1] * 7 + [2.1], [0.5] * 7 + [0.75]])
+    batch = {"label": torch.tensor(labels), "polygon": target}
+    loss = task.loss(model, {"logits": logits, "polygon": predicted}, batch, hp, CONTEXT).item()
+
+    pairs = zip(logits.tolist(), labels, strict=True)
+    cross_entropy = sum(math.log(sum(math.exp(v) for v in row)) - row[y] for row, y in pairs) / 2
+    errors = [2.0] + [0.25] + [0.0] * 14  # the two targets that differ, over all 16 values
+    per_value = {"mse": lambda e: e * e, "l1": abs, "smooth_l1": lambda e: 0.5 * e * e if e < 1 else e - 0.5}
+    polygon = sum(per_value[reg_loss](e) for e in errors) / 16
+    assert loss == pytest.approx(math.exp(-0.3) * cross_entropy + math.exp(0.7) * polygon + 0.3 - 0.7, rel=1e-5)
+
+    fixed = {**hp, "loss_weighting": "fixed", "loss_weight": 2.5}
+    plain = task.build_model(fixed, CONTEXT)
+    assert task.loss(plain, {"logits": logits, "polygon": predicted}, batch, fixed, CONTEXT).item() == pytest.approx(
+        cross_entropy + 2.5 * polygon, rel=1e-5)

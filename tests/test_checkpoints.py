@@ -15,10 +15,11 @@ from recording_session import RecordingSession
 from raysearch.data.cache import dataset_fingerprint, ensure_cache
 from raysearch.data.formats import load_dataset
 from raysearch.data.phantom import PhantomSpec, write_phantom
+from raysearch.layout import STATE_FILE
 from raysearch.tasks import create_task
 from raysearch.trained import build_model, load_weights
 from raysearch.training.hparams import defaults, preprocessing_of
-from raysearch.training.loop import STATE_FILE, LoopSettings, train
+from raysearch.training.loop import LoopSettings, train
 from raysearch.training.session import latest_checkpoint, publish_checkpoint
 
 

@@ -16,11 +16,12 @@ from torch.nn import functional as F
 from raysearch.data.cache import CachedDataset, dataset_fingerprint, ensure_cache, load_cache
 from raysearch.data.formats import load_dataset
 from raysearch.data.phantom import PhantomSpec, write_phantom
+from raysearch.layout import STATE_FILE
 from raysearch.results import TrialRecord, trial_status
 from raysearch.tasks import create_task
 from raysearch.trained import build_model, load_weights
 from raysearch.training.hparams import defaults, preprocessing_of
-from raysearch.training.loop import STATE_FILE, LoopSettings, make_batch, train
+from raysearch.training.loop import LoopSettings, make_batch, train
 
 TRAIN_IMAGES = 16  # phantom classes 3, 3, 3, 3, 2, 2: unequal, so inverse-frequency weights are not all 1
 

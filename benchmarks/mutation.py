@@ -1,0 +1,124 @@
+"""Mutation testing of the core modules with mutmut: the share of mutants each module's fast tests kill.
+
+Not part of CI (it takes minutes to hours). For each module it copies the project into a work folder, points
+mutmut (settings in pyproject.toml `[tool.mutmut]`) at that module and the fast tests that cover it, runs it,
+and prints caught / missed / other mutants per module with the score: caught = killed (a test failed) or
+timed out; missed = survived (every covering test passed) or run by no test; score = caught / (caught +
+missed). `--show-survivors` lists the missed ones; `mutmut show <name>` in the module's work folder shows
+a mutant's diff.
+
+    nice python benchmarks/mutation.py                      # every module (long)
+    nice python benchmarks/mutation.py polygons metrics     # some modules, by short name
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COPIED = ("raysearch", "tests", "search_spaces", "dashboard", "pyproject.toml", "README.md")
+# module short name → (files mutated, fast tests that cover them)
+MODULES: dict[str, tuple[list[str], list[str]]] = {
+    "polygons": (["raysearch/data/polygons.py"], ["tests/test_polygons.py"]),
+    "metrics": (["raysearch/metrics.py"], ["tests/test_losses_metrics.py", "tests/test_multitask.py"]),
+    "losses": (["raysearch/losses.py"], ["tests/test_losses_metrics.py", "tests/test_multitask.py"]),
+    "results": (["raysearch/results.py"], ["tests/test_results.py", "tests/test_loop_behaviour.py"]),
+    "cache": (["raysearch/data/cache.py"], ["tests/test_cache.py", "tests/test_readers.py"]),
+    "optim": (["raysearch/training/optim.py", "raysearch/training/hparams.py"],
+              ["tests/test_optim.py", "tests/test_loop_behaviour.py"]),
+    "session": (["raysearch/training/session.py"], ["tests/test_checkpoints.py", "tests/test_session.py"]),
+    "loop": (["raysearch/training/loop.py"],
+             ["tests/test_loop_behaviour.py", "tests/test_checkpoints.py", "tests/test_augment.py",
+              "tests/test_multitask.py", "tests/test_tasks.py"]),
+}
+DETECTED = ("killed", "timeout")  # a mutant that makes a test fail or hang is caught
+MISSED = ("survived", "no tests")  # one that every covering test passes, or that no test runs
+
+
+def _toml_list(values: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(v) for v in values) + "]"
+
+
+def _configure(pyproject: Path, files: list[str], tests: list[str]) -> None:
+    """Add this module's `only_mutate` and test selection to the copied `[tool.mutmut]` table."""
+    text = pyproject.read_text()
+    header = "[tool.mutmut]\n"
+    if header not in text:
+        raise SystemExit(f"{pyproject}: no [tool.mutmut] table")
+    chosen = f"only_mutate = {_toml_list(files)}\npytest_add_cli_args_test_selection = {_toml_list(tests)}\n"
+    pyproject.write_text(text.replace(header, header + chosen, 1))
+
+
+def _statuses(work: Path) -> dict[str, str]:
+    """Every mutant's status, from the `.meta` files mutmut writes beside each mutated module."""
+    from mutmut.stats import status_by_exit_code
+
+    found: dict[str, str] = {}
+    for meta in (work / "mutants").rglob("*.py.meta"):
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            found[name] = status_by_exit_code[code]
+    return found
+
+
+def run_module(name: str, work_root: Path, children: int) -> dict[str, str]:
+    """Run mutmut over one module in a fresh copy of the project; each mutant's status by name."""
+    files, tests = MODULES[name]
+    work = work_root / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    for item in COPIED:
+        source = ROOT / item
+        if source.is_dir():
+            shutil.copytree(source, work / item, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, work / item)
+    _configure(work / "pyproject.toml", files, tests)
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"RAY_USAGE_STATS_ENABLED": "0"}
+    mutmut = Path(sys.executable).with_name("mutmut")
+    done = subprocess.run([str(mutmut), "run", "--max-children", str(children)], cwd=work, env=environment,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        print(done.stdout[-3000:], done.stderr[-3000:], sep="\n", file=sys.stderr)
+        raise SystemExit(f"mutmut failed on {name} (exit {done.returncode}); its work folder: {work}")
+    return _statuses(work)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("modules", nargs="*", help=f"short names, of {', '.join(MODULES)} (default: all)")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "raysearch-mutation",
+                        help="where the per-module copies go (kept, for `mutmut show`)")
+    parser.add_argument("--children", type=int, default=max((os.cpu_count() or 2) // 2, 1),
+                        help="mutants tested at once")
+    parser.add_argument("--show-survivors", action="store_true")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.modules) - set(MODULES))
+    if unknown:
+        parser.error(f"unknown module {unknown[0]!r}; valid: {', '.join(MODULES)}")
+    print(f"mutation testing with mutmut, {date.today().isoformat()}, {os.cpu_count()} CPUs")
+    print(f"{'module':<10} {'caught':>7} {'missed':>9} {'other':>6} {'score':>7}  other statuses")
+    for name in args.modules or list(MODULES):
+        statuses = run_module(name, args.work, args.children)
+        counts = Counter(statuses.values())
+        caught, missed = sum(counts[s] for s in DETECTED), sum(counts[s] for s in MISSED)
+        other = {k: v for k, v in counts.items() if k not in DETECTED + MISSED}
+        score = f"{100 * caught / (caught + missed):.1f} %" if caught + missed else "n/a"
+        print(f"{name:<10} {caught:>7} {missed:>9} {sum(other.values()):>6} {score:>7}  "
+              f"{', '.join(f'{k} {v}' for k, v in sorted(other.items()))}", flush=True)
+        if args.show_survivors:
+            for mutant, status in sorted(statuses.items()):
+                if status in MISSED:
+                    print(f"    {status}: {mutant}")
+
+
+if __name__ == "__main__":
+    main()

@@ -23,6 +23,7 @@ from raysearch.layout import StudyFolder, score_column
 from raysearch.results import epochs_table, trials_table, write_table_atomic, write_text_atomic
 from raysearch.space import SearchSpace, load_space
 from raysearch.study import StudySpec, resolved_study
+from raysearch.study_lock import study_lock
 from raysearch.tasks import create_task
 from raysearch.training.hparams import defaults, preprocessing_of
 
@@ -79,12 +80,26 @@ class _Plan:
     search: SearchSettings
 
 
-def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
-    """Resolve `spec`; ConfigError when the study folder's state does not allow a run (or a resume)."""
+def _check_state(name: str, study_dir: Path, *, resuming: bool) -> None:
+    """ConfigError when the study folder's state does not allow a run (or a resume)."""
     from ray.tune import Tuner
 
+    from raysearch.search.tuner import experiment_dir
+
+    if StudyFolder(study_dir).trials_file.exists():
+        raise ConfigError(f"study {name} already finished in {study_dir}; choose another --name or delete it")
+    interrupted = Tuner.can_restore(experiment_dir(study_dir, name))
+    if interrupted and not resuming:
+        raise ConfigError(f"study {name} was interrupted in {study_dir}; continue it with "
+                          f"`raysearch resume {study_dir}`")
+    if resuming and not interrupted:
+        raise ConfigError(f"study {name} in {study_dir} has no Ray Tune state to resume; start it with `raysearch run`")
+
+
+def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
+    """Resolve `spec`; ConfigError when the study folder's state does not allow a run (or a resume)."""
     from raysearch.search.trial import TrialSettings
-    from raysearch.search.tuner import SearchSettings, experiment_dir
+    from raysearch.search.tuner import SearchSettings
 
     task = create_task(spec.task)
     hp_defaults = {**defaults(task.hyperparameters), "image_size": spec.image_size}
@@ -93,14 +108,7 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
     results_root = Path(spec.results).resolve()
     study_dir = results_root / name
     folder = StudyFolder(study_dir)
-    if folder.trials_file.exists():
-        raise ConfigError(f"study {name} already finished in {study_dir}; choose another --name or delete it")
-    interrupted = Tuner.can_restore(experiment_dir(study_dir, name))
-    if interrupted and not resuming:
-        raise ConfigError(f"study {name} was interrupted in {study_dir}; continue it with "
-                          f"`raysearch resume {study_dir}`")
-    if resuming and not interrupted:
-        raise ConfigError(f"study {name} in {study_dir} has no Ray Tune state to resume; start it with `raysearch run`")
+    _check_state(name, study_dir, resuming=resuming)
     index = load_dataset(spec.data, format=spec.format, on_error=spec.on_error, empty_labels=spec.empty_labels,
                          split_ratios=spec.split_ratios, progress=progress)
     fingerprint = dataset_fingerprint(index)
@@ -148,15 +156,24 @@ def _capacity(plan: _Plan) -> AbstractContextManager[int]:
 
 
 def run_study(spec: StudySpec, *, progress: bool = True, out: TextIO = sys.stdout) -> StudyOutcome:
-    """Run a whole study: data, cache, Ray Tune search, Parquet results, summary on `out`."""
+    """Run a whole study: data, cache, Ray Tune search, Parquet results, summary on `out`.
+
+    Every value is checked before the study folder is created; the folder is then locked (one driver per
+    study) until the study ends, however it ends."""
+    plan = _plan(spec, progress=progress, resuming=False)
+    with study_lock(plan.directory):
+        _check_state(plan.name, plan.directory, resuming=False)
+        return _search(plan, progress=progress, out=out)
+
+
+def _search(plan: _Plan, *, progress: bool, out: TextIO) -> StudyOutcome:
+    """Write the study's description, run its Ray Tune search, and finish its results."""
     import ray
 
     from raysearch.search.tuner import build_tuner, records_from
 
-    plan = _plan(spec, progress=progress, resuming=False)
-    index, metric, mode = plan.index, plan.search.metric, plan.search.mode
+    spec, index, metric, mode = plan.spec, plan.index, plan.search.metric, plan.search.mode
     with _connected(spec.address), _capacity(plan) as concurrency:
-        plan.directory.mkdir(parents=True, exist_ok=True)
         write_table_atomic(issues_table(index.issues), StudyFolder(plan.directory).data_issues_file)
         data_info = {"root": str(index.root), "format": index.format, "classes": index.classes,
                      "fingerprint": plan.fingerprint, "base_cache": str(plan.base_cache),
@@ -185,9 +202,8 @@ def resume_study(study_dir: Path, *, address: str | None = None, wait_for_nodes:
     """Continue an interrupted study in `study_dir` (driver killed, machine rebooted): finished trials are
     kept, unfinished ones continue from their last checkpoint, the searcher's state (Optuna's trials)
     is restored, and the Parquet files end with every trial exactly once. `address` and `wait_for_nodes`
-    may differ from the interrupted run's (a new cluster); None keeps the recorded wait."""
-    from raysearch.search.tuner import records_from, restore_tuner
-
+    may differ from the interrupted run's (a new cluster); None keeps the recorded wait. The study folder
+    is locked (one driver per study) for the whole resume."""
     study_file = StudyFolder(study_dir).study_file
     if not study_file.is_file():
         raise ConfigError(f"{study_dir}: no {study_file.name}, so not a study that `raysearch run` started")
@@ -199,12 +215,21 @@ def resume_study(study_dir: Path, *, address: str | None = None, wait_for_nodes:
         spec = StudySpec(**{**recorded["spec"], **runtime})
     except (TypeError, KeyError) as error:
         raise ConfigError(f"{study_file}: spec: not a study description this raysearch reads ({error})") from None
-    plan = _plan(spec, progress=progress, resuming=True)
-    if plan.name != recorded["name"] or plan.space.to_dict() != recorded["search_space"]:
-        raise ConfigError(f"{study_file}: search_space: {spec.space_path()} changed since the study started")
-    if plan.fingerprint != recorded["data"]["fingerprint"]:
-        raise ConfigError(f"{study_file}: data.fingerprint: the dataset at {plan.index.root} changed since the "
-                          "study started")
+    with study_lock(Path(study_dir)):
+        plan = _plan(spec, progress=progress, resuming=True)
+        if plan.name != recorded["name"] or plan.space.to_dict() != recorded["search_space"]:
+            raise ConfigError(f"{study_file}: search_space: {spec.space_path()} changed since the study started")
+        if plan.fingerprint != recorded["data"]["fingerprint"]:
+            raise ConfigError(f"{study_file}: data.fingerprint: the dataset at {plan.index.root} changed since the "
+                              "study started")
+        return _restore(plan, address, progress=progress, out=out)
+
+
+def _restore(plan: _Plan, address: str | None, *, progress: bool, out: TextIO) -> StudyOutcome:
+    """Continue the interrupted Ray Tune search of `plan` and finish its results."""
+    from raysearch.search.tuner import records_from, restore_tuner
+
+    spec = plan.spec
     with _connected(address), _capacity(plan):
         started = time.perf_counter()
         grid = restore_tuner(plan.search, plan.trial).fit()

@@ -11,6 +11,7 @@ RESULTS/                      results root (`--results`)
     epochs.parquet            one row per trial per epoch
     predictions.parquet       test-split predictions of the evaluated trials; PNGs under predictions/
     data_issues.parquet       images and labels left out, and why
+    driver.lock               the lock of the driver running the study (raysearch.study_lock)
     optuna.db                 the Optuna study (SQLite)
     model/                    the best model exported (config.yaml, weights.pt, model.onnx, model.ts)
     train/TRIAL/checkpoint_NNNNNN/   a trial's latest checkpoint (state.pt, best_model.pt, history.json)
@@ -42,6 +43,7 @@ CACHE_DIR, AUDIT_DIR = "cache", "audit"
 STUDY_FILE, TRIALS_FILE, EPOCHS_FILE = "study.yaml", "trials.parquet", "epochs.parquet"
 PREDICTIONS_FILE, PREDICTIONS_DIR = "predictions.parquet", "predictions"
 DATA_ISSUES_FILE, AUDIT_FILE, OPTUNA_FILE = "data_issues.parquet", "audit.parquet", "optuna.db"
+LOCK_FILE = "driver.lock"
 MODEL_DIR, CONFIG_FILE, WEIGHTS_FILE = "model", "config.yaml", "weights.pt"
 ONNX_FILE, TORCHSCRIPT_FILE = "model.onnx", "model.torchscript.pt"
 TRAIN_DIR, RAY_DIR = "train", "ray"

@@ -18,6 +18,7 @@ from raysearch.layout import DEFAULT_RESULTS, describe_study
 VERSIONED_PACKAGES = ("raysearch", "ray", "torch", "torchvision", "timm", "segmentation-models-pytorch", "optuna",
                       "pyarrow", "opencv-python-headless", "numpy")
 
+MAX_SEED = 2**32 - 1
 RUNTIME_FIELDS = ("name", "results", "address", "concurrency", "wait_for_nodes")
 
 
@@ -56,6 +57,13 @@ class StudySpec:
         for field_name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"--{field_name.replace('_', '-')}: must be at least 1, got {value}")
+        if self.grace_period > self.max_epochs:
+            raise ConfigError(f"--grace-period: must not exceed --max-epochs ({self.max_epochs}), got "
+                              f"{self.grace_period}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"--seed: must be between 0 and {MAX_SEED} (numpy and Optuna seeds), got {self.seed}")
+        if self.max_failures < 0:
+            raise ConfigError(f"--max-failures: must not be negative, got {self.max_failures}")
         if self.image_size < 16:
             raise ConfigError(f"--image-size: must be at least 16, got {self.image_size}")
         if self.cpus_per_worker <= 0:

@@ -43,9 +43,12 @@ def test_unknown_task_lists_valid_ones(tmp_path: Path) -> None:
     ("--grace-period", "0", "--grace-period: must be at least 1, got 0"),
     ("--wait-for-nodes", "-5", "--wait-for-nodes: must not be negative, got -5.0"),
     ("--concurrency", "0", "--concurrency: must be at least 1, got 0"),
+    ("--seed", "-5", "--seed: must be between 0 and 4294967295 (numpy and Optuna seeds), got -5"),
+    ("--seed", str(2**32), "--seed: must be between 0 and 4294967295 (numpy and Optuna seeds), got 4294967296"),
+    ("--grace-period", "3", "--grace-period: must not exceed --max-epochs (1), got 3"),
 ])
 def test_bad_run_flag_exits_with_one_line_naming_it(tmp_path: Path, flag: str, value: str, message: str) -> None:
-    result = raysearch("run", "multitask", flag, value, "--results", str(tmp_path / "r"))
+    result = raysearch("run", "multitask", "--max-epochs", "1", flag, value, "--results", str(tmp_path / "r"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"raysearch: error: {message}"]
     assert not (tmp_path / "r").exists()

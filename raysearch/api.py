@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +25,11 @@ from raysearch.space import SearchSpace, load_space
 from raysearch.study import StudySpec, resolved_study
 from raysearch.study_lock import study_lock
 from raysearch.tasks import create_task
-from raysearch.training.hparams import defaults, preprocessing_of
+from raysearch.training.hparams import defaults, preprocessing_of, schema
 
 if TYPE_CHECKING:
     from raysearch.results import TrialRecord
+    from raysearch.schema import HParam
     from raysearch.search.trial import TrialSettings
     from raysearch.search.tuner import SearchSettings
 
@@ -56,9 +57,9 @@ def _add_cache_issues(index: DatasetIndex, cache: Path, on_error: str) -> None:
     index.issues.extend(found)
 
 
-def _space_for(spec: StudySpec, known: set[str]) -> tuple[SearchSpace, str]:
+def _space_for(spec: StudySpec, schema: Mapping[str, HParam]) -> tuple[SearchSpace, str]:
     path = spec.space_path()
-    space = load_space(path, known=known)
+    space = load_space(path, schema=schema)
     if space.task != spec.task:
         raise ConfigError(f"{path}: task: is {space.task!r}, but the study's task is {spec.task!r}")
     return space, path.read_text()
@@ -103,7 +104,7 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
 
     task = create_task(spec.task)
     hp_defaults = {**defaults(task.hyperparameters), "image_size": spec.image_size}
-    space, space_text = _space_for(spec, set(hp_defaults))
+    space, space_text = _space_for(spec, schema(task.hyperparameters))
     name = spec.study_name(space_text)
     results_root = Path(spec.results).resolve()
     study_dir = results_root / name

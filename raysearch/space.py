@@ -34,6 +34,7 @@ from optuna.distributions import (
 )
 
 from raysearch.errors import ConfigError
+from raysearch.schema import HParam, check_value
 
 if TYPE_CHECKING:
     import optuna
@@ -113,7 +114,23 @@ def _type_name(expected: type | tuple[type, ...]) -> str:
     return " or ".join(t.__name__ for t in types)
 
 
-def _parse_parameter(where: str, name: str, spec: Any, earlier: dict[str, Parameter]) -> Parameter:
+def _check_against(where: str, name: str, spec: dict[str, Any], hparam: HParam) -> None:
+    """The parameter's type, each choice and both range ends checked against the hyperparameter's schema."""
+    if spec["type"] == "categorical":
+        for value in spec["choices"]:
+            check_value({name: hparam}, name, value, f"{where}.choices")
+        return
+    if not hparam.numeric:
+        raise ConfigError(f"{where}.type: {name} takes {hparam.kinds}, not a {spec['type']} range; use type "
+                          "categorical")
+    if hparam.integral and spec["type"] == "float":
+        raise ConfigError(f"{where}.type: {name} takes whole numbers; use type int")
+    for key in ("low", "high"):
+        check_value({name: hparam}, name, spec[key], f"{where}.{key}")
+
+
+def _parse_parameter(where: str, name: str, spec: Any, earlier: dict[str, Parameter],
+                     hparam: HParam | None) -> Parameter:
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a mapping with 'type', got {spec!r}")
     for key, value in spec.items():
@@ -127,6 +144,8 @@ def _parse_parameter(where: str, name: str, spec: Any, earlier: dict[str, Parame
     if missing:
         raise ConfigError(f"{where}: type {kind} needs {', '.join(sorted(missing))}")
     when = _parse_when(f"{where}.when", spec.get("when", {}), earlier)
+    if hparam is not None:
+        _check_against(where, name, spec, hparam)
     try:
         if kind == "categorical":
             if not spec["choices"]:
@@ -162,8 +181,9 @@ def _parse_when(where: str, when: dict, earlier: dict[str, Parameter]) -> dict[s
     return parsed
 
 
-def parse_space(data: Any, *, source: str, known: set[str] | None = None) -> SearchSpace:
-    """Validate a parsed YAML document into a SearchSpace; `known` lists the task's hyperparameter names."""
+def parse_space(data: Any, *, source: str, schema: Mapping[str, HParam] | None = None) -> SearchSpace:
+    """Validate a parsed YAML document into a SearchSpace; `schema` holds the task's hyperparameters, against
+    which every name, choice, range end and fixed value is checked (raysearch.training.hparams.schema)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     for key in data:
@@ -178,14 +198,16 @@ def parse_space(data: Any, *, source: str, known: set[str] | None = None) -> Sea
     parameters: dict[str, Parameter] = {}
     for name, spec in raw_parameters.items():
         where = f"{source}: parameters.{name}"
-        if known is not None and name not in known:
+        if schema is not None and name not in schema:
             raise ConfigError(f"{where}: unknown hyperparameter for task {data['task']}")
-        parameters[name] = _parse_parameter(where, name, spec, parameters)
-    for name in fixed:
-        if known is not None and name not in known:
+        parameters[name] = _parse_parameter(where, name, spec, parameters, schema and schema[name])
+    for name, value in fixed.items():
+        if schema is not None and name not in schema:
             raise ConfigError(f"{source}: fixed.{name}: unknown hyperparameter for task {data['task']}")
         if name in parameters:
             raise ConfigError(f"{source}: fixed.{name}: also listed under parameters")
+        if schema is not None:
+            check_value(schema, name, value, f"{source}: fixed.{name}")
     mode = data.get("mode")
     if mode not in (None, "min", "max"):
         raise ConfigError(f"{source}: mode: must be min or max, got {mode!r}")
@@ -221,6 +243,6 @@ def _resolve_extends(path: Path, data: Any, seen: tuple[Path, ...] = ()) -> Any:
     return merged
 
 
-def load_space(path: Path, *, known: set[str] | None = None) -> SearchSpace:
+def load_space(path: Path, *, schema: Mapping[str, HParam] | None = None) -> SearchSpace:
     """Read and validate a search-space YAML file (following `extends:` to the file it builds on)."""
-    return parse_space(_resolve_extends(path, _read_yaml(path), (path.resolve(),)), source=str(path), known=known)
+    return parse_space(_resolve_extends(path, _read_yaml(path), (path.resolve(),)), source=str(path), schema=schema)

@@ -24,7 +24,7 @@ from raysearch.data.samples import DatasetIndex
 from raysearch.errors import DataError
 from raysearch.space import parse_space
 from raysearch.tasks import create_task
-from raysearch.training.hparams import defaults, preprocessing_of
+from raysearch.training.hparams import defaults, preprocessing_of, schema
 
 SPACE = {
     "task": "multitask",
@@ -49,7 +49,7 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> DatasetIndex:
 def _trial_cache(index: DatasetIndex, cache_root: Path, values: dict[str, object]) -> tuple[Path, bool]:
     """What run_trial does with a sampled configuration: defaults + sample → Preprocessing → ensure_cache."""
     hp_defaults = {**defaults(create_task("multitask").hyperparameters), "image_size": 32}
-    space = parse_space(SPACE, source="test", known=set(hp_defaults))
+    space = parse_space(SPACE, source="test", schema=schema(create_task("multitask").hyperparameters))
     trial = optuna.trial.FixedTrial(values)
     config = {**space.sample(trial), **trial.params}  # what OptunaSearch hands Tune: fixed + sampled values
     return ensure_cache(index, dataset_fingerprint(index), preprocessing_of({**hp_defaults, **config}), cache_root,

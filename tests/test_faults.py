@@ -33,7 +33,8 @@ def test_trial_that_keeps_failing_is_recorded_and_the_study_goes_on(data: Path, 
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     space = tmp_path / "space.yaml"
-    space.write_text("task: multitask\nparameters:\n  model: {type: categorical, choices: [vgg, not-a-model]}\n"
+    # inception_v3 is a valid model name (the space passes validation) that cannot run on 32 px images
+    space.write_text("task: multitask\nparameters:\n  model: {type: categorical, choices: [vgg, inception_v3]}\n"
                      "  lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\nfixed:\n  width: 8\n")
     spec = StudySpec(task="multitask", data=str(data), space=str(space), name="failing", results=str(tmp_path),
                      trials=4, max_epochs=2, image_size=32, max_failures=1)
@@ -41,10 +42,10 @@ def test_trial_that_keeps_failing_is_recorded_and_the_study_goes_on(data: Path, 
 
     trials = pq.read_table(outcome.directory / "trials.parquet").to_pandas().set_index("trial_id")
     assert len(trials) == 4
-    failed = trials[trials["param.model"] == "not-a-model"]
+    failed = trials[trials["param.model"] == "inception_v3"]
     assert len(failed) >= 1, "seed 0 samples the invalid model at least once"
     assert (failed["status"] == "FAILED").all() and (failed["epochs"] == 0).all()
-    assert failed["error"].str.contains("ConfigError: model: 'not-a-model' is neither 'vgg' nor a timm model").all()
+    assert failed["error"].str.contains("ConfigError: image_size: model 'inception_v3' cannot run on 32x32").all()
     trained = trials[trials["param.model"] == "vgg"]
     assert len(trained) >= 1 and trained["status"].isin(["COMPLETED", "PRUNED"]).all()
     assert trained["error"].isna().all()

@@ -11,7 +11,7 @@ import torch
 from raysearch.bundled import search_spaces_dir
 from raysearch.space import SearchSpace, load_space
 from raysearch.tasks import create_task, task_names
-from raysearch.training.hparams import defaults
+from raysearch.training.hparams import defaults, schema
 from raysearch.training.optim import create_optimizer, create_scheduler
 
 SPACES = search_spaces_dir()
@@ -21,7 +21,7 @@ SCHEDULERS = {"none", "step", "cosine", "cosine_restarts", "plateau", "onecycle"
 
 
 def default_space(name: str) -> SearchSpace:
-    return load_space(SPACES / f"{name}.yaml", known=set(defaults(create_task(name).hyperparameters)))
+    return load_space(SPACES / f"{name}.yaml", schema=schema(create_task(name).hyperparameters))
 
 
 def sampled(space: SearchSpace, trials: int = TRIALS) -> list[dict[str, Any]]:

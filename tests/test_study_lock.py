@@ -17,7 +17,8 @@ from conftest import TINY_PHANTOM, TINY_SPACE
 from test_cli import raysearch
 
 from raysearch.data.phantom import write_phantom
-from raysearch.study_lock import LOCK_FILE, study_lock
+from raysearch.layout import LOCK_FILE
+from raysearch.study_lock import study_lock
 
 HOLDER = """
 import sys, time

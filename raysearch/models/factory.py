@@ -52,11 +52,21 @@ def _from_file(name: str, path: Path, kwargs: dict[str, Any]) -> nn.Module:
     return model
 
 
+def model_problem(family: str) -> str | None:
+    """Why `family` is neither 'vgg' nor a timm model name (`timm:` prefix allowed), or None when it is one."""
+    import timm
+
+    if family == "vgg" or timm.is_model(family.removeprefix("timm:")):
+        return None
+    return f"{family!r} is neither 'vgg' nor a timm model name (see timm.list_models())"
+
+
 def _timm_backbone(name: str, *, in_channels: int, image_size: int, pretrained: bool | str) -> TimmBackbone:
     import timm
 
-    if not timm.is_model(name):
-        raise ConfigError(f"model: {name!r} is neither 'vgg' nor a timm model name (see timm.list_models())")
+    problem = model_problem(name)
+    if problem is not None:
+        raise ConfigError(f"model: {problem}")
     kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_channels}
     if isinstance(pretrained, str):
         model = _from_file(name, Path(pretrained).expanduser(), kwargs)

@@ -31,17 +31,31 @@ class SegmentationNet(nn.Module):
         return {"mask": self.model(images)}
 
 
-def _check_names(architecture: str, encoder: str) -> None:
+def architecture_problem(architecture: str) -> str | None:
+    """Why `architecture` is not an smp architecture name, or None when it is one."""
+    import segmentation_models_pytorch as smp
+
+    if architecture.lower() in smp.MODEL_ARCHITECTURES_MAPPING:
+        return None
+    return f"unknown {architecture!r}; valid: {', '.join(smp.MODEL_ARCHITECTURES_MAPPING)}"
+
+
+def encoder_problem(encoder: str) -> str | None:
+    """Why `encoder` is neither an smp encoder nor tu-<timm model name>, or None when it is one."""
     import segmentation_models_pytorch as smp
     import timm
 
-    if architecture.lower() not in smp.MODEL_ARCHITECTURES_MAPPING:
-        valid = ", ".join(smp.MODEL_ARCHITECTURES_MAPPING)
-        raise ConfigError(f"architecture: unknown {architecture!r}; valid: {valid}")
     known = timm.is_model(encoder[3:]) if encoder.startswith("tu-") else encoder in smp.encoders.get_encoder_names()
-    if not known:
-        raise ConfigError(f"encoder: unknown {encoder!r}; use an smp encoder name ({', '.join(ENCODERS)}, ...) "
-                          "or tu-<timm model name>")
+    if known:
+        return None
+    return (f"unknown {encoder!r}; use an smp encoder name ({', '.join(ENCODERS)}, ...) "
+            "or tu-<timm model name>")
+
+
+def _check_names(architecture: str, encoder: str) -> None:
+    for key, problem in (("architecture", architecture_problem(architecture)), ("encoder", encoder_problem(encoder))):
+        if problem is not None:
+            raise ConfigError(f"{key}: {problem}")
 
 
 def _encoder_weights(encoder: str, pretrained: bool) -> str | bool | None:

@@ -11,6 +11,11 @@ import torch
 from torch import nn
 
 from raysearch.data.cache import CachedDataset
+from raysearch.losses import REGRESSION_LOSSES
+from raysearch.schema import HParam, choice, real
+
+LABEL_SMOOTHING = real(0.0, 0.0, 1.0, high_open=True)
+REG_LOSS = choice("smooth_l1", REGRESSION_LOSSES)
 
 Batch = dict[str, torch.Tensor]
 
@@ -42,7 +47,7 @@ class Task(ABC):
     name: ClassVar[str]
     score: ClassVar[str] = "val_score"
     mode: ClassVar[str] = "max"
-    hyperparameters: ClassVar[dict[str, Any]] = {}
+    hyperparameters: ClassVar[dict[str, HParam]] = {}
 
     def usable(self, data: CachedDataset, rows: np.ndarray) -> np.ndarray:
         """The rows this task can train on (e.g. only images with a polygon for regression)."""

@@ -25,7 +25,7 @@ from raysearch.data.cache import CachedDataset
 from raysearch.metrics import classification_metrics, classification_sums
 from raysearch.models import HeadNet, backbone_from
 from raysearch.tasks import register_task
-from raysearch.tasks.base import Batch, Task, TaskContext
+from raysearch.tasks.base import LABEL_SMOOTHING, Batch, Task, TaskContext
 
 
 @register_task
@@ -33,7 +33,7 @@ class ClassificationTask(Task):
     """Fracture class from one network."""
 
     name = "classification"
-    hyperparameters = {"label_smoothing": 0.0}
+    hyperparameters = {"label_smoothing": LABEL_SMOOTHING}
 
     def usable(self, data: CachedDataset, rows: np.ndarray) -> np.ndarray:
         """Images with a class."""

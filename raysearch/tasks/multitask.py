@@ -22,8 +22,11 @@ from raysearch.data.cache import CachedDataset
 from raysearch.losses import regression_loss
 from raysearch.metrics import classification_metrics, classification_sums, polygon_metrics, polygon_sums
 from raysearch.models import HeadNet, backbone_from
+from raysearch.schema import choice, real
 from raysearch.tasks import register_task
-from raysearch.tasks.base import Batch, Task, TaskContext
+from raysearch.tasks.base import LABEL_SMOOTHING, REG_LOSS, Batch, Task, TaskContext
+
+LOSS_WEIGHTINGS = ("fixed", "uncertainty")
 
 
 class TwoHeadNet(HeadNet):
@@ -40,7 +43,8 @@ class MultitaskTask(Task):
     """Class + polygon from one network."""
 
     name = "multitask"
-    hyperparameters = {"loss_weight": 1.0, "loss_weighting": "fixed", "reg_loss": "smooth_l1", "label_smoothing": 0.0}
+    hyperparameters = {"loss_weight": real(1.0, 0.0), "loss_weighting": choice("fixed", LOSS_WEIGHTINGS),
+                       "reg_loss": REG_LOSS, "label_smoothing": LABEL_SMOOTHING}
 
     def usable(self, data: CachedDataset, rows: np.ndarray) -> np.ndarray:
         """Images with both a class and a polygon."""

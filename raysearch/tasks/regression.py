@@ -22,7 +22,7 @@ from raysearch.losses import regression_loss
 from raysearch.metrics import polygon_metrics, polygon_sums
 from raysearch.models import HeadNet, backbone_from
 from raysearch.tasks import register_task
-from raysearch.tasks.base import Batch, Task, TaskContext
+from raysearch.tasks.base import REG_LOSS, Batch, Task, TaskContext
 
 
 @register_task
@@ -30,7 +30,7 @@ class RegressionTask(Task):
     """Fracture polygon from one network."""
 
     name = "regression"
-    hyperparameters = {"reg_loss": "smooth_l1"}
+    hyperparameters = {"reg_loss": REG_LOSS}
 
     def usable(self, data: CachedDataset, rows: np.ndarray) -> np.ndarray:
         """Images with a polygon."""

@@ -21,9 +21,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from raysearch.losses import segmentation_loss
+from raysearch.losses import SEGMENTATION_LOSSES, segmentation_loss
 from raysearch.metrics import mask_counts, mask_metrics
 from raysearch.models import create_segmentation_model
+from raysearch.models.segmentation import architecture_problem, encoder_problem
+from raysearch.schema import checked, choice
 from raysearch.tasks import register_task
 from raysearch.tasks.base import Batch, Task, TaskContext
 
@@ -33,7 +35,9 @@ class SegmentationTask(Task):
     """Binary mask from an encoder-decoder network."""
 
     name = "segmentation"
-    hyperparameters = {"architecture": "unet", "encoder": "resnet18", "seg_loss": "dice_focal"}
+    hyperparameters = {"architecture": checked("unet", architecture_problem),
+                       "encoder": checked("resnet18", encoder_problem),
+                       "seg_loss": choice("dice_focal", SEGMENTATION_LOSSES)}
 
     def build_model(self, hp: dict[str, Any], context: TaskContext) -> nn.Module:
         return create_segmentation_model(hp["architecture"], hp["encoder"], in_channels=context.in_channels,

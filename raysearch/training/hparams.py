@@ -1,26 +1,81 @@
-"""Every hyperparameter a trial understands, with its default; a task adds its own (Task.hyperparameters)."""
+"""Every hyperparameter a trial understands: its default, type and allowed values (raysearch.schema).
+
+The allowed names come from the components' own registries (optimizers and schedulers in
+raysearch.training.optim, losses in raysearch.losses, resize modes, filters and normalisations in
+raysearch.data.preprocess, model names from timm and smp); a task adds its own (Task.hyperparameters).
+The same schema gives the defaults and validates search spaces (raysearch.space) before anything runs.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, get_args
 
-from raysearch.data.preprocess import Preprocessing
+from raysearch.data.preprocess import FilterName, Normalisation, Preprocessing, ResizeMode
+from raysearch.schema import HParam, checked, choice, defaults_of, flag, integer, real
+from raysearch.training.optim import OPTIMIZERS, SCHEDULERS
 
-MODEL = {"model": "vgg", "pretrained": False, "conv_layers": 4, "pool_every": 1, "width": 16, "batch_norm": True,
-         "dropout": 0.2}
-OPTIMISATION = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9, "batch_size": 32,
-                "scheduler": "none", "step_size": 3, "gamma": 0.5, "warmup_epochs": 0, "plateau_patience": 2,
-                "patience": 0}
-PREPROCESSING = {name: value for name, value in Preprocessing().__dict__.items()}
-AUGMENTATION = {"augment": 0.0, "class_balance": "none"}
 CLASS_BALANCE = ("none", "weighted_loss", "sampler")
+MIN_IMAGE_SIZE = 16
 
 
-def defaults(task_hyperparameters: dict[str, Any]) -> dict[str, Any]:
-    """All defaults for a task: model, optimisation, preprocessing, augmentation, then the task's own."""
-    return {**MODEL, **OPTIMISATION, **PREPROCESSING, **AUGMENTATION, **task_hyperparameters}
+def _model_problem(family: str) -> str | None:
+    from raysearch.models.factory import model_problem
+
+    return model_problem(family)
 
 
-def preprocessing_of(hp: dict[str, Any]) -> Preprocessing:
+def _weights_problem(pretrained: bool | str) -> str | None:
+    if isinstance(pretrained, str) and not Path(pretrained).expanduser().is_file():
+        return f"weights file {pretrained} not found"
+    return None
+
+
+MODEL_SCHEMA: dict[str, HParam] = {
+    "model": checked("vgg", _model_problem),
+    "pretrained": checked(False, _weights_problem, (bool, str)),
+    "conv_layers": integer(4, 1, 32), "pool_every": integer(1, 1), "width": integer(16, 1), "batch_norm": flag(True),
+    "dropout": real(0.2, 0.0, 1.0, high_open=True),
+}
+OPTIMISATION_SCHEMA: dict[str, HParam] = {
+    "optimizer": choice("adam", OPTIMIZERS), "lr": real(1e-3, 0.0, low_open=True), "weight_decay": real(0.0, 0.0),
+    "momentum": real(0.9, 0.0, 1.0, high_open=True), "batch_size": integer(32, 1),
+    "scheduler": choice("none", SCHEDULERS), "step_size": integer(3, 1), "gamma": real(0.5, 0.0, 1.0, low_open=True),
+    "warmup_epochs": integer(0, 0), "plateau_patience": integer(2, 0), "patience": integer(0, 0),
+}
+_PREPROCESSING_DEFAULTS = Preprocessing()
+PREPROCESSING_SCHEMA: dict[str, HParam] = {
+    "image_size": integer(_PREPROCESSING_DEFAULTS.image_size, MIN_IMAGE_SIZE),
+    "resize": choice(_PREPROCESSING_DEFAULTS.resize, get_args(ResizeMode)),
+    "clahe": flag(_PREPROCESSING_DEFAULTS.clahe),
+    "clahe_clip": real(_PREPROCESSING_DEFAULTS.clahe_clip, 0.0, low_open=True),
+    "clahe_grid": integer(_PREPROCESSING_DEFAULTS.clahe_grid, 1),
+    "filter": choice(_PREPROCESSING_DEFAULTS.filter, get_args(FilterName)),
+    "filter_size": integer(_PREPROCESSING_DEFAULTS.filter_size, 1),
+    "normalisation": choice(_PREPROCESSING_DEFAULTS.normalisation, get_args(Normalisation)),
+    "channels": integer(_PREPROCESSING_DEFAULTS.channels, 1),
+}
+AUGMENTATION_SCHEMA: dict[str, HParam] = {
+    "augment": real(0.0, 0.0, 1.0), "class_balance": choice("none", CLASS_BALANCE),
+}
+GROUPS = (MODEL_SCHEMA, OPTIMISATION_SCHEMA, PREPROCESSING_SCHEMA, AUGMENTATION_SCHEMA)
+AUGMENTATION = defaults_of(AUGMENTATION_SCHEMA)
+
+
+def schema(task_hyperparameters: Mapping[str, HParam]) -> dict[str, HParam]:
+    """Every hyperparameter of a task: model, optimisation, preprocessing, augmentation, then the task's own."""
+    merged: dict[str, HParam] = {}
+    for group in (*GROUPS, task_hyperparameters):
+        merged.update(group)
+    return merged
+
+
+def defaults(task_hyperparameters: Mapping[str, HParam]) -> dict[str, Any]:
+    """All defaults for a task (see `schema`)."""
+    return defaults_of(schema(task_hyperparameters))
+
+
+def preprocessing_of(hp: Mapping[str, Any]) -> Preprocessing:
     """The Preprocessing a trial's hyperparameters select."""
-    return Preprocessing(**{name: hp[name] for name in PREPROCESSING})
+    return Preprocessing(**{name: hp[name] for name in PREPROCESSING_SCHEMA})

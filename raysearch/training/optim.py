@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -10,22 +11,25 @@ from torch.optim import lr_scheduler
 from raysearch.errors import ConfigError
 
 PER_BATCH_SCHEDULERS = {"onecycle"}
+OPTIMIZERS: dict[str, Callable[[Any, Mapping[str, Any]], torch.optim.Optimizer]] = {
+    "adam": lambda parameters, hp: torch.optim.Adam(parameters, lr=hp["lr"], weight_decay=hp["weight_decay"]),
+    "adamw": lambda parameters, hp: torch.optim.AdamW(parameters, lr=hp["lr"], weight_decay=hp["weight_decay"]),
+    "sgd": lambda parameters, hp: torch.optim.SGD(parameters, lr=hp["lr"], momentum=hp["momentum"],
+                                                  weight_decay=hp["weight_decay"], nesterov=True),
+}
+SCHEDULERS = ("none", "step", "cosine", "cosine_restarts", "plateau", "onecycle")
 
 
-def create_optimizer(parameters: Any, hp: dict[str, Any]) -> torch.optim.Optimizer:
+def create_optimizer(parameters: Any, hp: Mapping[str, Any]) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD with (Nesterov) momentum."""
-    name, lr, decay = hp["optimizer"], hp["lr"], hp["weight_decay"]
-    if name == "adam":
-        return torch.optim.Adam(parameters, lr=lr, weight_decay=decay)
-    if name == "adamw":
-        return torch.optim.AdamW(parameters, lr=lr, weight_decay=decay)
-    if name == "sgd":
-        return torch.optim.SGD(parameters, lr=lr, momentum=hp["momentum"], weight_decay=decay, nesterov=True)
-    raise ConfigError(f"optimizer: unknown {name!r}; valid: adam, adamw, sgd")
+    name = hp["optimizer"]
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"optimizer: unknown {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name](parameters, hp)
 
 
 def create_scheduler(
-    optimizer: torch.optim.Optimizer, hp: dict[str, Any], *, epochs: int, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer, hp: Mapping[str, Any], *, epochs: int, steps_per_epoch: int
 ) -> Any:
     """The scheduler named by `scheduler`, after `warmup_epochs` of linear warm-up (epoch-stepped ones).
 
@@ -44,8 +48,7 @@ def create_scheduler(
         "cosine_restarts": lambda: lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=hp["step_size"]),
     }
     if name not in schedulers:
-        valid = ", ".join(sorted([*schedulers, "onecycle", "plateau"]))
-        raise ConfigError(f"scheduler: unknown {name!r}; valid: {valid}")
+        raise ConfigError(f"scheduler: unknown {name!r}; valid: {', '.join(SCHEDULERS)}")
     if warmup <= 0:
         return schedulers[name]()
     ramp = lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup)

@@ -18,6 +18,7 @@ from raysearch.data.cache import cache_issues, dataset_fingerprint, ensure_cache
 from raysearch.data.loading import load_dataset
 from raysearch.data.records import issues_table
 from raysearch.data.samples import DatasetIndex
+from raysearch.data.suitability import check_task_data
 from raysearch.errors import ConfigError, DataError, StudyInterrupted
 from raysearch.layout import StudyFolder, score_column
 from raysearch.results import epochs_table, trials_table, write_table_atomic, write_text_atomic
@@ -111,7 +112,8 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
     folder = StudyFolder(study_dir)
     _check_state(name, study_dir, resuming=resuming)
     index = load_dataset(spec.data, format=spec.format, on_error=spec.on_error, empty_labels=spec.empty_labels,
-                         split_ratios=spec.split_ratios, progress=progress)
+                         split_ratios=spec.split_ratios, binarise_masks=spec.binarise_masks, progress=progress)
+    check_task_data(index, spec.task, task.needs)
     fingerprint = dataset_fingerprint(index)
     cache_root = folder.cache_root
     base_cache, _ = ensure_cache(index, fingerprint, preprocessing_of({**hp_defaults, **space.fixed}), cache_root,

@@ -50,6 +50,8 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
                      help="a corrupt image or malformed label: skip it (listed in data_issues.parquet) or stop")
     run.add_argument("--empty-labels", choices=("skip", "background"), default="skip",
                      help="images with empty label files: skip them (counted) or use them as class 'no fracture'")
+    run.add_argument("--binarise-masks", action="store_true",
+                     help="accept masks with values other than 0/1/255 (e.g. class labels): nonzero = foreground")
 
 
 def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
@@ -139,6 +141,7 @@ def _run(args: argparse.Namespace) -> None:
         seed=args.seed, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         address=args.address, wait_for_nodes=args.wait_for_nodes, format=args.format,
         on_error=args.on_error, empty_labels=args.empty_labels, split_ratios=args.split_ratios,
+        binarise_masks=args.binarise_masks,
     )
     run_study(spec, progress=not args.quiet)
 

@@ -91,7 +91,8 @@ def _study_cache(study_dir: Path, study: Mapping[str, Any], hp: Mapping[str, Any
     cache_root = StudyFolder(study_dir).cache_root
     directory = cache_root / cache_key(fingerprint, preprocessing)
     if not (directory / "meta.json").is_file():
-        index = load_dataset(study["data"]["root"], progress=progress)
+        index = load_dataset(study["data"]["root"], binarise_masks=study["spec"].get("binarise_masks", False),
+                             progress=progress)
         if dataset_fingerprint(index) != fingerprint:
             raise DataError(f"{study['data']['root']}: the dataset changed since study {study['name']} ran "
                             "(fingerprint differs); evaluate it on the data it was searched on")

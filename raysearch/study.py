@@ -48,6 +48,7 @@ class StudySpec:
     on_error: str = "skip"
     empty_labels: str = "skip"
     split_ratios: str = "0.8,0.1,0.1"
+    binarise_masks: bool = False
 
     def __post_init__(self) -> None:
         positive = {"trials": self.trials, "max_epochs": self.max_epochs, "workers_per_trial": self.workers_per_trial,

@@ -25,6 +25,7 @@ import numpy as np
 
 from raysearch.data.preprocess import Preprocessing, enhance, fit, placement
 from raysearch.data.samples import SPLITS, DataIssue, DatasetIndex, Sample
+from raysearch.data.suitability import mask_levels
 from raysearch.errors import DataError
 
 CACHE_VERSION = 2
@@ -72,13 +73,8 @@ def cache_key(fingerprint: str, preprocessing: Preprocessing) -> str:
 
 def read_mask(path: Path) -> np.ndarray | None:
     """A binary mask (H, W) uint8 0/1 from a 0/1 or 0/255 grey, RGB or RGBA image; None if unreadable."""
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        return None
-    if raw.ndim == 3:
-        colour = raw[..., :3].max(axis=2)
-        raw = colour if colour.any() or raw.shape[2] < 4 else raw[..., 3]
-    return (raw > 0).astype(np.uint8)
+    levels = mask_levels(path)
+    return None if levels is None else (levels > 0).astype(np.uint8)
 
 
 def _rasterise(sample: Sample, width: int, height: int) -> np.ndarray:

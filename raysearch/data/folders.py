@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raysearch.data.records import DEFAULT_SPLIT, Record, Scan, SplitRatios, image_size, is_image, split_folders
+from raysearch.data.records import DEFAULT_SPLIT, Record, Scan, SplitRatios, image_problem, is_image, split_folders
 from raysearch.data.samples import DataIssue, Sample
 from raysearch.errors import DataError
 
@@ -25,8 +25,9 @@ def _images(folder: Path) -> list[Path]:
 
 def _record(image: Path, split: str, class_id: int) -> Record:
     sample = Sample(image, split, class_id=class_id)
-    if image_size(image) is None:
-        return Record(sample, "malformed", (DataIssue(image, "unreadable or corrupt image"),))
+    problem = image_problem(image)
+    if problem is not None:
+        return Record(sample, "malformed", (DataIssue(image, problem),))
     return Record(sample, "labelled")
 
 

@@ -11,19 +11,30 @@ from raysearch.errors import ConfigError
 
 
 def load_dataset(data: str | None, *, format: str | None = None, on_error: str = "skip", empty_labels: str = "skip",
-                 split_ratios: str = "0.8,0.1,0.1", progress: bool = True, out: TextIO = sys.stdout) -> DatasetIndex:
+                 split_ratios: str = "0.8,0.1,0.1", binarise_masks: bool = False, progress: bool = True,
+                 out: TextIO = sys.stdout) -> DatasetIndex:
     """The dataset at `data` (any format, see raysearch.data.formats), or the built-in phantom X-rays when None.
 
-    Prints what was read and what was left out: empty label files and problems are never dropped silently.
+    Prints what was read and what was left out or repaired: empty label files, problems, a validation split
+    carved from train, binarised masks are never passed over silently (raysearch.data.suitability).
     """
     from raysearch.data import formats
     from raysearch.data.phantom import PhantomSpec, ensure_phantom
     from raysearch.data.records import SplitRatios, describe_index
+    from raysearch.data.suitability import carve_validation, check_mask_levels
 
     root = ensure_phantom(PhantomSpec(), progress=progress) if data is None else Path(data)
     if not root.exists():
         raise ConfigError(f"--data: {root} does not exist")
-    index = formats.load_dataset(root, format, on_error=on_error, empty_labels=empty_labels,
-                                 split_ratios=SplitRatios.parse(split_ratios))
+    ratios = SplitRatios.parse(split_ratios)
+    index = formats.load_dataset(root, format, on_error=on_error, empty_labels=empty_labels, split_ratios=ratios)
+    carved = carve_validation(index, ratios)
+    binarised, first = check_mask_levels(index, binarise=binarise_masks)
     print(describe_index(index), file=out)
+    if carved:
+        print(f"  no validation split: {carved} train images carved as val (share {ratios.val} of --split-ratios, "
+              f"seed {ratios.seed}, stratified by class)", file=out)
+    if binarised:
+        print(f"  {binarised} masks with values other than 0/1/255 binarised (nonzero = foreground; first: {first})",
+              file=out)
     return index

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-from raysearch.data.records import DEFAULT_SPLIT, Record, Scan, SplitRatios, image_size, is_image, split_folders
+from raysearch.data.records import (
+    DEFAULT_SPLIT,
+    Record,
+    Scan,
+    SplitRatios,
+    image_problem,
+    image_size,
+    is_image,
+    split_folders,
+)
 from raysearch.data.samples import DataIssue, Sample
 from raysearch.errors import DataError
 
@@ -35,15 +44,16 @@ def _record(image: Path, split: str, masks: dict[str, Path]) -> Record:
     """An image with its mask; missing, unreadable or differently sized files are problems."""
     mask = masks.get(image.stem)
     sample = Sample(image, split, mask_path=mask)
-    size = image_size(image)
-    if size is None:
-        return Record(sample, "malformed", (DataIssue(image, "unreadable or corrupt image"),))
+    problem = image_problem(image)
+    if problem is not None:
+        return Record(sample, "malformed", (DataIssue(image, problem),))
     if mask is None:
         return Record(sample, "missing", (DataIssue(image, f"no mask named {image.stem}.* in {image.parent.parent.name}"
                                                            f"/masks"),))
-    mask_size = image_size(mask)
-    if mask_size is None:
-        return Record(sample, "malformed", (DataIssue(mask, "unreadable or corrupt mask"),))
+    problem = image_problem(mask)
+    if problem is not None:
+        return Record(sample, "malformed", (DataIssue(mask, f"mask: {problem}"),))
+    size, mask_size = image_size(image), image_size(mask)
     if mask_size != size:
         return Record(sample, "malformed", (DataIssue(mask, f"mask is {mask_size[0]}x{mask_size[1]}, its image "
                                                             f"{image.name} is {size[0]}x{size[1]}"),))

@@ -377,15 +377,15 @@ def write_phantom(out: Path, spec: PhantomSpec, *, progress: bool = True) -> Pat
         return out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: exists but is not the phantom dataset for {spec}; remove it or pick another folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         _generate(tmp, spec, progress)
         os.replace(tmp, out)
-    except OSError:
+    except OSError as error:
         if not _is_complete(out, spec):
-            raise
+            raise ConfigError(f"{out}: cannot write the phantom dataset ({error.strerror or error})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

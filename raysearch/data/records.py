@@ -8,6 +8,7 @@ error), and images whose label file is empty are skipped and counted (or kept as
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -28,6 +29,10 @@ EMPTY_LABELS: tuple[str, ...] = ("skip", "background")
 BACKGROUND_CLASS = "no fracture"
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 SPLIT_FOLDERS: dict[str, tuple[str, ...]] = {"train": ("train",), "val": ("val", "valid"), "test": ("test",)}
+TRAILERS: dict[str, tuple[bytes, str]] = {".jpg": (b"\xff\xd9", "JPEG end-of-image marker"),
+                                         ".jpeg": (b"\xff\xd9", "JPEG end-of-image marker"),
+                                         ".png": (b"IEND\xaeB`\x82", "PNG IEND chunk")}
+TAIL_BYTES = 64
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,25 @@ def image_size(path: Path) -> tuple[int, int] | None:
             return image.size
     except (OSError, UnidentifiedImageError, ValueError):
         return None
+
+
+def image_problem(path: Path) -> str | None:
+    """Why an image file cannot be trained on (unreadable header, or a JPEG or PNG cut short), or None.
+
+    A JPEG must end with its end-of-image marker and a PNG with its IEND chunk (trailing padding
+    allowed): decoders fill a truncated file's missing part with grey and only warn, so a download or copy
+    cut short would otherwise be trained on. Reading the last bytes costs nothing next to decoding."""
+    if image_size(path) is None:
+        return "unreadable or corrupt image"
+    trailer = TRAILERS.get(path.suffix.lower())
+    if trailer is None:
+        return None
+    marker, what = trailer
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(handle.tell() - TAIL_BYTES, 0))
+        tail = handle.read().rstrip(b"\x00\r\n\t ")
+    return None if tail.endswith(marker) else f"truncated image: no {what} at the end of the file"
 
 
 def index_from(scan: Scan, *, on_error: OnError = "skip", empty_labels: EmptyLabels = "skip") -> DatasetIndex:

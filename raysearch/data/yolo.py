@@ -20,7 +20,7 @@ from raysearch.data.records import (
     OnError,
     Record,
     Scan,
-    image_size,
+    image_problem,
     index_from,
     is_image,
 )
@@ -140,8 +140,9 @@ def _record(image: Path, split: str, num_classes: int) -> Record:
     """What one image and its label file give: a labelled, empty, missing or malformed record."""
     bare = Sample(image, split, mask_path=_mask_path(image))
     label = label_path(image)
-    if image_size(image) is None:
-        return Record(bare, "malformed", (DataIssue(image, "unreadable or corrupt image"),))
+    problem = image_problem(image)
+    if problem is not None:
+        return Record(bare, "malformed", (DataIssue(image, problem),))
     if not label.is_file():
         return Record(bare, "missing", (DataIssue(label, "label file missing (an image without objects needs an "
                                                         "empty .txt)"),))

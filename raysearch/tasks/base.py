@@ -48,6 +48,7 @@ class Task(ABC):
     score: ClassVar[str] = "val_score"
     mode: ClassVar[str] = "max"
     hyperparameters: ClassVar[dict[str, HParam]] = {}
+    needs: ClassVar[tuple[str, ...]] = ()  # targets the data must have: class, polygon, mask
 
     def usable(self, data: CachedDataset, rows: np.ndarray) -> np.ndarray:
         """The rows this task can train on (e.g. only images with a polygon for regression)."""

@@ -34,6 +34,7 @@ class ClassificationTask(Task):
 
     name = "classification"
     hyperparameters = {"label_smoothing": LABEL_SMOOTHING}
+    needs = ("class",)
 
     def usable(self, data: CachedDataset, rows: np.ndarray) -> np.ndarray:
         """Images with a class."""

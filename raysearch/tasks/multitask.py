@@ -45,6 +45,7 @@ class MultitaskTask(Task):
     name = "multitask"
     hyperparameters = {"loss_weight": real(1.0, 0.0), "loss_weighting": choice("fixed", LOSS_WEIGHTINGS),
                        "reg_loss": REG_LOSS, "label_smoothing": LABEL_SMOOTHING}
+    needs = ("class", "polygon")
 
     def usable(self, data: CachedDataset, rows: np.ndarray) -> np.ndarray:
         """Images with both a class and a polygon."""

@@ -31,6 +31,7 @@ class RegressionTask(Task):
 
     name = "regression"
     hyperparameters = {"reg_loss": REG_LOSS}
+    needs = ("polygon",)
 
     def usable(self, data: CachedDataset, rows: np.ndarray) -> np.ndarray:
         """Images with a polygon."""

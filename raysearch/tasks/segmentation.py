@@ -38,6 +38,7 @@ class SegmentationTask(Task):
     hyperparameters = {"architecture": checked("unet", architecture_problem),
                        "encoder": checked("resnet18", encoder_problem),
                        "seg_loss": choice("dice_focal", SEGMENTATION_LOSSES)}
+    needs = ("mask",)
 
     def build_model(self, hp: dict[str, Any], context: TaskContext) -> nn.Module:
         return create_segmentation_model(hp["architecture"], hp["encoder"], in_channels=context.in_channels,

@@ -1,0 +1,120 @@
+"""Whether a dataset can serve a task, decided before anything starts; what is repaired is always said.
+
+- A task needs targets the data has: classes (classification, multitask: at least two in train),
+  polygons (regression, multitask), masks or polygons to rasterise (segmentation). Missing ones stop the
+  run with one line (`check_task_data`), instead of trials that score 0 or fail.
+- A dataset without validation images gets a seeded validation split carved from train, stratified by
+  class, with the `--split-ratios` validation share (`carve_validation`); the search scores trials on it.
+- Masks hold 0/1 or 0/255 (or 0 and one colour). Any other values (class labels 0..5, anti-aliased edges)
+  are refused unless `--binarise-masks` asks for every nonzero value to count as foreground
+  (`check_mask_levels`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from raysearch.data.records import SplitRatios
+from raysearch.data.samples import DatasetIndex, Sample
+from raysearch.errors import DataError
+
+BINARY_LEVELS = frozenset({0, 1, 255})
+TARGETS: dict[str, tuple[str, Callable[[Sample], bool]]] = {
+    "class": ("image classes (class folders or YOLO labels)", lambda s: s.class_id is not None),
+    "polygon": ("polygons (YOLO labels)", lambda s: s.polygon is not None),
+    "mask": ("masks or polygons to rasterise (image + mask folders or YOLO labels)",
+             lambda s: s.mask_path is not None or bool(s.shapes)),
+}
+
+
+def check_task_data(index: DatasetIndex, task: str, needs: tuple[str, ...]) -> None:
+    """DataError (one line) when the train or val split lacks a target `task` needs, or a classifying task
+    has fewer than two classes in train."""
+    for need in needs:
+        what, has = TARGETS[need]
+        for split in ("train", "val"):
+            if not any(has(s) for s in index.split(split)):
+                raise DataError(f"{index.root}: task {task} needs {what}, but the {split} split of this {index.format} "
+                                f"data has none")
+    if "class" in needs:
+        present = sorted({s.class_id for s in index.split("train") if s.class_id is not None})
+        if len(present) < 2:
+            names = ", ".join(repr(index.classes[c]) for c in present)
+            raise DataError(f"{index.root}: task {task} needs at least two classes in the train split, found "
+                            f"{len(present)} ({names})")
+
+
+def carve_validation(index: DatasetIndex, ratios: SplitRatios) -> int:
+    """Without validation images, move the `ratios.val` share of train (seeded by `ratios.seed`, stratified
+    by class) into val; returns how many moved (0 when the dataset has a validation split)."""
+    if index.split("val"):
+        return 0
+    train = index.split("train")
+    if ratios.val <= 0 or len(train) < 2:
+        raise DataError(f"{index.root}: no validation split, and none can be carved from {len(train)} train images "
+                        f"with a validation share of {ratios.val} (--split-ratios)")
+    share = SplitRatios(train=1.0 - ratios.val, val=ratios.val, test=0.0, seed=ratios.seed)
+    rng = np.random.default_rng(ratios.seed)
+    by_class: dict[int, list[Sample]] = defaultdict(list)
+    for sample in train:
+        by_class[-1 if sample.class_id is None else sample.class_id].append(sample)
+    moved: set[int] = set()
+    for _, samples in sorted(by_class.items()):
+        for sample, split in zip(samples, share.assign(len(samples), rng), strict=True):
+            if split == "val":
+                moved.add(id(sample))
+    if not moved:
+        moved.add(id(train[int(rng.integers(len(train)))]))
+    index.samples = [replace(s, split="val") if id(s) in moved else s for s in index.samples]
+    return len(moved)
+
+
+def mask_levels(path: Path) -> np.ndarray | None:
+    """The grey levels of a mask as read for training (colour masks: the brightest channel, or alpha when the
+    colour is empty); None when unreadable."""
+    import cv2
+
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        return None
+    if raw.ndim == 3:
+        colour = raw[..., :3].max(axis=2)
+        raw = colour if colour.any() or raw.shape[2] < 4 else raw[..., 3]
+    return raw
+
+
+def _other_levels(path: Path) -> list[int]:
+    levels = mask_levels(path)
+    if levels is None:
+        return []
+    found = np.unique(levels).tolist()
+    nonzero = [v for v in found if v]
+    return [] if set(found) <= BINARY_LEVELS or len(nonzero) == 1 else found
+
+
+def check_mask_levels(index: DatasetIndex, *, binarise: bool) -> tuple[int, str]:
+    """How many masks hold values other than 0/1/255 (or 0 and one level), and the first as `path: values`.
+
+    Without `binarise`, any such mask is a DataError naming it and the flag that accepts it."""
+    paths = [s.mask_path for s in index.samples if s.mask_path is not None]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        found = [(p, levels) for p, levels in zip(paths, pool.map(_other_levels, paths), strict=True) if levels]
+    if not found:
+        return 0, ""
+    path, levels = found[0]
+    first = f"{path}: mask values {_span(levels)}"
+    if not binarise:
+        raise DataError(f"{first} are not 0/1/255 ({len(found)} such masks); --binarise-masks treats every nonzero "
+                        "value as foreground")
+    return len(found), first
+
+
+def _span(levels: list[int]) -> str:
+    return ", ".join(map(str, levels)) if len(levels) <= 6 else f"{levels[0]}..{levels[-1]} ({len(levels)} levels)"

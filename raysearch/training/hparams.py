@@ -60,7 +60,7 @@ AUGMENTATION_SCHEMA: dict[str, HParam] = {
     "augment": real(0.0, 0.0, 1.0), "class_balance": choice("none", CLASS_BALANCE),
 }
 GROUPS = (MODEL_SCHEMA, OPTIMISATION_SCHEMA, PREPROCESSING_SCHEMA, AUGMENTATION_SCHEMA)
-AUGMENTATION = defaults_of(AUGMENTATION_SCHEMA)
+MODEL, OPTIMISATION, PREPROCESSING, AUGMENTATION = (defaults_of(group) for group in GROUPS)  # default values
 
 
 def schema(task_hyperparameters: Mapping[str, HParam]) -> dict[str, HParam]:

@@ -48,7 +48,7 @@ def create_scheduler(
         "cosine_restarts": lambda: lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=hp["step_size"]),
     }
     if name not in schedulers:
-        raise ConfigError(f"scheduler: unknown {name!r}; valid: {', '.join(SCHEDULERS)}")
+        raise ConfigError(f"scheduler: unknown {name!r}; valid: {', '.join(sorted(SCHEDULERS))}")
     if warmup <= 0:
         return schedulers[name]()
     ramp = lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import ray  # imported once here, so that the guard below costs nothing per test (and forked runners inherit it)
 
 from raysearch.data.phantom import PhantomSpec, write_phantom
 
@@ -82,7 +83,6 @@ def _fast_tests_start_no_ray(request: pytest.FixtureRequest, monkeypatch: pytest
     """A test not marked slow that calls `ray.init` fails: fast tests run no Ray study."""
     if request.node.get_closest_marker("slow") is not None:
         return
-    import ray
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError(f"{request.node.nodeid} starts Ray (ray.init) but is not marked slow")

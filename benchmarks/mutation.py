@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -69,10 +70,7 @@ def _statuses(work: Path) -> dict[str, str]:
     return found
 
 
-def run_module(name: str, work_root: Path, children: int) -> dict[str, str]:
-    """Run mutmut over one module in a fresh copy of the project; each mutant's status by name."""
-    files, tests = MODULES[name]
-    work = work_root / name
+def _copy_project(work: Path, files: list[str], tests: list[str]) -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     for item in COPIED:
@@ -82,14 +80,42 @@ def run_module(name: str, work_root: Path, children: int) -> dict[str, str]:
         else:
             shutil.copy2(source, work / item)
     _configure(work / "pyproject.toml", files, tests)
+
+
+def run_module(name: str, work: Path, children: int, minutes: float | None, only: list[str]) -> None:
+    """Run mutmut over one module in a fresh copy of the project at `work`, for at most `minutes` (the
+    mutants not reached by then stay "not checked"); `only` restricts it to mutant names matching globs."""
+    files, tests = MODULES[name]
+    _copy_project(work, files, tests)
     environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"RAY_USAGE_STATS_ENABLED": "0"}
     mutmut = Path(sys.executable).with_name("mutmut")
-    done = subprocess.run([str(mutmut), "run", "--max-children", str(children)], cwd=work, env=environment,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        print(done.stdout[-3000:], done.stderr[-3000:], sep="\n", file=sys.stderr)
-        raise SystemExit(f"mutmut failed on {name} (exit {done.returncode}); its work folder: {work}")
-    return _statuses(work)
+    process = subprocess.Popen([str(mutmut), "run", "--max-children", str(children), *only], cwd=work,
+                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=None if minutes is None else minutes * 60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGTERM)  # mutmut and the test runs it forked
+        process.communicate()
+        print(f"{name}: stopped after {minutes:g} minutes", file=sys.stderr)
+        return
+    if process.returncode != 0:
+        print(output[-3000:], file=sys.stderr)
+        raise SystemExit(f"mutmut failed on {name} (exit {process.returncode}); its work folder: {work}")
+
+
+def report(name: str, statuses: dict[str, str], show_survivors: bool) -> None:
+    """One line per module: caught, missed, other statuses, score; then the missed mutants if asked."""
+    counts = Counter(statuses.values())
+    caught, missed = sum(counts[s] for s in DETECTED), sum(counts[s] for s in MISSED)
+    other = {k: v for k, v in counts.items() if k not in DETECTED + MISSED}
+    score = f"{100 * caught / (caught + missed):.1f} %" if caught + missed else "n/a"
+    print(f"{name:<10} {caught:>7} {missed:>9} {sum(other.values()):>6} {score:>7}  "
+          f"{', '.join(f'{k} {v}' for k, v in sorted(other.items()))}", flush=True)
+    if show_survivors:
+        for mutant, status in sorted(statuses.items()):
+            if status in MISSED:
+                print(f"    {status}: {mutant}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,6 +125,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="where the per-module copies go (kept, for `mutmut show`)")
     parser.add_argument("--children", type=int, default=max((os.cpu_count() or 2) // 2, 1),
                         help="mutants tested at once")
+    parser.add_argument("--minutes", type=float, help="stop each module's run after this long (partial score)")
+    parser.add_argument("--only", nargs="+", default=[], metavar="GLOB",
+                        help="mutant names to run, e.g. 'raysearch.data.cache.x_dataset_fingerprint*'")
+    parser.add_argument("--report", action="store_true", help="only report the work folders' last results")
     parser.add_argument("--show-survivors", action="store_true")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.modules) - set(MODULES))
@@ -107,18 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"mutation testing with mutmut, {date.today().isoformat()}, {os.cpu_count()} CPUs")
     print(f"{'module':<10} {'caught':>7} {'missed':>9} {'other':>6} {'score':>7}  other statuses")
     for name in args.modules or list(MODULES):
-        statuses = run_module(name, args.work, args.children)
-        counts = Counter(statuses.values())
-        caught, missed = sum(counts[s] for s in DETECTED), sum(counts[s] for s in MISSED)
-        other = {k: v for k, v in counts.items() if k not in DETECTED + MISSED}
-        score = f"{100 * caught / (caught + missed):.1f} %" if caught + missed else "n/a"
-        print(f"{name:<10} {caught:>7} {missed:>9} {sum(other.values()):>6} {score:>7}  "
-              f"{', '.join(f'{k} {v}' for k, v in sorted(other.items()))}", flush=True)
-        if args.show_survivors:
-            for mutant, status in sorted(statuses.items()):
-                if status in MISSED:
-                    print(f"    {status}: {mutant}")
-
+        if not args.report:
+            run_module(name, args.work / name, args.children, args.minutes, args.only)
+        report(name, _statuses(args.work / name), args.show_survivors)
 
 if __name__ == "__main__":
     main()

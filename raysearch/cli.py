@@ -18,7 +18,8 @@ EXAMPLES = """examples:
   raysearch data phantom ./phantom --train 600
   raysearch data audit ../shared/datasets/bone-fracture-yolo  # counts, problems, duplicates -> audit.parquet
   raysearch evaluate raysearch-results/multitask-1a2b3c4d --top 3 --repeats 5
-  raysearch predict raysearch-results/multitask-1a2b3c4d/model xray1.png xray2.jpg --out labelled/
+  raysearch predict raysearch-results/multitask-1a2b3c4d/model xray1.png new-xrays/ 'more/*.jpg' --out labelled/
+  raysearch export raysearch-results/multitask-1a2b3c4d --format onnx,torchscript
   raysearch dashboard raysearch-results
 """
 
@@ -102,9 +103,14 @@ def _add_results(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     predict = commands.add_parser("predict", help="label new radiographs with an exported model")
     predict.add_argument("model", type=Path, help="exported model folder (STUDY/model) or a study folder")
-    predict.add_argument("images", type=Path, nargs="+", help="image files")
+    predict.add_argument("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     predict.add_argument("--out", type=Path, default=Path("raysearch-predictions"),
                          help="folder for overlay PNGs and predictions.json (default: %(default)s)")
+    export = commands.add_parser("export", help="write a study's model as ONNX and TorchScript into STUDY/model")
+    export.add_argument("study", type=Path, help="study folder (RESULTS/STUDY_NAME) or its exported model folder")
+    export.add_argument("--format", default="onnx,torchscript",
+                        help="comma-separated: onnx, torchscript (default: %(default)s)")
+    export.add_argument("--trial", help="export this trial instead of the best (replaces STUDY/model)")
     dashboard = commands.add_parser("dashboard", help="open the Streamlit dashboard on a results folder")
     dashboard.add_argument("results", type=Path, nargs="?", default=Path("raysearch-results"),
                            help="results folder (default: %(default)s)")
@@ -184,16 +190,44 @@ def _evaluate(args: argparse.Namespace) -> None:
                    progress=not args.quiet)
 
 
-def _predict(args: argparse.Namespace) -> None:
-    from raysearch.export import predict
+def _predict(args: argparse.Namespace) -> int:
+    """Label every image; unreadable ones are listed on stderr and the others go on. Exit code 0 when every
+    image was labelled, 1 when some could not be read, 2 (an error) when none could."""
+    from raysearch.errors import DataError
     from raysearch.layout import MODEL_DIR
+    from raysearch.predict import PREDICTIONS_JSON, load_model
 
     model = args.model / MODEL_DIR if (args.model / MODEL_DIR).is_dir() else args.model
-    for found in predict(model, args.images, args.out):
-        label = f"{found.class_name} ({found.probability:.1%})" if found.class_name else "-"
-        polygon = " ".join(f"{v:.3f}" for v in found.polygon) if found.polygon else "-"
-        print(f"{found.image}: class {label}; polygon {polygon}; overlay {found.overlay}")
-    print(f"Predictions: {args.out / 'predictions.json'}")
+    found = load_model(model).predict(args.images, out=args.out)
+    failed = [p for p in found if not p.ok]
+    if len(failed) == len(found):
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise DataError(f"no image labelled: {failed[0].error}{more}")
+    for prediction in found:
+        if prediction.ok:
+            label = f"{prediction.class_name} ({prediction.probability:.1%})" if prediction.class_name else "-"
+            polygon = " ".join(f"{v:.3f}" for v in prediction.polygon) if prediction.polygon else "-"
+            print(f"{prediction.image}: class {label}; polygon {polygon}; overlay {prediction.overlay}")
+        else:
+            print(f"raysearch: skipped {prediction.error}", file=sys.stderr)
+    print(f"Labelled {len(found) - len(failed)} of {len(found)} images. Predictions: {args.out / PREDICTIONS_JSON}")
+    return 1 if failed else 0
+
+
+def _export(args: argparse.Namespace) -> None:
+    from raysearch.export import export_formats, export_model, parse_formats
+    from raysearch.layout import CONFIG_FILE, StudyFolder
+
+    formats = parse_formats(args.format)
+    if (args.study / CONFIG_FILE).is_file() and args.trial is None:
+        model_dir = args.study
+    else:
+        folder = StudyFolder(args.study)
+        model_dir = folder.model_dir
+        if args.trial is not None or not model_dir.is_dir():
+            export_model(folder.directory, args.trial)
+    for name, path in export_formats(model_dir, formats).items():
+        print(f"{name}: {path}")
 
 
 def _dashboard(args: argparse.Namespace) -> None:
@@ -219,13 +253,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `raysearch` console script."""
     args = build_parser().parse_args(argv)
     handlers = {"run": _run, "resume": _resume, "data": _data, "evaluate": _evaluate, "predict": _predict,
-                "dashboard": _dashboard}
+                "export": _export, "dashboard": _dashboard}
     try:
-        handlers[args.command](args)
+        code = handlers[args.command](args)
     except RaysearchError as error:
         print(f"raysearch: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("raysearch: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0

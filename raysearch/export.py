@@ -1,57 +1,44 @@
-"""The best model of a study, exported with its resolved configuration, and `predict` on new radiographs.
+"""Exporting a study's model for use without the study, the dataset or Ray.
 
 `<study>/model/` holds `config.yaml` (task, hyperparameters, classes, preprocessing, provenance) and
-`weights.pt` (`{"model": state_dict}`, loaded with `weights_only=True`): everything needed to label new
-images without the study, the dataset or Ray.
+`weights.pt` (`{"model": state_dict}`, loaded with `weights_only=True`), written at the end of every run.
+`export_formats` adds deployment formats beside them: ONNX (`model.onnx`, for onnxruntime; needs the
+`export` extra) and TorchScript (`model.torchscript.pt`, for `torch.jit.load`). Both take the preprocessed
+image batch `image` (float32, N x C x S x S: config.yaml's `preprocessing` applied, as `Model.predict` does)
+and return the task's heads by name: `logits` (N x classes), `polygon` (N x 8, points in [0, 1] of the
+input square) and `mask` (N x 1 x S x S logits), whichever the task has.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from importlib.util import find_spec
 from pathlib import Path
 
-import cv2
-import numpy as np
-import pyarrow.parquet as pq
 import torch
 import yaml
 from torch import nn
 
-from raysearch.data.preprocess import Placement, Preprocessing
-from raysearch.errors import DataError
-from raysearch.layout import CONFIG_FILE, MODEL_DIR, WEIGHTS_FILE, StudyFolder
-from raysearch.overlay import draw_overlay
+from raysearch.errors import ConfigError, DataError
+from raysearch.layout import (
+    CONFIG_FILE,
+    MODEL_DIR,
+    ONNX_FILE,
+    TORCHSCRIPT_FILE,
+    WEIGHTS_FILE,
+    StudyFolder,
+    score_column,
+)
 from raysearch.results import write_text_atomic
-from raysearch.tasks import create_task
-from raysearch.tasks.base import Task
-from raysearch.trained import build_model, device, load_weights, model_input, trial_hyperparameters
+from raysearch.trained import trial_hyperparameters
 from raysearch.training.hparams import preprocessing_of
 
-
-@dataclass(frozen=True)
-class ExportedModel:
-    """A loaded exported model, ready to predict."""
-
-    task: Task
-    network: nn.Module
-    classes: list[str]
-    preprocessing: Preprocessing
-
-
-@dataclass
-class Prediction:
-    """What a model says about one image; the polygon is normalised to the original image."""
-
-    image: str
-    overlay: str
-    class_name: str | None = None
-    probability: float | None = None
-    polygon: list[float] | None = None
-    mask: str | None = None
-    probabilities: dict[str, float] = field(default_factory=dict)
+INPUT_NAME = "image"
+ONNX_OPSET = 18
+ONNX_PACKAGES = ("onnx", "onnxscript")
 
 
 def export_model(study_dir: Path, trial_id: str | None = None) -> Path:
@@ -65,18 +52,15 @@ def export_model(study_dir: Path, trial_id: str | None = None) -> Path:
         if ranked.empty:
             raise DataError(f"{study_dir}: no finished trial to export")
         trial_id = str(ranked["trial_id"].iloc[0])
-    rows = {r["trial_id"]: r for r in pq.read_table(folder.trials_file).to_pylist()}
-    if trial_id not in rows:
-        raise DataError(f"{study_dir}: no trial {trial_id}")
+    row = folder.trial_row(trial_id)
     checkpoint = folder.best_checkpoint(trial_id)
     if checkpoint is None:
         raise DataError(f"{study_dir}: trial {trial_id} has no checkpoint to export")
-    row = rows[trial_id]
     hp = trial_hyperparameters(study, row)
     config = {
         "study": study["name"], "trial_id": trial_id, "task": study["task"], "classes": study["data"]["classes"],
         "hyperparameters": hp, "preprocessing": asdict(preprocessing_of(hp)),
-        "validation": {metric: row.get(f"metric.{metric}.best")},
+        "validation": {metric: row.get(score_column(metric))},
         "test": {k: v for k, v in row.items() if k.startswith("test.") and v is not None},
         "params": row.get("params"), "latency_ms": row.get("latency_ms"),
     }
@@ -92,72 +76,76 @@ def export_model(study_dir: Path, trial_id: str | None = None) -> Path:
     return target
 
 
-def load_model(model_dir: Path) -> ExportedModel:
-    """An exported model folder, loaded for prediction (weights with `weights_only=True`)."""
-    model_dir = Path(model_dir)
-    config_path = model_dir / CONFIG_FILE
-    if not config_path.is_file() or not (model_dir / WEIGHTS_FILE).is_file():
-        raise DataError(f"{model_dir}: not an exported model (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-    config = yaml.safe_load(config_path.read_text())
-    task = create_task(config["task"])
-    hp = config["hyperparameters"]
-    network = load_weights(build_model(task, hp, len(config["classes"])), model_dir / WEIGHTS_FILE, device())
-    return ExportedModel(task, network, config["classes"], Preprocessing(**config["preprocessing"]))
+class NamedOutputs(nn.Module):
+    """A task network whose dict of heads is returned as a tuple in `names` order (what tracing and the
+    ONNX exporter need)."""
+
+    def __init__(self, network: nn.Module, names: Sequence[str]) -> None:
+        super().__init__()
+        self.network, self.names = network, tuple(names)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        output = self.network(image)
+        return tuple(output[name] for name in self.names)
 
 
-def polygon_to_source(polygon: np.ndarray, where: Placement, width: int, height: int) -> list[float]:
-    """Points normalised to the model's square input → normalised to the original image."""
-    points = polygon.reshape(4, 2).astype(np.float64)
-    x = (points[:, 0] * where.size - where.pad_x) / where.scale_x / width
-    y = (points[:, 1] * where.size - where.pad_y) / where.scale_y / height
-    return np.stack([x, y], axis=1).reshape(-1).tolist()
+def head_names(network: nn.Module, example: torch.Tensor) -> list[str]:
+    """The names of the network's heads (its output keys), sorted."""
+    with torch.no_grad():
+        return sorted(network(example))
 
 
-def _mask_to_source(mask: np.ndarray, where: Placement, width: int, height: int) -> np.ndarray:
-    """A mask on the model's square input, cropped to the image's placement and resized to the original."""
-    x, y = int(where.pad_x), int(where.pad_y)
-    crop = mask[y : y + round(height * where.scale_y), x : x + round(width * where.scale_x)]
-    return cv2.resize(crop.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+def export_onnx(network: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """`network` as ONNX at `path` (torch.onnx's dynamo exporter), weights inside the file, with a dynamic batch
+    dimension."""
+    missing = [name for name in ONNX_PACKAGES if find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"ONNX export needs {', '.join(missing)}: pip install 'raysearch[export]'")
+    names = head_names(network, example)
+    batch = torch.export.Dim("batch", min=1)
+    torch.onnx.export(NamedOutputs(network, names).eval(), (example,), str(path), input_names=[INPUT_NAME],
+                      output_names=names, dynamic_shapes=({0: batch},), opset_version=ONNX_OPSET, dynamo=True,
+                      external_data=False, verbose=False)
 
 
-def _output_name(path: Path, used: set[str]) -> str:
-    name = path.stem
-    while name in used:
-        name = f"{name}-{len(used)}"
-    used.add(name)
-    return name
+def export_torchscript(network: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """`network` traced to TorchScript at `path`; it returns the heads as a dict, as the network does."""
+    with torch.no_grad():
+        traced = torch.jit.trace(network.eval(), example, strict=False)
+    traced.save(str(path))
 
 
-@torch.no_grad()
-def predict(model_dir: Path, images: list[Path], out: Path) -> list[Prediction]:
-    """Label each image (class, polygon, mask) and write an overlay PNG (prediction in green) into `out`."""
+FORMATS: dict[str, tuple[str, Callable[[nn.Module, torch.Tensor, Path], None]]] = {
+    "onnx": (ONNX_FILE, export_onnx),
+    "torchscript": (TORCHSCRIPT_FILE, export_torchscript),
+}
+
+
+def parse_formats(text: str) -> list[str]:
+    """`onnx,torchscript` → the format names, each checked (ConfigError naming an unknown one)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in FORMATS]
+    if unknown or not names:
+        raise ConfigError(f"--format: unknown format {', '.join(unknown) or repr(text)}; "
+                          f"choose from {', '.join(FORMATS)}")
+    return list(dict.fromkeys(names))
+
+
+def export_formats(model_dir: Path, formats: Sequence[str]) -> dict[str, Path]:
+    """Write the exported model in `model_dir` in each of `formats` (ONNX, TorchScript) beside its weights,
+    each file via a temporary sibling and a rename; returns the files by format."""
+    from raysearch.predict import load_model
+
+    formats = parse_formats(",".join(formats))
     model = load_model(model_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results, used = [], set()
-    for path in images:
-        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        if image is None:
-            raise DataError(f"{path}: not a readable image")
-        height, width = image.shape
-        tensor, where = model_input(image, model.preprocessing)
-        found = model.task.predictions(model.network(tensor.to(device())))
-        name = _output_name(path, used)
-        prediction = Prediction(image=str(path), overlay=str(out / f"{name}.png"))
-        if "class" in found:
-            probabilities = found["probabilities"][0]
-            prediction.class_name = model.classes[int(found["class"][0])]
-            prediction.probability = float(probabilities.max())
-            prediction.probabilities = {c: float(p) for c, p in zip(model.classes, probabilities, strict=True)}
-        if "polygon" in found:
-            prediction.polygon = polygon_to_source(found["polygon"][0], where, width, height)
-        mask = None
-        if "mask" in found:
-            mask = _mask_to_source(found["mask"][0], where, width, height)
-            prediction.mask = str(out / f"{name}_mask.png")
-            cv2.imwrite(prediction.mask, mask * np.uint8(255))
-        label = f"{prediction.class_name} {prediction.probability:.0%}" if prediction.class_name else None
-        overlay = draw_overlay(image, predicted_polygon=prediction.polygon, mask=mask, label=label)
-        cv2.imwrite(prediction.overlay, overlay)
-        results.append(prediction)
-    (out / "predictions.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
-    return results
+    network = model.network.to("cpu").eval()
+    example = model.example_input(batch=2).to("cpu")
+    written = {}
+    for name in formats:
+        file_name, export = FORMATS[name]
+        target = Path(model_dir) / file_name
+        staging = target.with_name(f".{file_name}.tmp-{os.getpid()}")
+        export(network, example, staging)
+        os.replace(staging, target)
+        written[name] = target
+    return written

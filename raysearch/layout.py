@@ -195,6 +195,17 @@ class StudyFolder:
             raise DataError(f"{self.study_file}: missing {', '.join(missing)} (not written by this raysearch)")
         return study
 
+    def trial_row(self, trial_id: str) -> dict[str, Any]:
+        """One trial's trials.parquet row, as Python values (None where a conditional parameter was unused)."""
+        import pyarrow.parquet as pq
+
+        if not self.trials_file.is_file():
+            raise DataError(f"{self.directory}: the study has no {TRIALS_FILE} yet (still running or interrupted)")
+        rows = {row["trial_id"]: row for row in pq.read_table(self.trials_file).to_pylist()}
+        if trial_id not in rows:
+            raise DataError(f"{self.directory}: no trial {trial_id} (trials: {', '.join(sorted(rows))})")
+        return rows[trial_id]
+
     def ranked_trials(self, study: Mapping[str, Any] | None = None) -> pd.DataFrame:
         """The trials that did not fail, best first by the study's metric (a `rank` column added)."""
         import pandas as pd

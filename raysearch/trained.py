@@ -3,6 +3,7 @@ network rebuilt from them. Paths are found inside the study folder, so a copied 
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,26 @@ def build_model(task: Task, hp: Mapping[str, Any], num_classes: int) -> nn.Modul
 
 
 def load_weights(model: nn.Module, path: Path, device: torch.device) -> nn.Module:
-    """Load a `{"model": state_dict}` file (tensors only: `weights_only=True`) into `model`, in eval mode."""
-    state = torch.load(path, map_location=device, weights_only=True)
-    model.load_state_dict(state["model"])
+    """Load a `{"model": state_dict}` file (tensors only: `weights_only=True`) into `model`, in eval mode;
+    a DataError naming the file when it is truncated, not a weights file, or the weights of another network."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as error:
+        raise DataError(f"{path}: not a readable weights file, truncated or damaged ({_line(error, 0)})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise DataError(f"{path}: not a raysearch weights file (no 'model' state dict)")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise DataError(f"{path}: the weights do not fit the network its configuration builds "
+                        f"({_line(error, 1)})") from None
     return model.to(device).eval()
+
+
+def _line(error: BaseException, index: int) -> str:
+    """Line `index` of an error's message (the last one if it has fewer), shortened."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    return lines[min(index, len(lines) - 1)][:200]
 
 
 def restore_trial(study_dir: Path, study: Mapping[str, Any], trial_id: str, params: Mapping[str, Any],

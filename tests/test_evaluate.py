@@ -18,7 +18,7 @@ from raysearch.cli import main
 from raysearch.data.preprocess import placement
 from raysearch.errors import ConfigError, DataError
 from raysearch.evaluate import evaluate_study
-from raysearch.export import polygon_to_source
+from raysearch.predict import polygon_to_source
 
 TEST_IMAGES = 16
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from raysearch.search.tuner import SearchSettings
 
 EXPERIMENT_SNAPSHOT_S = 2
+API_SERVER_VARIABLE = "RAY_API_SERVER_ADDRESS"
 
 
 @dataclass(frozen=True)
@@ -138,16 +139,42 @@ def _connected(address: str | None) -> Iterator[None]:
 
     Ray Tune snapshots its experiment (trials, searcher) every EXPERIMENT_SNAPSHOT_S seconds instead of
     its default of at least 10: `raysearch resume` continues from the last snapshot, so a trial started
-    after it would be sampled again rather than continued."""
+    after it would be sampled again rather than continued.
+
+    A local instance gets a dashboard port chosen here, exported as RAY_API_SERVER_ADDRESS to all of its
+    processes: Ray Train's PlacementGroupCleaner, which frees the workers' CPUs of a trial that Tune stopped,
+    asks the State API whether the trial's Train controller is still alive, and without that address the
+    State API guesses the cluster. With several Ray instances on one machine it then fails ("Found multiple
+    active Ray instances"), the cleaner stops, and the next multi-worker trial never gets its CPUs."""
     import ray
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(EXPERIMENT_SNAPSHOT_S))
-    ray.init(address=address, log_to_driver=True, configure_logging=False)
+    if address:
+        ray.init(address=address, log_to_driver=True, configure_logging=False)
+        yield
+        return
+    port = _free_local_port()
+    previous = os.environ.get(API_SERVER_VARIABLE)
+    os.environ[API_SERVER_VARIABLE] = f"http://127.0.0.1:{port}"
     try:
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=True,
+                 configure_logging=False)
         yield
     finally:
-        if not address:
-            ray.shutdown()
+        ray.shutdown()
+        if previous is None:
+            os.environ.pop(API_SERVER_VARIABLE, None)
+        else:
+            os.environ[API_SERVER_VARIABLE] = previous
+
+
+def _free_local_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _capacity(plan: _Plan) -> AbstractContextManager[int]:

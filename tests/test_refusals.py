@@ -15,6 +15,7 @@ import ray
 from conftest import TINY_PHANTOM
 
 from raysearch.cli import main
+from raysearch.data.audit import audit_dataset, format_audit
 from raysearch.data.loading import load_dataset
 from raysearch.data.phantom import write_phantom
 from raysearch.data.records import issues_table
@@ -120,6 +121,10 @@ def test_data_yaml_with_only_train_gets_a_carved_validation_split(tmp_path: Path
     assert [s.image_path for s in again.split("val")] == [s.image_path for s in val], "seeded"
     with pytest.raises(DataError, match="no validation split, and none can be carved"):
         load_dataset(str(data), split_ratios="1,0,0", progress=False, out=io.StringIO())
+    audit = audit_dataset(data, progress=False)
+    assert [f.detail for f in audit.rows("split_warnings")] == [
+        "no labelled validation images: raysearch run carves a seeded validation split from train"]
+    assert "Split warning: no labelled validation images" in format_audit(audit)
 
 
 def test_truncated_jpeg_is_listed_in_the_issues_and_by_the_audit(capsys: pytest.CaptureFixture[str], tmp_path: Path,
@@ -159,6 +164,9 @@ def test_mask_with_label_values_is_refused_unless_binarised(capsys: pytest.Captu
     line = refused(capsys, tmp_path / "results", "segmentation", "--data", str(data))
     assert line == (f"{mask_path.resolve()}: mask values 0, 1, 2, 3, 4, 5 are not 0/1/255 (1 such masks); "
                     "--binarise-masks treats every nonzero value as foreground")
+    audit = audit_dataset(data, progress=False)
+    assert [(f.key, f.path) for f in audit.rows("issues")] == [("mask_values", str(mask_path.resolve()))]
+    assert "mask values 0, 1, 2, 3, 4, 5 are not 0/1/255 (raysearch run needs --binarise-masks)" in format_audit(audit)
     said = io.StringIO()
     index = load_dataset(str(data), binarise_masks=True, progress=False, out=said)
     assert len(index.samples) == 12

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from raysearch.data.formats import scan_dataset
 from raysearch.data.records import DEFAULT_SPLIT, Record, Scan, SplitRatios
 from raysearch.data.samples import SPLITS, DataIssue
+from raysearch.data.suitability import describe_levels, other_levels
 from raysearch.layout import AUDIT_FILE
 
 NEAR_DUPLICATE_BITS = 32
@@ -239,6 +240,24 @@ def _count_duplicates(audit: Audit, scan: Scan, pixels: list[Pixels | None]) -> 
                 audit.add("duplicate_pairs", kind, distance, split=pair, path=str(left[i][0]), detail=str(right[j][0]))
 
 
+def _count_masks(audit: Audit, scan: Scan) -> None:
+    """Masks whose values are not 0/1/255 (e.g. class labels), which `raysearch run` refuses unless binarising."""
+    masked = [r for r in scan.records if r.sample.mask_path is not None]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        levels = list(pool.map(other_levels, [r.sample.mask_path for r in masked]))
+    for record, found in zip(masked, levels, strict=True):
+        if found:
+            audit.add("issues", "mask_values", 1, split=record.sample.split, path=str(record.sample.mask_path),
+                      detail=f"mask values {describe_levels(found)} are not 0/1/255 (raysearch run needs "
+                             "--binarise-masks)")
+
+
+def _split_warnings(audit: Audit) -> None:
+    if audit.value("files", "images", "train") and not audit.value("files", "labelled", "val"):
+        audit.add("split_warnings", "no_validation", 0, split="val",
+                  detail="no labelled validation images: raysearch run carves a seeded validation split from train")
+
+
 def _fatal(audit: Audit) -> None:
     labelled = {s: audit.value("files", "labelled", s) for s in SPLITS}
     if not sum(audit.value("files", "images", s) for s in SPLITS):
@@ -268,6 +287,8 @@ def audit_dataset(root: Path, format: str | None = None, *, split_ratios: SplitR
     _count_pixels(audit, scan, pixels)
     _count_polygons(audit, scan)
     _count_duplicates(audit, scan, pixels)
+    _count_masks(audit, scan)
+    _split_warnings(audit)
     _fatal(audit)
     for problem in audit.fatal:
         audit.add("fatal", "training_impossible", 1, detail=problem)
@@ -337,5 +358,6 @@ def format_audit(audit: Audit) -> str:
     lines.append(f"Problems: {len(issues)} ({sum(f.key == 'malformed_line' for f in issues)} malformed label lines)")
     lines += [f"  {f.path}{f':{f.line}' if f.line is not None else ''}: {f.detail}" for f in issues[:10]]
     lines += [f"  ... and {len(issues) - 10} more in {AUDIT_FILE}"] if len(issues) > 10 else []
+    lines += [f"Split warning: {f.detail}" for f in audit.rows("split_warnings")]
     lines += [f"Training impossible: {problem}" for problem in audit.fatal]
     return "\n".join(lines)

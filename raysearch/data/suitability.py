@@ -90,7 +90,8 @@ def mask_levels(path: Path) -> np.ndarray | None:
     return raw
 
 
-def _other_levels(path: Path) -> list[int]:
+def other_levels(path: Path) -> list[int]:
+    """The values of a mask when they are not 0/1/255 nor 0 and one level; [] for a binary (or unreadable) mask."""
     levels = mask_levels(path)
     if levels is None:
         return []
@@ -105,16 +106,17 @@ def check_mask_levels(index: DatasetIndex, *, binarise: bool) -> tuple[int, str]
     Without `binarise`, any such mask is a DataError naming it and the flag that accepts it."""
     paths = [s.mask_path for s in index.samples if s.mask_path is not None]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        found = [(p, levels) for p, levels in zip(paths, pool.map(_other_levels, paths), strict=True) if levels]
+        found = [(p, levels) for p, levels in zip(paths, pool.map(other_levels, paths), strict=True) if levels]
     if not found:
         return 0, ""
     path, levels = found[0]
-    first = f"{path}: mask values {_span(levels)}"
+    first = f"{path}: mask values {describe_levels(levels)}"
     if not binarise:
         raise DataError(f"{first} are not 0/1/255 ({len(found)} such masks); --binarise-masks treats every nonzero "
                         "value as foreground")
     return len(found), first
 
 
-def _span(levels: list[int]) -> str:
+def describe_levels(levels: list[int]) -> str:
+    """Mask values for a message: all of them when few, else the range and count."""
     return ", ".join(map(str, levels)) if len(levels) <= 6 else f"{levels[0]}..{levels[-1]} ({len(levels)} levels)"

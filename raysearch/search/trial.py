@@ -78,7 +78,9 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
         run_config=RunConfig(
             name=tune.get_context().get_trial_id(),
             storage_path=settings.storage_path,
-            failure_config=FailureConfig(max_failures=settings.max_failures),
+            # A worker group that cannot start within RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S fails the trial (Tune
+            # retries it per --max-failures) instead of being retried forever, Ray Train's default.
+            failure_config=FailureConfig(max_failures=settings.max_failures, controller_failure_limit=0),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             callbacks=[TuneReportCallback()],
         ),

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, TextIO
 import yaml
 
 from raysearch.data.cache import cache_issues, dataset_fingerprint, ensure_cache
-from raysearch.data.loading import load_dataset
+from raysearch.data.loading import study_dataset
 from raysearch.data.records import issues_table
 from raysearch.data.samples import DatasetIndex
+from raysearch.data.splits import SplitOutcome
 from raysearch.data.suitability import check_task_data
 from raysearch.errors import ConfigError, DataError, StudyInterrupted
 from raysearch.layout import StudyFolder, score_column
@@ -77,6 +78,7 @@ class _Plan:
     space: SearchSpace
     defaults: dict[str, Any]
     index: DatasetIndex
+    splits: SplitOutcome
     fingerprint: str
     base_cache: Path
     trial: TrialSettings
@@ -112,8 +114,8 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
     study_dir = results_root / name
     folder = StudyFolder(study_dir)
     _check_state(name, study_dir, resuming=resuming)
-    index = load_dataset(spec.data, format=spec.format, on_error=spec.on_error, empty_labels=spec.empty_labels,
-                         split_ratios=spec.split_ratios, binarise_masks=spec.binarise_masks, progress=progress)
+    splits = study_dataset(spec, progress=progress)
+    index = splits.index
     check_task_data(index, spec.task, task.needs)
     fingerprint = dataset_fingerprint(index)
     cache_root = folder.cache_root
@@ -130,7 +132,7 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
     search = SearchSettings(name=name, results_dir=study_dir, trials=spec.trials, metric=metric, mode=mode,
                             seed=spec.seed, grace_period=spec.grace_period, reduction_factor=spec.reduction_factor,
                             concurrency=spec.concurrency, max_failures=spec.max_failures)
-    return _Plan(spec, name, study_dir, space, hp_defaults, index, fingerprint, base_cache, trial, search)
+    return _Plan(spec, name, study_dir, space, hp_defaults, index, splits, fingerprint, base_cache, trial, search)
 
 
 @contextmanager
@@ -205,9 +207,11 @@ def _search(plan: _Plan, *, progress: bool, out: TextIO) -> StudyOutcome:
     spec, index, metric, mode = plan.spec, plan.index, plan.search.metric, plan.search.mode
     with _connected(spec.address), _capacity(plan) as concurrency:
         write_table_atomic(issues_table(index.issues), StudyFolder(plan.directory).data_issues_file)
+        write_table_atomic(plan.splits.table(), StudyFolder(plan.directory).splits_file)
         data_info = {"root": str(index.root), "format": index.format, "classes": index.classes,
                      "fingerprint": plan.fingerprint, "base_cache": str(plan.base_cache),
                      "samples": {s: len(index.split(s)) for s in ("train", "val", "test")},
+                     "splits": plan.splits.record(),
                      "skipped_empty_labels": index.skipped_empty, "issues": [str(i) for i in index.issues]}
         study = resolved_study(
             spec, name=plan.name, space=plan.space.to_dict(), data=data_info, defaults=plan.defaults,
@@ -327,6 +331,8 @@ def finish_study(study_dir: Path, *, progress: bool = True, out: TextIO = sys.st
     from raysearch.evaluate import evaluate_study
     from raysearch.export import export_model
 
-    if evaluate_study(study_dir, top=1, repeats=1, progress=progress, out=out).empty:
-        return
+    folder = StudyFolder(study_dir)
+    evaluated = evaluate_study(study_dir, top=1, repeats=1, progress=progress, out=out)
+    if evaluated.empty and (folder.read_study()["data"]["samples"]["test"] or folder.ranked_trials().empty):
+        return  # nothing finished, or a test split the evaluation could not use: it said why
     print(f"Best model exported to {export_model(study_dir)}", file=out)

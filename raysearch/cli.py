@@ -13,6 +13,7 @@ from raysearch.errors import RaysearchError
 EXAMPLES = """examples:
   raysearch run multitask                                 # built-in phantom X-rays, local Ray
   raysearch run classification --data ../shared/datasets/bone-fracture-yolo --trials 20
+  raysearch run classification --data ../shared/datasets/bone-fracture-yolo --splits grouped  # no source leaks
   raysearch run multitask --address ray://head:10001 --workers-per-trial 2 --gpus-per-worker 0.5
   raysearch resume raysearch-results/multitask-1a2b3c4d   # after the driver or the machine stopped
   raysearch data phantom ./phantom --train 600
@@ -25,6 +26,8 @@ EXAMPLES = """examples:
 
 
 def _add_run(commands: argparse._SubParsersAction) -> None:
+    from raysearch.data.splits import DEFAULT_POLICY, SPLIT_POLICIES
+
     run = commands.add_parser("run", help="run a hyperparameter search study", epilog=EXAMPLES,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("task", help="classification, regression, multitask or segmentation")
@@ -47,6 +50,12 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     _add_cluster_options(run, wait_default=900.0)
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_dataset_options(run)
+    run.add_argument("--splits", choices=SPLIT_POLICIES, default=DEFAULT_POLICY,
+                     help="published: the dataset's splits, tested also on their leak-free subset; deduplicated: "
+                     "drop val/test images whose source is in train; grouped: split whole source groups "
+                     "(seeded, stratified by class) (default: %(default)s)")
+    run.add_argument("--no-test-split", action="store_true",
+                     help="a dataset without test images: keep none (default: carve one from train, by source)")
     run.add_argument("--on-error", choices=("skip", "error"), default="skip",
                      help="a corrupt image or malformed label: skip it (listed in data_issues.parquet) or stop")
     run.add_argument("--empty-labels", choices=("skip", "background"), default="skip",
@@ -148,6 +157,7 @@ def _run(args: argparse.Namespace) -> None:
         address=args.address, wait_for_nodes=args.wait_for_nodes, format=args.format,
         on_error=args.on_error, empty_labels=args.empty_labels, split_ratios=args.split_ratios,
         binarise_masks=args.binarise_masks,
+        splits_policy=args.splits, test_split=not args.no_test_split,
     )
     run_study(spec, progress=not args.quiet)
 

@@ -30,6 +30,7 @@ BONE_FRACTURE_ATTRIBUTION = (
     "Radiographs: Bone Fracture Detection dataset (Roboflow Universe, version 4), licensed CC BY 4.0 "
     "(https://creativecommons.org/licenses/by/4.0/).")
 IMPORTANCE_EVALUATORS = ("fANOVA", "MeanDecreaseImpurity")
+TEST_PREFIXES = ("test.", "test_clean.")  # the whole test split, and its subset without a source in train
 
 
 def safe_path(root: Path, candidate: str | Path) -> Path:
@@ -45,14 +46,22 @@ def safe_path(root: Path, candidate: str | Path) -> Path:
     return resolved
 
 
+def _unprefixed(column: str) -> str:
+    """A column's name without its `metric.`, `test.` or `test_clean.` prefix."""
+    name = column.removeprefix("metric.")
+    for prefix in TEST_PREFIXES:
+        name = name.removeprefix(prefix)
+    return name
+
+
 def lower_is_better(column: str) -> bool:
     """Whether smaller values of a metric column are better (losses, errors, size, time, spread)."""
-    return bool(LOWER_IS_BETTER.search(column.removeprefix("metric.").removeprefix("test.")))
+    return bool(LOWER_IS_BETTER.search(_unprefixed(column)))
 
 
 def metric_name(column: str) -> str:
     """The metric a column holds: `metric.val_recall_2.best` → `val_recall_2`, `test.iou.mean` → `iou`."""
-    name = column.removeprefix("metric.").removeprefix("test.")
+    name = _unprefixed(column)
     for suffix in (".best", ".last", ".mean", ".std"):
         name = name.removesuffix(suffix)
     return name
@@ -63,9 +72,14 @@ def is_per_class(column: str) -> bool:
     return bool(PER_CLASS.search(metric_name(column)))
 
 
+def is_count(column: str) -> bool:
+    """Whether a test column counts something (`test.repeats`, `test_clean.images`) rather than measures."""
+    return column == "test.repeats" or column.endswith(".images")
+
+
 def headline_columns(columns: Iterable[str], prefix: str) -> list[str]:
-    """The columns starting with `prefix` that summarise a model (no per-class ones), the score first."""
-    chosen = [c for c in columns if c.startswith(prefix) and not is_per_class(c) and c != "test.repeats"]
+    """The columns starting with `prefix` that summarise a model (no per-class ones, no counts), the score first."""
+    chosen = [c for c in columns if c.startswith(prefix) and not is_per_class(c) and not is_count(c)]
     return sorted(chosen, key=lambda c: metric_name(c).removeprefix("val_") != "score")
 
 
@@ -74,7 +88,7 @@ def metric_columns(frame: pd.DataFrame) -> list[str]:
     (confusion-matrix cells left out)."""
     numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c]) and not c.startswith("param.")
                and "confusion_" not in c]
-    test = [c for c in numeric if c.startswith("test.")]
+    test = [c for c in numeric if c.startswith(TEST_PREFIXES) and not is_count(c)]
     best = [c for c in numeric if c.startswith("metric.") and c.endswith(".best")]
     cost = [c for c in ("params", "latency_ms", "wall_time_s", "epochs") if c in numeric]
     return test + best + cost

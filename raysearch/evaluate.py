@@ -5,6 +5,10 @@ retrained with R seeds (the study's seed, +1, ...) by the same training loop, in
 test metrics are reported as mean and sample standard deviation. Results go to `predictions.parquet`
 (one row per test image per evaluated model) and to `test.*` columns of `trials.parquet`, both replaced
 as a whole by each evaluation.
+
+Under the `published` split policy the test split may share sources with train (`raysearch.data.splits`):
+the metrics are then also computed on its clean subset, the test images whose source group has no image in
+train, as `test_clean.*` columns; `test.images` and `test_clean.images` give both sizes.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from torch import nn
 
 from raysearch.dashboard_logic import headline_columns, metric_name
 from raysearch.data.cache import CachedDataset, cache_key, dataset_fingerprint, ensure_cache, load_cache
-from raysearch.data.loading import load_dataset
+from raysearch.data.loading import study_dataset
 from raysearch.data.preprocess import fit, placement
+from raysearch.data.samples import SPLITS
+from raysearch.data.splits import PUBLISHED, in_train_source
 from raysearch.errors import ConfigError, DataError
 from raysearch.layout import BEST_FILE, PREDICTIONS_DIR, StudyFolder
 from raysearch.metrics import point_distances
@@ -41,6 +47,8 @@ from raysearch.training.hparams import preprocessing_of
 from raysearch.training.loop import LoopSettings, baseline_apd, make_batch, train
 from raysearch.training.loop import evaluate as evaluate_rows
 
+TEST, TEST_CLEAN = "test", "test_clean"
+COUNT_COLUMNS = ("test.repeats", f"{TEST}.images", f"{TEST_CLEAN}.images")
 VIEW_SIZE = 256
 FLOAT_LIST = pa.list_(pa.float32())
 PREDICTION_SCHEMA = pa.schema([
@@ -91,8 +99,9 @@ def _study_cache(study_dir: Path, study: Mapping[str, Any], hp: Mapping[str, Any
     cache_root = StudyFolder(study_dir).cache_root
     directory = cache_root / cache_key(fingerprint, preprocessing)
     if not (directory / "meta.json").is_file():
-        index = load_dataset(study["data"]["root"], binarise_masks=study["spec"].get("binarise_masks", False),
-                             progress=progress)
+        from raysearch.study import StudySpec
+
+        index = study_dataset(StudySpec(**{**study["spec"], "data": study["data"]["root"]}), progress=progress).index
         if dataset_fingerprint(index) != fingerprint:
             raise DataError(f"{study['data']['root']}: the dataset changed since study {study['name']} ran "
                             "(fingerprint differs); evaluate it on the data it was searched on")
@@ -113,9 +122,10 @@ def _retrain(study: Mapping[str, Any], hp: dict[str, Any], data: CachedDataset, 
     return network.eval()
 
 
-def _test_metrics(task: Task, model: Model, data: CachedDataset) -> dict[str, float]:
-    """The task's metrics on the usable test images (polygon skill against the mean training polygon)."""
-    train_rows, test_rows = task.usable(data, data.indices("train")), task.usable(data, data.indices("test"))
+def _test_metrics(task: Task, model: Model, data: CachedDataset, rows: np.ndarray) -> dict[str, float]:
+    """The task's metrics on the usable test images among cache `rows` (polygon skill against the mean
+    training polygon)."""
+    train_rows, test_rows = task.usable(data, data.indices("train")), task.usable(data, rows)
     if not len(test_rows):
         return {}
     context = TaskContext(len(data.classes), model.hp["channels"], baseline_apd(data, train_rows, test_rows))
@@ -208,25 +218,30 @@ def _prediction_columns(study_dir: Path, study: Mapping[str, Any], model: Model,
     return columns
 
 
-def _summary(runs: list[dict[str, float]]) -> dict[str, float]:
-    """`test.<metric>` for one run; `test.<metric>.mean` / `.std` (sample std) and `test.repeats` for several."""
+def _summary(runs: list[dict[str, float]], prefix: str = "test") -> dict[str, float]:
+    """`<prefix>.<metric>` for one run; `<prefix>.<metric>.mean` / `.std` (sample std) and `test.repeats` for
+    several."""
     if len(runs) == 1:
-        return {f"test.{name}": value for name, value in runs[0].items()}
+        return {f"{prefix}.{name}": value for name, value in runs[0].items()}
     frame = pd.DataFrame(runs)
     summary: dict[str, float] = {"test.repeats": len(runs)}
     for name in frame.columns:
-        summary[f"test.{name}.mean"] = float(frame[name].mean())
-        summary[f"test.{name}.std"] = float(frame[name].std(ddof=1))
+        summary[f"{prefix}.{name}.mean"] = float(frame[name].mean())
+        summary[f"{prefix}.{name}.std"] = float(frame[name].std(ddof=1))
     return summary
 
 
+def _is_test_column(name: str) -> bool:
+    return name.startswith((f"{TEST}.", f"{TEST_CLEAN}."))
+
+
 def _with_test_columns(table: pa.Table, results: Mapping[str, Mapping[str, float]]) -> pa.Table:
-    """`table` with its test.* columns replaced by `results` (trial id → test metrics)."""
-    table = table.select([c for c in table.column_names if not c.startswith("test.")])
+    """`table` with its test.* and test_clean.* columns replaced by `results` (trial id → test metrics)."""
+    table = table.select([c for c in table.column_names if not _is_test_column(c)])
     ids = table.column("trial_id").to_pylist()
     names = list(dict.fromkeys(name for metrics in results.values() for name in metrics))
     for name in names:
-        kind = pa.int64() if name == "test.repeats" else pa.float64()
+        kind = pa.int64() if name in COUNT_COLUMNS else pa.float64()
         table = table.append_column(name, pa.array([results.get(t, {}).get(name) for t in ids], kind))
     return table
 
@@ -263,6 +278,9 @@ def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epoch
     if ranked.empty:
         print("No finished trial to evaluate on the test split.", file=out)
         return ranked
+    if not study["data"].get("samples", {}).get("test", 1):
+        print(no_test_figure(study), file=out)
+        return ranked.iloc[:0]
     table = pq.read_table(folder.trials_file)
     rows = {r["trial_id"]: r for r in table.to_pylist()}
     task = create_task(study["task"])
@@ -278,17 +296,24 @@ def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epoch
     results: dict[str, dict[str, float]] = {}
     predictions: list[pa.Table] = []
     epochs = max_epochs or study["spec"]["max_epochs"]
+    leaked: set[str] | None = None
     for trial_id in tqdm(ranked["trial_id"], desc="evaluate", disable=not progress):
-        runs = []
+        runs, clean_runs = [], []
         for model in _models(study_dir, study, rows[trial_id], data_for, repeats, epochs, out):
             data = data_for(model.hp)
             test_rows = data.indices("test")
-            runs.append(_test_metrics(task, model, data))
+            leaked = _sources_in_train(study_dir, study, data, progress) if leaked is None else leaked
+            clean_rows = np.array([r for r in test_rows if data.paths[r] not in leaked], dtype=np.int64)
+            runs.append(_test_metrics(task, model, data, test_rows))
+            if _policy(study) == PUBLISHED:
+                clean_runs.append(_test_metrics(task, model, data, clean_rows))
             predicted = _predict(task, model, data, test_rows)
             columns = _prediction_columns(study_dir, study, model, data, predicted, test_rows)
             predictions.append(pa.table({f.name: pa.array(columns.get(f.name, [None] * len(test_rows)), f.type)
                                          for f in PREDICTION_SCHEMA}, schema=PREDICTION_SCHEMA))
-        results[trial_id] = _summary(runs)
+        results[trial_id] = {**_summary(runs), f"{TEST}.images": len(test_rows)}
+        if clean_runs:
+            results[trial_id] |= {**_summary(clean_runs, TEST_CLEAN), f"{TEST_CLEAN}.images": len(clean_rows)}
     write_table_atomic(pa.concat_tables(predictions), folder.predictions_file)
     write_table_atomic(_with_test_columns(table, results), folder.trials_file)
     print(f"\nTest split ({repeats} repeat{'s' if repeats > 1 else ''} per trial):", file=out)
@@ -296,15 +321,44 @@ def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epoch
     return pd.DataFrame([{"trial_id": t, **m} for t, m in results.items()])
 
 
+def _policy(study: Mapping[str, Any]) -> str:
+    return study["spec"].get("splits_policy", PUBLISHED)
+
+
+def _sources_in_train(study_dir: Path, study: Mapping[str, Any], data: CachedDataset, progress: bool) -> set[str]:
+    """The images whose source group has an image in train: read from the study's splits.parquet, or found by
+    hashing the cached images for a study that predates it."""
+    recorded = StudyFolder(study_dir).splits_file
+    if recorded.is_file():
+        found = pq.read_table(recorded, columns=["image", "source_in_train"]).to_pydict()
+        return {image for image, flag in zip(found["image"], found["source_in_train"], strict=True) if flag}
+    from raysearch.data.sources import source_groups
+
+    flags = in_train_source([SPLITS[s] for s in data.splits], source_groups(data.paths, progress=progress))
+    return {path for path, flag in zip(data.paths, flags, strict=True) if flag}
+
+
 def _readable(results: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
-    """The headline test metrics per trial as text, `mean ± std` over repeats (per-class ones left out)."""
+    """The headline test metrics per trial as text, `mean ± std` over repeats (per-class ones left out), on the
+    whole test split and on its clean subset (`clean <metric>`), with both sizes."""
     rows = []
     for trial_id, metrics in results.items():
         row = {"trial_id": trial_id}
-        for column in headline_columns(metrics, "test."):
-            if not column.endswith(".std"):
-                spread = metrics.get(column.removesuffix(".mean") + ".std") if column.endswith(".mean") else None
-                row[metric_name(column)] = f"{metrics[column]:.4g}" + (f" ± {spread:.2g}" if spread is not None else "")
+        for prefix, label in ((TEST, ""), (TEST_CLEAN, "clean ")):
+            if f"{prefix}.images" in metrics:
+                row[f"{label}images"] = str(metrics[f"{prefix}.images"])
+            for column in headline_columns(metrics, f"{prefix}."):
+                if not column.endswith(".std"):
+                    spread = metrics.get(column.removesuffix(".mean") + ".std") if column.endswith(".mean") else None
+                    row[label + metric_name(column)] = (f"{metrics[column]:.4g}"
+                                                        + (f" ± {spread:.2g}" if spread is not None else ""))
         rows.append(row)
     return pd.DataFrame(rows)
 
+
+
+def no_test_figure(study: Mapping[str, Any]) -> str:
+    """Why a study has no test figure, said instead of a silent end."""
+    if not study["spec"].get("test_split", True):
+        return "No test figure: the study ran with --no-test-split, so it has no test images."
+    return "No test figure: the study's data has no test images."

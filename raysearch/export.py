@@ -61,7 +61,7 @@ def export_model(study_dir: Path, trial_id: str | None = None) -> Path:
         "study": study["name"], "trial_id": trial_id, "task": study["task"], "classes": study["data"]["classes"],
         "hyperparameters": hp, "preprocessing": asdict(preprocessing_of(hp)),
         "validation": {metric: row.get(score_column(metric))},
-        "test": {k: v for k, v in row.items() if k.startswith("test.") and v is not None},
+        "test": {k: v for k, v in row.items() if k.startswith(("test.", "test_clean.")) and v is not None},
         "params": row.get("params"), "latency_ms": row.get("latency_ms"),
     }
     target = folder.model_dir

@@ -12,6 +12,7 @@ RESULTS/                      results root (`--results`)
     predictions.parquet       test-split predictions of the evaluated trials; PNGs under predictions/
     data_issues.parquet       images and labels left out, and why
     driver.lock               the lock of the driver running the study (raysearch.study_lock)
+    splits.parquet            each image's published split, its split under --splits, its source group
     optuna.db                 the Optuna study (SQLite)
     model/                    the best model exported (config.yaml, weights.pt, model.onnx, model.ts)
     train/TRIAL/checkpoint_NNNNNN/   a trial's latest checkpoint (state.pt, best_model.pt, history.json)
@@ -44,6 +45,7 @@ STUDY_FILE, TRIALS_FILE, EPOCHS_FILE = "study.yaml", "trials.parquet", "epochs.p
 PREDICTIONS_FILE, PREDICTIONS_DIR = "predictions.parquet", "predictions"
 DATA_ISSUES_FILE, AUDIT_FILE, OPTUNA_FILE = "data_issues.parquet", "audit.parquet", "optuna.db"
 LOCK_FILE = "driver.lock"
+SPLITS_FILE = "splits.parquet"
 MODEL_DIR, CONFIG_FILE, WEIGHTS_FILE = "model", "config.yaml", "weights.pt"
 ONNX_FILE, TORCHSCRIPT_FILE = "model.onnx", "model.torchscript.pt"
 TRAIN_DIR, RAY_DIR = "train", "ray"
@@ -154,6 +156,10 @@ class StudyFolder:
     @property
     def data_issues_file(self) -> Path:
         return self.directory / DATA_ISSUES_FILE
+
+    @property
+    def splits_file(self) -> Path:
+        return self.directory / SPLITS_FILE
 
     @property
     def optuna_file(self) -> Path:

@@ -12,6 +12,7 @@ from typing import Any
 
 from raysearch.bundled import search_spaces_dir
 from raysearch.data.records import SplitRatios
+from raysearch.data.splits import DEFAULT_POLICY, check_policy
 from raysearch.errors import ConfigError
 from raysearch.layout import DEFAULT_RESULTS, describe_study
 
@@ -49,6 +50,8 @@ class StudySpec:
     empty_labels: str = "skip"
     split_ratios: str = "0.8,0.1,0.1"
     binarise_masks: bool = False
+    splits_policy: str = DEFAULT_POLICY
+    test_split: bool = True
 
     def __post_init__(self) -> None:
         positive = {"trials": self.trials, "max_epochs": self.max_epochs, "workers_per_trial": self.workers_per_trial,
@@ -76,6 +79,7 @@ class StudySpec:
         if self.concurrency is not None and self.concurrency < 1:
             raise ConfigError(f"--concurrency: must be at least 1, got {self.concurrency}")
         self.splits()
+        check_policy(self.splits_policy)
 
     def splits(self) -> SplitRatios:
         """The train/val/test shares for datasets without split folders (ConfigError if malformed)."""

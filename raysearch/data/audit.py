@@ -8,9 +8,8 @@ line; image sizes and channel counts; polygon point counts; exact duplicate imag
 pixels) within and across splits, and near-duplicates across splits (perceptual hash). Leakage between
 train and test inflates every score, so duplicates are listed pair by pair.
 
-Near-duplicates: a 256-bit DCT perceptual hash (imagehash.phash, hash_size 16) within
-`NEAR_DUPLICATE_BITS` bits. On the bone-fracture export, Roboflow's augmented copies of one source image
-lie 0-30 bits apart, while no two different radiographs come closer than 40 bits.
+Near-duplicates and source groups follow `raysearch.data.sources` (perceptual hash, Roboflow `.rf.` stems);
+the summary states how many validation and test images have a source in train and recommends a split policy.
 """
 
 from __future__ import annotations
@@ -31,12 +30,12 @@ import pyarrow.parquet as pq
 from raysearch.data.formats import scan_dataset
 from raysearch.data.records import DEFAULT_SPLIT, Record, Scan, SplitRatios
 from raysearch.data.samples import SPLITS, DataIssue
+from raysearch.data.sources import HASH_SIZE, NEAR_DUPLICATE_BITS, group_sources, near_pairs, perceptual_hash
+from raysearch.data.splits import EVALUATED, in_train_source, recommend_policy
 from raysearch.data.suitability import describe_levels, other_levels
 from raysearch.layout import AUDIT_FILE
 
-NEAR_DUPLICATE_BITS = 32
 NEARLY_EMPTY = 5
-HASH_SIZE = 16
 SCHEMA = pa.schema([("section", pa.string()), ("split", pa.string()), ("class", pa.string()), ("key", pa.string()),
                     ("value", pa.int64()), ("detail", pa.string()), ("path", pa.string()), ("line", pa.int64())])
 
@@ -103,18 +102,12 @@ class Audit:
 
 def inspect_image(path: Path) -> Pixels | None:
     """Decode one image (any depth and channel count); None when it cannot be decoded."""
-    import imagehash
-    from PIL import Image
-
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if raw is None:
         return None
     channels = 1 if raw.ndim == 2 else raw.shape[2]
-    eight_bit = raw if raw.dtype == np.uint8 else cv2.convertScaleAbs(raw, alpha=255.0 / max(float(raw.max()), 1.0))
-    grey = eight_bit if channels == 1 else cv2.cvtColor(eight_bit[..., :3], cv2.COLOR_BGR2GRAY)
     digest = hashlib.blake2b(f"{raw.shape}{raw.dtype}".encode() + raw.tobytes(), digest_size=16).hexdigest()
-    bits = imagehash.phash(Image.fromarray(grey), hash_size=HASH_SIZE).hash
-    return Pixels(raw.shape[1], raw.shape[0], channels, digest, np.packbits(bits).view(np.uint64))
+    return Pixels(raw.shape[1], raw.shape[0], channels, digest, perceptual_hash(raw))
 
 
 def _instances(record: Record) -> list[int]:
@@ -199,16 +192,6 @@ def _count_polygons(audit: Audit, scan: Scan) -> None:
             audit.add("polygons", "closed_rings", closed, split=split, detail="first point repeated at the end")
 
 
-def _near_pairs(a: np.ndarray, b: np.ndarray, limit: int, chunk: int = 256) -> list[tuple[int, int, int]]:
-    """(i, j, distance) for every hash a[i], b[j] (rows of packed uint64 bits) within `limit` bits."""
-    pairs = []
-    for start in range(0, len(a), chunk):
-        distance = np.bitwise_count(a[start : start + chunk, None, :] ^ b[None, :, :]).sum(axis=2)
-        for i, j in zip(*np.nonzero(distance <= limit), strict=True):
-            pairs.append((start + int(i), int(j), int(distance[i, j])))
-    return pairs
-
-
 def _count_duplicates(audit: Audit, scan: Scan, pixels: list[Pixels | None]) -> None:
     decoded = [(r.sample.split, r.sample.image_path, p)
                for r, p in zip(scan.records, pixels, strict=True) if p is not None]
@@ -226,8 +209,7 @@ def _count_duplicates(audit: Audit, scan: Scan, pixels: list[Pixels | None]) -> 
         left, right, pair = by_split[first], by_split[second], f"{first}/{second}"
         if not left or not right:
             continue
-        found = _near_pairs(np.stack([p.phash for _, p in left]), np.stack([p.phash for _, p in right]),
-                            NEAR_DUPLICATE_BITS)
+        found = near_pairs(np.stack([p.phash for _, p in left]), np.stack([p.phash for _, p in right]))
         exact = [(i, j, d) for i, j, d in found if left[i][1].content == right[j][1].content]
         near = [(i, j, d) for i, j, d in found if left[i][1].content != right[j][1].content]
         audit.add("duplicates", "exact_across", len({j for _, j, _ in exact}), split=pair,
@@ -256,6 +238,20 @@ def _split_warnings(audit: Audit) -> None:
     if audit.value("files", "images", "train") and not audit.value("files", "labelled", "val"):
         audit.add("split_warnings", "no_validation", 0, split="val",
                   detail="no labelled validation images: raysearch run carves a seeded validation split from train")
+
+
+def _count_sources(audit: Audit, scan: Scan, pixels: list[Pixels | None]) -> None:
+    """Validation and test images with a source (Roboflow stem or near-duplicate) in train, and the split
+    policy recommended for them (`raysearch.data.splits`)."""
+    groups = group_sources([r.sample.image_path for r in scan.records], [p and p.phash for p in pixels])
+    splits = [r.sample.split for r in scan.records]
+    flags = in_train_source(splits, groups)
+    for split in EVALUATED:
+        audit.add("sources", "in_train", sum(f for f, s in zip(flags, splits, strict=True) if s == split),
+                  split=split, detail=f"{split} images whose source or a near-duplicate is in train")
+    leaked = sum(audit.value("sources", "in_train", s) for s in EVALUATED)
+    evaluated = sum(s in EVALUATED for s in splits)
+    audit.add("sources", "recommended_policy", leaked, detail=recommend_policy(leaked, evaluated))
 
 
 def _fatal(audit: Audit) -> None:
@@ -289,6 +285,7 @@ def audit_dataset(root: Path, format: str | None = None, *, split_ratios: SplitR
     _count_duplicates(audit, scan, pixels)
     _count_masks(audit, scan)
     _split_warnings(audit)
+    _count_sources(audit, scan, pixels)
     _fatal(audit)
     for problem in audit.fatal:
         audit.add("fatal", "training_impossible", 1, detail=problem)
@@ -336,6 +333,18 @@ def _pixel_summary(audit: Audit) -> list[str]:
     return lines
 
 
+def _leak_summary(audit: Audit) -> str:
+    """How many validation and test images have a source in train, and the split policy to use."""
+    counts = ", ".join(f"{audit.value('sources', 'in_train', s)} of {audit.value('files', 'images', s)} {s}"
+                       for s in EVALUATED)
+    policy = next(f.detail for f in audit.rows("sources") if f.key == "recommended_policy")
+    advice = {"published": "the published splits are leak-free",
+              "deduplicated": "drop them from val and test",
+              "grouped": "too many to drop: re-split the images by source"}[policy]
+    return f"Sources shared with train: {counts} images have a source or near-duplicate in train; " \
+           f"recommended: --splits {policy} ({advice})"
+
+
 def format_audit(audit: Audit) -> str:
     """The audit as a readable terminal report."""
     lines = [f"Audit of {audit.name} ({audit.format}, {audit.root})", "Files per split:", *_split_table(audit),
@@ -354,6 +363,7 @@ def format_audit(audit: Audit) -> str:
     lines.append(f"Duplicates: exact within splits {duplicates['exact_within']}, exact across splits "
                  f"{duplicates['exact_across']}, near-duplicates across splits {duplicates['near_across']} "
                  f"(perceptual hash within {NEAR_DUPLICATE_BITS}/{HASH_SIZE ** 2} bits)")
+    lines.append(_leak_summary(audit))
     issues = audit.rows("issues")
     lines.append(f"Problems: {len(issues)} ({sum(f.key == 'malformed_line' for f in issues)} malformed label lines)")
     lines += [f"  {f.path}{f':{f.line}' if f.line is not None else ''}: {f.detail}" for f in issues[:10]]

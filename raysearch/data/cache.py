@@ -50,9 +50,10 @@ class CachedDataset:
 
 
 def dataset_fingerprint(index: DatasetIndex) -> str:
-    """A hash of every sample's image bytes, labels and mask bytes: equal datasets, equal keys."""
+    """A hash of the split policy and every sample's split, image bytes, labels and mask bytes: equal datasets
+    under equal policies, equal keys."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(json.dumps([index.format, index.classes]).encode())
+    digest.update(json.dumps([index.format, index.classes, index.split_policy]).encode())
     for sample in index.samples:
         digest.update(f"{sample.split}|{sample.image_path.name}|{sample.class_id}".encode())
         digest.update(hashlib.blake2b(sample.image_path.read_bytes(), digest_size=16).digest())

@@ -51,7 +51,8 @@ class DataIssue:
 
 @dataclass
 class DatasetIndex:
-    """Every usable sample of a dataset, its class names, and the problems that made samples unusable."""
+    """Every usable sample of a dataset, its class names, the problems that made samples unusable, and the split
+    policy (`raysearch.data.splits`) that gave the samples their splits."""
 
     root: Path
     format: str
@@ -59,6 +60,7 @@ class DatasetIndex:
     samples: list[Sample]
     issues: list[DataIssue] = field(default_factory=list)
     skipped_empty: int = 0
+    split_policy: str = "published"
 
     def split(self, name: str) -> list[Sample]:
         """The samples of one split, in a stable order."""

@@ -33,6 +33,8 @@ def test_regression_losses_hand_computed() -> None:
     assert regression_loss("smooth_l1", predicted, target).item() == pytest.approx((0.125 + 1.5) / 8)
     with pytest.raises(ConfigError, match="reg_loss: unknown 'huber'; valid: mse, l1, smooth_l1"):
         regression_loss("huber", predicted, target)
+    assert regression_loss("l1", predicted, target, reduction="sum").item() == pytest.approx(2.5)
+    assert regression_loss("mse", predicted, target, reduction="none").tolist() == [[0.25, 0, 4.0, 0, 0, 0, 0, 0]]
 
 
 def test_segmentation_losses_hand_computed() -> None:

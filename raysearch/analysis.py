@@ -90,11 +90,9 @@ class Study:
     def export(self, formats: Sequence[str] = ("onnx", "torchscript"), *,
                trial_id: str | None = None) -> dict[str, Path]:
         """Export a trial (default: the best) to `model/` with its ONNX and TorchScript files; returns them."""
-        from raysearch.export import export_formats, export_model
+        from raysearch.export import export_study
 
-        if trial_id is not None or not self.folder.model_dir.is_dir():
-            export_model(self.directory, trial_id)
-        return export_formats(self.folder.model_dir, formats)
+        return export_study(self.directory, formats, trial_id=trial_id)
 
     def evaluate(self, *, top: int = 1, repeats: int = 1, progress: bool = False) -> pd.DataFrame:
         """Test-split metrics of the `top` best trials (as `raysearch evaluate`); trials.parquet is updated."""

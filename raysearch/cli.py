@@ -225,18 +225,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from raysearch.export import export_formats, export_model, parse_formats
-    from raysearch.layout import CONFIG_FILE, StudyFolder
+    from raysearch.export import export_study, parse_formats
 
-    formats = parse_formats(args.format)
-    if (args.study / CONFIG_FILE).is_file() and args.trial is None:
-        model_dir = args.study
-    else:
-        folder = StudyFolder(args.study)
-        model_dir = folder.model_dir
-        if args.trial is not None or not model_dir.is_dir():
-            export_model(folder.directory, args.trial)
-    for name, path in export_formats(model_dir, formats).items():
+    for name, path in export_study(args.study, parse_formats(args.format), trial_id=args.trial).items():
         print(f"{name}: {path}")
 
 

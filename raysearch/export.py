@@ -149,3 +149,15 @@ def export_formats(model_dir: Path, formats: Sequence[str]) -> dict[str, Path]:
         os.replace(staging, target)
         written[name] = target
     return written
+
+
+def export_study(path: Path, formats: Sequence[str], *, trial_id: str | None = None) -> dict[str, Path]:
+    """Write `formats` for a study's model: `path` is a study folder (its `model/` is exported first when
+    absent, or replaced by `trial_id`'s) or an exported model folder itself; returns the files by format."""
+    path = Path(path)
+    if (path / CONFIG_FILE).is_file() and trial_id is None:
+        return export_formats(path, formats)
+    folder = StudyFolder(path)
+    if trial_id is not None or not folder.model_dir.is_dir():
+        export_model(folder.directory, trial_id)
+    return export_formats(folder.model_dir, formats)

@@ -75,6 +75,13 @@ def test_export_command_writes_the_best_model_in_both_formats(tiny_study, tmp_pa
     for name, value in expected.items():
         np.testing.assert_allclose(exported[name], value, atol=ATOL, rtol=RTOL, err_msg=name)
 
+    other = next(t for t in pd.read_parquet(study / "trials.parquet")["trial_id"] if t != model.config["trial_id"])
+    assert main(["export", str(study), "--trial", other, "--format", "torchscript"]) == 0
+    assert load_model(study / "model").config["trial_id"] == other
+    assert not (study / "model" / "model.onnx").exists()  # the other trial's model replaced the folder
+    assert main(["export", str(study / "model"), "--format", "onnx"]) == 0
+    assert (study / "model" / "model.onnx").is_file()
+
 
 def test_export_refuses_an_unknown_format(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["export", str(tmp_path), "--format", "onnx,tflite"]) == 2

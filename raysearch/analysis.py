@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from raysearch.errors import ConfigError, DataError
-from raysearch.layout import TRIALS_FILE, StudyFolder, score_column
+from raysearch.layout import CONFIG_FILE, TRIALS_FILE, StudyFolder, score_column
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -78,13 +78,12 @@ class Study:
     def model(self, trial_id: str | None = None) -> Model:
         """A trial's trained model (default: the best trial, from the exported `model/` folder when it holds
         that trial), ready to `predict`."""
-        from raysearch.predict import Model, load_model
+        from raysearch.predict import Model, load_model, read_model_config
 
         wanted = str(self.best_trial["trial_id"]) if trial_id is None else trial_id
-        if self.folder.model_dir.is_dir():
-            exported = load_model(self.folder.model_dir)
-            if exported.config.get("trial_id") == wanted:
-                return exported
+        exported = self.folder.model_dir / CONFIG_FILE
+        if exported.is_file() and read_model_config(exported).get("trial_id") == wanted:
+            return load_model(self.folder.model_dir)
         return Model.from_trial(self.directory, wanted)
 
     def export(self, formats: Sequence[str] = ("onnx", "torchscript"), *,

@@ -139,7 +139,7 @@ def load_model(model_dir: Path) -> Model:
     config_path, weights = model_dir / CONFIG_FILE, model_dir / WEIGHTS_FILE
     if not config_path.is_file() or not weights.is_file():
         raise DataError(f"{model_dir}: not an exported model (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-    config = _read_config(config_path)
+    config = read_model_config(config_path)
     try:
         task = create_task(config["task"])
     except RaysearchError as error:
@@ -155,8 +155,8 @@ def load_model(model_dir: Path) -> Model:
     return Model(task, load_weights(network, weights, device()), list(config["classes"]), preprocessing, config)
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    """config.yaml with every key a model needs, of the right type."""
+def read_model_config(path: Path) -> dict[str, Any]:
+    """An exported model's config.yaml, with every key a model needs, of the right type (else a DataError)."""
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:

@@ -89,6 +89,7 @@ def test_load_study_gives_frames_best_trial_and_models(tiny_study) -> None:
 
     model = study.model()
     assert model.config["trial_id"] == best["trial_id"] and model.classes == exported["classes"]
+    assert model.config["validation"] == exported["validation"]  # loaded from the exported folder
     path = test_images(tiny_study.study, 1)[0]
     pixels = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
     from_file, from_array, from_stack = model.predict(path)[0], model.predict(pixels)[0], model.predict(

@@ -192,6 +192,9 @@ def run_study(spec: StudySpec, *, progress: bool = True, out: TextIO = sys.stdou
 
     Every value is checked before the study folder is created; the folder is then locked (one driver per
     study) until the study ends, however it ends."""
+    from raysearch.search.signing import load_key
+
+    load_key()
     plan = _plan(spec, progress=progress, resuming=False)
     with study_lock(plan.directory):
         _check_state(plan.name, plan.directory, resuming=False)
@@ -202,7 +205,8 @@ def _search(plan: _Plan, *, progress: bool, out: TextIO) -> StudyOutcome:
     """Write the study's description, run its Ray Tune search, and finish its results."""
     import ray
 
-    from raysearch.search.tuner import build_tuner, records_from
+    from raysearch.search.signing import sign_tuner
+    from raysearch.search.tuner import build_tuner, experiment_dir, records_from
 
     spec, index, metric, mode = plan.spec, plan.index, plan.search.metric, plan.search.mode
     with _connected(spec.address), _capacity(plan) as concurrency:
@@ -224,7 +228,9 @@ def _search(plan: _Plan, *, progress: bool, out: TextIO) -> StudyOutcome:
         )
         write_text_atomic(yaml.safe_dump(study, sort_keys=False), StudyFolder(plan.directory).study_file)
         started = time.perf_counter()
-        grid = build_tuner(plan.space, plan.search, plan.trial, concurrency).fit()
+        tuner = build_tuner(plan.space, plan.search, plan.trial, concurrency)
+        sign_tuner(experiment_dir(plan.directory, plan.name))
+        grid = tuner.fit()
         search_seconds = time.perf_counter() - started
         _require_finished(grid, spec.trials, plan.directory)
         records = records_from(grid, Path(plan.trial.storage_path))
@@ -232,12 +238,15 @@ def _search(plan: _Plan, *, progress: bool, out: TextIO) -> StudyOutcome:
 
 
 def resume_study(study_dir: Path, *, address: str | None = None, wait_for_nodes: float | None = None,
-                 progress: bool = True, out: TextIO = sys.stdout) -> StudyOutcome:
+                 trust: bool = False, progress: bool = True, out: TextIO = sys.stdout) -> StudyOutcome:
     """Continue an interrupted study in `study_dir` (driver killed, machine rebooted): finished trials are
     kept, unfinished ones continue from their last checkpoint, the searcher's state (Optuna's trials)
     is restored, and the Parquet files end with every trial exactly once. `address` and `wait_for_nodes`
     may differ from the interrupted run's (a new cluster); None keeps the recorded wait. The study folder
-    is locked (one driver per study) for the whole resume."""
+    is locked (one driver per study) for the whole resume.
+
+    Ray Tune's state is unpickled only when this user's key signed it (see raysearch.search.signing);
+    `trust` skips that check, for a folder from someone you trust."""
     study_file = StudyFolder(study_dir).study_file
     if not study_file.is_file():
         raise ConfigError(f"{study_dir}: no {study_file.name}, so not a study that `raysearch run` started")
@@ -249,7 +258,9 @@ def resume_study(study_dir: Path, *, address: str | None = None, wait_for_nodes:
         spec = StudySpec(**{**recorded["spec"], **runtime})
     except (TypeError, KeyError) as error:
         raise ConfigError(f"{study_file}: spec: not a study description this raysearch reads ({error})") from None
+    experiment = _signed_experiment(Path(study_dir), recorded, trust=trust)
     with study_lock(Path(study_dir)):
+        _put_back_signed_state(Path(study_dir), experiment, out)
         plan = _plan(spec, progress=progress, resuming=True)
         if plan.name != recorded["name"] or plan.space.to_dict() != recorded["search_space"]:
             raise ConfigError(f"{study_file}: search_space: {spec.space_path()} changed since the study started")
@@ -271,6 +282,36 @@ def _restore(plan: _Plan, address: str | None, *, progress: bool, out: TextIO) -
         _require_finished(grid, spec.trials, plan.directory)
         records = records_from(grid, Path(plan.trial.storage_path))
     return _finish(plan, records, search_seconds, progress=progress, out=out)
+
+
+def _signed_experiment(study_dir: Path, recorded: dict[str, Any], *, trust: bool) -> Path | None:
+    """The experiment folder of a study whose Ray Tune state this user's key signed (checked without writing
+    anything), None with `trust`; UntrustedState (one line) when the signature does not hold."""
+    from raysearch.search.signing import UntrustedState, load_key, verify_signed_state
+    from raysearch.search.tuner import experiment_dir
+
+    load_key()
+    if trust:
+        return None
+    name = str(recorded.get("name") or "")
+    if not name or Path(name).name != name or name.startswith("."):
+        raise ConfigError(f"{StudyFolder(study_dir).study_file}: name: {name!r} is not a study name")
+    try:
+        verify_signed_state(study_dir)
+    except UntrustedState as error:
+        raise UntrustedState(f"{error}: resume unpickles Ray Tune's state, so it continues only studies that "
+                             "your own driver signed (add --trust for a folder whose author you trust)") from None
+    return experiment_dir(study_dir, name)
+
+
+def _put_back_signed_state(study_dir: Path, experiment: Path | None, out: TextIO) -> None:
+    """Make the experiment folder hold exactly the signed state (see raysearch.search.signing)."""
+    from raysearch.search.signing import restore_signed_state
+
+    changed = restore_signed_state(study_dir, experiment) if experiment else 0
+    if changed:
+        print(f"Put back the signed copies of {changed} Ray Tune state file(s) that changed after the last "
+              "signed snapshot", file=out)
 
 
 def _finish(plan: _Plan, records: list[TrialRecord], search_seconds: float, *, progress: bool,

@@ -83,6 +83,9 @@ def _add_resume(commands: argparse._SubParsersAction) -> None:
     resume = commands.add_parser("resume", help="continue an interrupted study where it stopped")
     resume.add_argument("study", type=Path, help="study folder (RESULTS/STUDY_NAME)")
     _add_cluster_options(resume, wait_default=None)
+    resume.add_argument("--trust", action="store_true",
+                        help="resume even if the study's Ray Tune state was not signed by your key (a folder from "
+                        "someone else): its pickles are loaded and can run any code, so only for authors you trust")
     resume.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -165,7 +168,8 @@ def _run(args: argparse.Namespace) -> None:
 def _resume(args: argparse.Namespace) -> None:
     from raysearch.api import resume_study
 
-    resume_study(args.study, address=args.address, wait_for_nodes=args.wait_for_nodes, progress=not args.quiet)
+    resume_study(args.study, address=args.address, wait_for_nodes=args.wait_for_nodes, trust=args.trust,
+                 progress=not args.quiet)
 
 
 def _data(args: argparse.Namespace) -> None:

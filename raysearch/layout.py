@@ -48,7 +48,7 @@ LOCK_FILE = "driver.lock"
 SPLITS_FILE = "splits.parquet"
 MODEL_DIR, CONFIG_FILE, WEIGHTS_FILE = "model", "config.yaml", "weights.pt"
 ONNX_FILE, TORCHSCRIPT_FILE = "model.onnx", "model.torchscript.pt"
-TRAIN_DIR, RAY_DIR = "train", "ray"
+TRAIN_DIR, RAY_DIR, SIGNED_DIR = "train", "ray", "signed"
 STATE_FILE, BEST_FILE, HISTORY_FILE = "state.pt", "best_model.pt", "history.json"
 CHECKPOINT_PREFIX = "checkpoint_"
 CHECKPOINT_GLOB = CHECKPOINT_PREFIX + "[0-9]" * 6
@@ -173,6 +173,11 @@ class StudyFolder:
     def train_dir(self) -> Path:
         """Where each trial keeps its checkpoints, one folder per trial id."""
         return self.directory / TRAIN_DIR
+
+    @property
+    def signed_dir(self) -> Path:
+        """Signed copies of Ray Tune's state (see raysearch.search.signing)."""
+        return self.directory / SIGNED_DIR
 
     def ray_dir(self, name: str) -> Path:
         """Ray Tune's experiment folder of the study named `name`."""

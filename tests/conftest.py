@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +116,11 @@ def _run_tiny_study(root: Path) -> TinyStudy:
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment)
     assert done.returncode == 0, f"tiny study failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     return TinyStudy(results, results / TINY_STUDY_NAME, data, done.stdout)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every driver the tests start signs its Ray Tune state with a key of the test session, never the user's."""
+    os.environ.setdefault("RAYSEARCH_KEY_FILE", str(Path(tempfile.mkdtemp(prefix="raysearch-key-")) / "signing.key"))
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from typing import Any
 from raysearch.layout import OPTUNA_FILE, RAY_DIR, latest_checkpoint, read_history
 from raysearch.results import TrialRecord
 from raysearch.search.resources import ElasticConcurrency
+from raysearch.search.signing import SignSnapshots
 from raysearch.search.trial import TrialSettings, is_reported_metric, run_trial
 from raysearch.space import SearchSpace
 
@@ -32,6 +33,11 @@ class SearchSettings:
 def experiment_dir(study_dir: Path, name: str) -> Path:
     """Where Ray Tune keeps a study's experiment state, searcher state and trial folders."""
     return study_dir / RAY_DIR / name
+
+
+def study_dir_of(experiment: Path) -> Path:
+    """The study folder of an experiment folder (the inverse of `experiment_dir`)."""
+    return experiment.parent.parent
 
 
 def trainable(trial: TrialSettings) -> Any:
@@ -68,6 +74,7 @@ def build_tuner(space: SearchSpace, search: SearchSettings, trial: TrialSettings
         run_config=tune.RunConfig(
             name=search.name, storage_path=str(experiment_dir(search.results_dir, search.name).parent.resolve()),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
+            callbacks=[SignSnapshots()],
         ),
     )
 

@@ -8,7 +8,7 @@ naming the file and the key.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,3 +99,43 @@ def check_value(schema: Mapping[str, HParam], name: str, value: Any, where: str)
     problem = schema[name].problem(value)
     if problem is not None:
         raise ConfigError(f"{where}: {problem}")
+
+
+class HParams(Mapping[str, Any]):
+    """A trial's configuration: every hyperparameter, validated against its schema, and read-only.
+
+    It is a Mapping, so code that reads `hp["lr"]` or `hp.get(...)` needs no change; `dict(hp)` gives a
+    plain copy (for YAML and JSON). Built from the defaults overlaid with the trial's values."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, schema: Mapping[str, HParam], values: Mapping[str, Any], *, where: str = "trial") -> None:
+        unknown = sorted(set(values) - set(schema))
+        if unknown:
+            raise ConfigError(f"{where}: {unknown[0]}: unknown hyperparameter")
+        resolved = {**defaults_of(schema), **values}
+        for name, value in resolved.items():
+            check_value(schema, name, value, f"{where}: {name}")
+        self._values = resolved
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"HParams({self._values!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self._values,))
+
+
+def _rebuild(values: dict[str, Any]) -> HParams:
+    """Unpickle an HParams (already validated where it was built) without its schema."""
+    restored = HParams.__new__(HParams)
+    restored._values = values
+    return restored

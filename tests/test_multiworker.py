@@ -14,6 +14,7 @@ from raysearch.data.loading import load_dataset
 from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.errors import ConfigError
 from raysearch.evaluate import EvaluationSession
+from raysearch.schema import HParams
 from raysearch.search.autoscaling import trial_bundles, wait_for_first_trial
 from raysearch.search.resources import (
     TRIAL_FUNCTION_MEMORY,
@@ -23,7 +24,7 @@ from raysearch.search.resources import (
     trials_that_fit,
 )
 from raysearch.tasks import create_task
-from raysearch.training.hparams import defaults, preprocessing_of
+from raysearch.training.hparams import preprocessing_of, schema
 from raysearch.training.loop import LoopSettings, train
 
 CPU_NODE = {"CPU": 4.0, "memory": 8e9}
@@ -93,20 +94,21 @@ def test_waiting_for_nodes_ends_when_one_trial_fits_and_fails_when_none_comes() 
 
 
 @pytest.fixture(scope="module")
-def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """A 32 px cache of a small phantom dataset, and hyperparameters without batch norm or dropout."""
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, HParams]:
+    """A 32 px cache of a small phantom dataset, and a trial's frozen hyperparameters without batch norm or dropout
+    (what Ray Train sends each worker)."""
     root = tmp_path_factory.mktemp("ddp")
     index = load_dataset(str(write_phantom(root / "phantom", PhantomSpec(train=64, val=30, test=4, image_size=64),
                                            progress=False)), progress=False)
     task = create_task("multitask")
-    hp = {**defaults(task.hyperparameters), "image_size": 32, "batch_norm": False, "dropout": 0.0, "batch_size": 16,
-          "lr": 3e-3, "conv_layers": 3, "width": 8}
+    hp = HParams(schema(task.hyperparameters), {"image_size": 32, "batch_norm": False, "dropout": 0.0,
+                                                "batch_size": 16, "lr": 3e-3, "conv_layers": 3, "width": 8})
     cache, _ = ensure_cache(index, dataset_fingerprint(index), preprocessing_of(hp), root / "cache", progress=False)
     return cache, hp
 
 
 @pytest.mark.slow
-def test_two_worker_ddp_matches_one_worker(tiny_cache: tuple[Path, dict], tmp_path: Path,
+def test_two_worker_ddp_matches_one_worker(tiny_cache: tuple[Path, HParams], tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Without batch norm or dropout, each step of 2 workers × 8 images averages the same gradient as 1 worker
     × 16 images, and validation sums over both workers' shards: the metrics agree up to float rounding."""

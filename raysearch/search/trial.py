@@ -8,8 +8,10 @@ from typing import Any
 
 from raysearch.data.cache import ensure_cache
 from raysearch.data.samples import DatasetIndex
+from raysearch.schema import HParams
 from raysearch.search.resources import TrialShape
-from raysearch.training.hparams import preprocessing_of
+from raysearch.tasks import create_task
+from raysearch.training.hparams import preprocessing_of, schema
 from raysearch.training.loop import LoopSettings, train
 
 REPORTED_KEYS = {"epoch", "train_loss", "lr", "epoch_time_s", "params", "latency_ms", "stopped_early", "cache_hit"}
@@ -51,10 +53,12 @@ def train_worker(config: dict[str, Any]) -> None:
 
 
 def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
-    """Train one sampled configuration; reports every epoch to Tune."""
+    """Train one sampled configuration (validated and frozen as HParams); reports every epoch to Tune."""
     from ray import tune
 
-    hp = {**settings.defaults, **config}
+    trial_id = tune.get_context().get_trial_id()
+    hp = HParams(schema(create_task(settings.task).hyperparameters), {**settings.defaults, **config},
+                 where=f"trial {trial_id}")
     cache_dir, hit = ensure_cache(settings.index, settings.fingerprint, preprocessing_of(hp), Path(settings.cache_root),
                                 progress=False)
     loop = LoopSettings(settings.task, str(cache_dir), settings.max_epochs, settings.seed,
@@ -64,7 +68,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
         from raysearch.training.session import TuneSession
 
         train(hp, loop, TuneSession(use_gpu=use_gpu,
-                                    directory=Path(settings.storage_path) / tune.get_context().get_trial_id()))
+                                    directory=Path(settings.storage_path) / trial_id))
         return
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -76,7 +80,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
         scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu,
                                      resources_per_worker=settings.shape.worker()),
         run_config=RunConfig(
-            name=tune.get_context().get_trial_id(),
+            name=trial_id,
             storage_path=settings.storage_path,
             # A worker group that cannot start within RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S fails the trial (Tune
             # retries it per --max-failures) instead of being retried forever, Ray Train's default.

@@ -23,6 +23,8 @@ from typing import TextIO
 from raysearch.errors import ConfigError
 from raysearch.layout import LOCK_FILE
 
+ATTEMPTS = 5
+
 
 def _holder(text: str) -> str:
     """The recorded holder as `PID N on HOST (since ...)`, or what the file holds when it is no record."""
@@ -33,19 +35,39 @@ def _holder(text: str) -> str:
         return f"an unknown process ({text.strip()[:60]!r})"
 
 
-@contextmanager
-def study_lock(study_dir: Path, *, out: TextIO = sys.stderr) -> Iterator[None]:
-    """Hold the study's driver lock for the block (creating `study_dir` if needed); ConfigError if held."""
-    study_dir.mkdir(parents=True, exist_ok=True)
+def _acquire(study_dir: Path) -> int:
+    """A descriptor of `study_dir`/driver.lock holding its exclusive lock; ConfigError naming the holder if held.
+
+    A releasing driver that created the folder removes it when nothing else was written (a run refused after
+    taking the lock leaves nothing behind), so the lock is only ours if the path still names the file locked."""
     path = study_dir / LOCK_FILE
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    for _ in range(ATTEMPTS):
+        study_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(descriptor)
             holder = _holder(path.read_text(errors="replace"))
             raise ConfigError(f"{study_dir}: another raysearch driver runs this study: {holder}; wait for it "
                               f"or stop it") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
+                return descriptor
+        except FileNotFoundError:
+            pass
+        os.close(descriptor)
+    raise ConfigError(f"{study_dir}: could not take the driver lock ({path} kept changing); try again")
+
+
+@contextmanager
+def study_lock(study_dir: Path, *, out: TextIO = sys.stderr) -> Iterator[None]:
+    """Hold the study's driver lock for the block (creating `study_dir` if needed); ConfigError if held.
+
+    A folder this call created and nothing but the lock was written to is removed again on release."""
+    created = not study_dir.exists()
+    descriptor = _acquire(study_dir)
+    try:
         previous = os.pread(descriptor, 4096, 0).decode(errors="replace")
         if previous.strip():
             print(f"raysearch: {study_dir}: took over the lock of {_holder(previous)}, which ended without "
@@ -58,6 +80,9 @@ def study_lock(study_dir: Path, *, out: TextIO = sys.stderr) -> Iterator[None]:
             yield
         finally:
             os.ftruncate(descriptor, 0)
+            if created and [p.name for p in study_dir.iterdir()] == [LOCK_FILE]:
+                (study_dir / LOCK_FILE).unlink()
+                study_dir.rmdir()
             fcntl.flock(descriptor, fcntl.LOCK_UN)
     finally:
         os.close(descriptor)

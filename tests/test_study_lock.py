@@ -31,7 +31,8 @@ with study_lock(Path(sys.argv[1])):
 
 
 def _hold(study: Path) -> subprocess.Popen:
-    """A process that takes the study's lock and keeps it; returns once the lock is held."""
+    """A process that takes the lock of an existing study folder and keeps it; returns once the lock is held."""
+    study.mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(study)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     return holder
@@ -85,6 +86,17 @@ def test_lock_of_a_killed_driver_is_taken_over_with_a_notice(tmp_path: Path) -> 
     assert record["pid"] == os.getpid()
     text = "".join(notices)
     assert text.count("\n") == 1 and f"took over the lock of PID {holder.pid} on " in text
+
+
+def test_a_folder_the_lock_created_is_removed_when_nothing_else_was_written(tmp_path: Path) -> None:
+    """A run refused after taking the lock (say, by the cluster's capacity) leaves no study folder behind."""
+    with pytest.raises(RuntimeError), study_lock(tmp_path / "results" / "refused"):
+        assert (tmp_path / "results" / "refused" / LOCK_FILE).is_file()
+        raise RuntimeError("refused after the lock")
+    assert not (tmp_path / "results" / "refused").exists()
+    with study_lock(tmp_path / "results" / "ran"):
+        (tmp_path / "results" / "ran" / "study.yaml").write_text("name: ran\n")
+    assert sorted(p.name for p in (tmp_path / "results" / "ran").iterdir()) == [LOCK_FILE, "study.yaml"]
 
 
 class _Lines:

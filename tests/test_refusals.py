@@ -127,6 +127,15 @@ def test_data_yaml_with_only_train_gets_a_carved_validation_split(tmp_path: Path
     assert "Split warning: no labelled validation images" in format_audit(audit)
 
 
+def test_data_yaml_without_train_images_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                   phantom: Path) -> None:
+    data = tmp_path / "val-only"
+    shutil.copytree(phantom / "val", data / "val")
+    (data / "data.yaml").write_text("val: val/images\nnames: [finger, wrist, forearm, elbow, humerus, shoulder]\n")
+    line = refused(capsys, tmp_path / "results", "multitask", "--data", str(data))
+    assert line == f"{data.resolve()}: the train split has no usable images (of {TINY_PHANTOM.val} usable in all)"
+
+
 def test_truncated_jpeg_is_listed_in_the_issues_and_by_the_audit(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                                                 phantom: Path) -> None:
     data = _class_folders(tmp_path / "jpegs", phantom, ("a", "b"), suffix=".jpg")

@@ -37,6 +37,8 @@ TARGETS: dict[str, tuple[str, Callable[[Sample], bool]]] = {
 def check_task_data(index: DatasetIndex, task: str, needs: tuple[str, ...]) -> None:
     """DataError (one line) when the train or val split lacks a target `task` needs, or a classifying task
     has fewer than two classes in train."""
+    if not index.split("train"):
+        raise DataError(f"{index.root}: the train split has no usable images (of {len(index.samples)} usable in all)")
     for need in needs:
         what, has = TARGETS[need]
         for split in ("train", "val"):

@@ -8,6 +8,7 @@ naming the file and the key.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,8 @@ class HParam:
     @property
     def kinds(self) -> str:
         """What it takes, in words: "a name", "an integer", "true or false or a name"."""
-        return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in self.types)
+        types = [t for t in self.types if not (t is int and float in self.types)]  # a number includes integers
+        return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
 
     def problem(self, value: Any) -> str | None:
         """Why `value` is not allowed (a short phrase), or None when it is."""
@@ -53,6 +55,8 @@ class HParam:
         if self.choices is not None and value not in self.choices:
             return f"unknown {value!r}; valid: {', '.join(str(c) for c in self.choices)}"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                return f"must be a finite number, got {value!r}"
             if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
                 return f"must be {'>' if self.low_open else '>='} {self.low}, got {value!r}"
             if self.high is not None and (value > self.high or (self.high_open and value == self.high)):

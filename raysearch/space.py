@@ -150,6 +150,9 @@ def _parse_parameter(where: str, name: str, spec: Any, earlier: dict[str, Parame
         if kind == "categorical":
             if not spec["choices"]:
                 raise ValueError("choices must not be empty")
+            repeated = [c for i, c in enumerate(spec["choices"]) if c in spec["choices"][:i]]
+            if repeated:
+                raise ValueError(f"{repeated[0]!r} is listed twice")
             distribution: BaseDistribution = CategoricalDistribution(spec["choices"])
         elif kind == "int":
             for key in ("low", "high", "step"):
@@ -162,7 +165,8 @@ def _parse_parameter(where: str, name: str, spec: Any, earlier: dict[str, Parame
             distribution = FloatDistribution(float(spec["low"]), float(spec["high"]), log=spec.get("log", False),
                                              step=spec.get("step"))
     except ValueError as error:
-        key = "low" if "low" in str(error) or "high" in str(error) else "choices"
+        mentioned = [key for key in ("step", "low", "high") if key in str(error)]
+        key = mentioned[0] if mentioned else "choices" if kind == "categorical" else "low"
         raise ConfigError(f"{where}.{key}: {str(error).splitlines()[0]}") from None
     return Parameter(name, distribution, when)
 

@@ -79,6 +79,14 @@ def test_default_multitask_space_is_typed() -> None:
         ({"task": "multitask", "fixed": {"loss_weighting": "learned"}},
          "fixed.loss_weighting: unknown 'learned'; valid: fixed, uncertainty"),
         ({"task": "multitask", "fixed": {"image_size": 8}}, "fixed.image_size: must be >= 16, got 8"),
+        ({"task": "multitask", "fixed": {"lr": float("nan")}}, "fixed.lr: must be a finite number, got nan"),
+        ({"task": "multitask", "parameters": {"lr": {"type": "float", "low": 1.0e-3, "high": float("inf")}}},
+         "parameters.lr.high: must be a finite number, got inf"),
+        ({"task": "multitask", "fixed": {"lr": None}}, "fixed.lr: expected a number, got None"),
+        ({"task": "multitask", "parameters": {"lr": {"type": "float", "low": 1.0e-3, "high": 0.1, "step": 0}}},
+         "parameters.lr.step: `step > 0` must hold"),
+        ({"task": "multitask", "parameters": {"optimizer": {"type": "categorical", "choices": ["adam", "adam"]}}},
+         "parameters.optimizer.choices: 'adam' is listed twice"),
     ],
 )
 def test_invalid_space_names_the_key(document: dict, message: str) -> None:

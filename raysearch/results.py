@@ -108,7 +108,8 @@ def trials_table(
 
 
 def epochs_table(records: Sequence[TrialRecord]) -> pa.Table:
-    """One row per trial per epoch: every metric reported that epoch, learning rate and epoch wall time."""
+    """One row per trial per epoch: every metric reported that epoch, learning rate and epoch wall time, and the
+    text facts of the epoch (the `precision` it trained in)."""
     metrics = _metric_names(records)
     rows = [(r.trial_id, e) for r in records for e in r.epochs]
     columns: dict[str, pa.Array] = {
@@ -117,6 +118,9 @@ def epochs_table(records: Sequence[TrialRecord]) -> pa.Table:
     }
     for name in metrics:
         columns[name] = pa.array([_float(e.get(name)) for _, e in rows], pa.float64())
+    texts = dict.fromkeys(k for _, e in rows for k, v in e.items() if isinstance(v, str))
+    for name in texts:
+        columns[name] = pa.array([e.get(name) if isinstance(e.get(name), str) else None for _, e in rows], pa.string())
     return pa.table(columns)
 
 

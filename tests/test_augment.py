@@ -1,17 +1,18 @@
-"""Augmentation keeps labels true (image, mask and polygon move together); class balance for training batches."""
+"""Augmentation keeps labels true (image, mask and polygon move together, per sample, on a whole batch, on the CPU and
+on a GPU where there is one); class balance for training batches."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import cv2
+import kornia.augmentation as K
 import numpy as np
 import pytest
 import torch
 from recording_session import RecordingSession
-from torchvision.transforms import v2
 
-from raysearch.data.augment import Augmentation, augmentation_for
+from raysearch.data.augment import Augmentation, augmentation_for, canonical_order_batch
 from raysearch.data.cache import CachedDataset, dataset_fingerprint, ensure_cache, load_cache
 from raysearch.data.formats import load_dataset
 from raysearch.data.phantom import PhantomSpec, write_phantom
@@ -23,6 +24,8 @@ from raysearch.training.loop import LoopSettings, class_weights, make_batch, tra
 
 SIZE, SUPERSAMPLE = 96, 8
 QUAD = canonical_order(np.array([[0.3, 0.2], [0.75, 0.3], [0.7, 0.8], [0.2, 0.65]], dtype=np.float32))
+DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU")])]
 
 
 def rasterise(polygon: np.ndarray) -> np.ndarray:
@@ -37,41 +40,85 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
 
 
+def augment(augmentation: Augmentation, images: np.ndarray, masks: np.ndarray, polygons: np.ndarray,
+            device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run an augmentation on numpy arrays moved to `device`; uint8 images, masks and polygons back as numpy."""
+    out = augmentation(*(torch.as_tensor(a, device=device) for a in (images, masks, polygons)))
+    return ((out[0] * 255).round().to(torch.uint8).cpu().numpy(), out[1].cpu().numpy(), out[2].cpu().numpy())
+
+
+def only(step: K.AugmentationBase2D) -> Augmentation:
+    """An augmentation made of one kornia step, always applied."""
+    augmentation = Augmentation(1.0)
+    augmentation.transform = K.AugmentationSequential(step, data_keys=["image", "mask", "keypoints"])
+    return augmentation
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_augmented_polygon_encloses_the_same_pixels_as_the_drawn_shape(seed: int) -> None:
     mask = rasterise(QUAD)
     image = mask * np.uint8(200) + np.uint8(20)
     torch.manual_seed(seed)
-    images, masks, polygons = Augmentation(1.0)(image[None], mask[None], QUAD.ravel()[None])
-    moved = images[0].numpy()
+    images, masks, polygons = augment(Augmentation(1.0), image[None], mask[None], QUAD.ravel()[None])
+    moved = images[0]
     bright = cv2.threshold(moved, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[1]
     drawn = rasterise(polygons[0])
     assert iou(drawn, bright) > 0.9
-    assert iou(drawn, masks[0].numpy()) > 0.9
+    assert iou(drawn, masks[0]) > 0.9
     np.testing.assert_array_equal(polygons[0].reshape(4, 2), canonical_order(polygons[0].reshape(4, 2)))
 
 
-def test_a_flip_mirrors_the_polygon_exactly_and_restores_its_order() -> None:
-    flip = Augmentation(1.0)
-    flip.transform = v2.RandomHorizontalFlip(p=1.0)
+@pytest.mark.parametrize("device", DEVICES)
+def test_on_a_batch_every_sample_draws_its_own_parameters_and_masks_and_polygons_follow(device: str) -> None:
+    """One batch of 16 copies of the same sample: each comes out moved differently, its mask and polygon with it;
+    a sample without a polygon keeps NaN and still moves its mask."""
+    count = 16
     mask = rasterise(QUAD)
-    images, masks, polygons = flip(mask[None] * np.uint8(255), mask[None], QUAD.ravel()[None])
+    images = np.repeat((mask * np.uint8(200) + np.uint8(20))[None], count, axis=0)
+    polygons = np.repeat(QUAD.ravel()[None], count, axis=0)
+    polygons[-1] = np.nan
+    torch.manual_seed(3)
+    moved, masks, out = augment(Augmentation(1.0), images, np.repeat(mask[None], count, axis=0), polygons, device)
+    assert len({moved[k].tobytes() for k in range(count)}) == count  # per-sample parameters, not one per batch
+    assert len({np.round(out[k], 4).tobytes() for k in range(count - 1)}) == count - 1
+    for k in range(count - 1):
+        bright = cv2.threshold(moved[k], 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[1]
+        drawn = rasterise(out[k])
+        assert iou(drawn, bright) > 0.9 and iou(drawn, masks[k]) > 0.9, k
+        np.testing.assert_array_equal(out[k].reshape(4, 2), canonical_order(out[k].reshape(4, 2)))
+    bright = cv2.threshold(moved[-1], 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[1]
+    assert np.isnan(out[-1]).all() and iou(masks[-1], bright) > 0.9
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_batched_canonical_order_equals_the_numpy_one(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    points = rng.random((64, 4, 2)).astype(np.float32)
+    points[:8] = points[:8, ::-1]  # some turning the other way
+    points[8:12] = np.roll(QUAD, seed % 4, axis=0)  # a tie-free known polygon, started anywhere
+    expected = np.stack([canonical_order(p) for p in points])
+    np.testing.assert_array_equal(canonical_order_batch(torch.from_numpy(points)).numpy(), expected)
+
+
+def test_a_flip_mirrors_the_polygon_exactly_and_restores_its_order() -> None:
+    mask = rasterise(QUAD)
+    images, masks, polygons = augment(only(K.RandomHorizontalFlip(p=1.0)), mask[None] * np.uint8(255), mask[None],
+                                      QUAD.ravel()[None])
     mirrored = QUAD * [-1, 1] + [1, 0]
     assert signed_area(mirrored) < 0  # a mirror image turns the other way...
     out = polygons[0].reshape(4, 2)
     np.testing.assert_allclose(out, canonical_order(mirrored), atol=1e-6)  # ...so the order is made canonical again
     assert signed_area(out) > 0
-    np.testing.assert_array_equal(masks[0].numpy(), mask[:, ::-1])
-    np.testing.assert_array_equal(images[0].numpy(), mask[:, ::-1] * 255)
+    np.testing.assert_array_equal(masks[0], mask[:, ::-1])
+    np.testing.assert_array_equal(images[0], mask[:, ::-1] * 255)
 
 
 def test_samples_without_a_polygon_still_move_their_mask() -> None:
     mask = rasterise(QUAD)
-    flip = Augmentation(1.0)
-    flip.transform = v2.RandomVerticalFlip(p=1.0)
-    _, masks, polygons = flip(mask[None], mask[None], np.full((1, 8), np.nan, np.float32))
+    _, masks, polygons = augment(only(K.RandomVerticalFlip(p=1.0)), mask[None], mask[None],
+                                 np.full((1, 8), np.nan, np.float32))
     assert np.isnan(polygons).all()
-    np.testing.assert_array_equal(masks[0].numpy(), mask[::-1])
+    np.testing.assert_array_equal(masks[0], mask[::-1])
 
 
 def test_strength_scales_everything_and_zero_turns_it_off() -> None:
@@ -83,7 +130,7 @@ def test_strength_scales_everything_and_zero_turns_it_off() -> None:
     changed = []
     for strength in (0.05, 1.0):
         torch.manual_seed(0)
-        runs = [Augmentation(strength)(image[None], mask[None], QUAD.ravel()[None]) for _ in range(20)]
+        runs = [augment(Augmentation(strength), image[None], mask[None], QUAD.ravel()[None]) for _ in range(20)]
         changed.append(np.mean([np.abs(r[2][0] - QUAD.ravel()).max() for r in runs]))
     assert changed[0] < changed[1] / 5
 

@@ -96,10 +96,12 @@ def enhance(image: np.ndarray, config: Preprocessing) -> np.ndarray:
 
 
 def normalise(batch: np.ndarray | torch.Tensor, config: Preprocessing) -> torch.Tensor:
-    """uint8 (N, H, W) → float32 (N, C, H, W) with the configured normalisation and channel count."""
+    """uint8 (N, H, W), or float in [0, 1] (augmented), → float32 (N, C, H, W) with the configured normalisation
+    and channel count, on the batch's device."""
     import torch
 
-    x = torch.as_tensor(batch).float().div_(255.0).unsqueeze(1)
+    x = torch.as_tensor(batch)
+    x = (x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()).unsqueeze(1)
     if config.normalisation == "minus_one_one":
         x = x.mul_(2).sub_(1)
     elif config.normalisation == "imagenet":

@@ -14,7 +14,8 @@ from raysearch.tasks import create_task
 from raysearch.training.hparams import preprocessing_of, schema
 from raysearch.training.loop import LoopSettings, train
 
-REPORTED_KEYS = {"epoch", "train_loss", "lr", "epoch_time_s", "params", "latency_ms", "stopped_early", "cache_hit"}
+REPORTED_KEYS = {"epoch", "train_loss", "lr", "epoch_time_s", "params", "latency_ms", "stopped_early", "cache_hit",
+                 "precision"}
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from raysearch.schema import HParam, checked, choice, defaults_of, flag, integer
 from raysearch.training.optim import OPTIMIZERS, SCHEDULERS
 
 CLASS_BALANCE = ("none", "weighted_loss", "sampler")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # auto: bf16 on a GPU that supports it, else fp32
 MIN_IMAGE_SIZE = 16
 
 
@@ -59,12 +60,14 @@ PREPROCESSING_SCHEMA: dict[str, HParam] = {
 AUGMENTATION_SCHEMA: dict[str, HParam] = {
     "augment": real(0.0, 0.0, 1.0), "class_balance": choice("none", CLASS_BALANCE),
 }
-GROUPS = (MODEL_SCHEMA, OPTIMISATION_SCHEMA, PREPROCESSING_SCHEMA, AUGMENTATION_SCHEMA)
-MODEL, OPTIMISATION, PREPROCESSING, AUGMENTATION = (defaults_of(group) for group in GROUPS)  # default values
+HARDWARE_SCHEMA: dict[str, HParam] = {"precision": choice("auto", PRECISIONS)}
+GROUPS = (MODEL_SCHEMA, OPTIMISATION_SCHEMA, PREPROCESSING_SCHEMA, AUGMENTATION_SCHEMA, HARDWARE_SCHEMA)
+MODEL, OPTIMISATION, PREPROCESSING, AUGMENTATION, HARDWARE = (defaults_of(group) for group in GROUPS)  # defaults
 
 
 def schema(task_hyperparameters: Mapping[str, HParam]) -> dict[str, HParam]:
-    """Every hyperparameter of a task: model, optimisation, preprocessing, augmentation, then the task's own."""
+    """Every hyperparameter of a task: model, optimisation, preprocessing, augmentation, hardware, then the task's
+    own."""
     merged: dict[str, HParam] = {}
     for group in (*GROUPS, task_hyperparameters):
         merged.update(group)

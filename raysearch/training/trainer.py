@@ -1,0 +1,172 @@
+"""One trial's training as a trainer with hooks: setup, `train_step`, `validate`, then epoch-end callbacks.
+
+Setup loads the cache onto the trial's device (`BatchSource`), builds the model (channels_last on a GPU),
+wraps it in DDP when there are several workers, and resolves the mixed precision. A step never waits on
+the host: the loss is summed on the device and read once per epoch. What happens after an epoch
+(early stopping, checkpoints, reporting) is a list of `Callback`s; a new habit (gradient clipping, EMA)
+is one override of `train_step` or one more callback.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from raysearch.data.augment import augmentation_for
+from raysearch.data.cache import load_cache
+from raysearch.data.device_data import BatchSource
+from raysearch.layout import STATE_FILE
+from raysearch.tasks import create_task
+from raysearch.tasks.base import Batch, TaskContext
+from raysearch.training.callbacks import Callback, Checkpointing, EarlyStopping, EpochEnd, Reporting
+from raysearch.training.hparams import AUGMENTATION, HARDWARE, preprocessing_of
+from raysearch.training.loop import (
+    LoopSettings,
+    baseline_apd,
+    class_balance,
+    class_weights,
+    evaluate,
+    measure_latency,
+    steps_per_epoch,
+    train_batches,
+)
+from raysearch.training.optim import PER_BATCH_SCHEDULERS, create_optimizer, create_scheduler, step_epoch
+from raysearch.training.precision import Precision, resolve_precision
+from raysearch.training.session import Session
+
+
+def default_callbacks(hp: dict[str, Any]) -> list[Callback]:
+    """Early stopping (it decides which epoch is the best), then checkpointing, then reporting."""
+    return [EarlyStopping(hp["patience"]), Checkpointing(), Reporting()]
+
+
+def _is_conv_net(model: nn.Module) -> bool:
+    return any(isinstance(module, nn.Conv2d) for module in model.modules())
+
+
+class Trainer:
+    """Trains one configuration on `session`'s device, reporting every epoch to `session`."""
+
+    def __init__(self, hp: dict[str, Any], settings: LoopSettings, session: Session,
+                 callbacks: Sequence[Callback] | None = None) -> None:
+        self.hp, self.settings, self.session = hp, settings, session
+        device = session.device
+        torch.manual_seed(settings.seed)
+        torch.set_num_threads(max(settings.threads, 1))
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.task = create_task(settings.task)
+        data = load_cache(Path(settings.cache_dir))
+        self.train_rows = self.task.usable(data, data.indices("train"))
+        self.val_rows = self.task.usable(data, data.indices("val"))
+        self.train_labels = np.asarray(data.labels[self.train_rows])
+        weights = class_weights(self.train_labels, len(data.classes)) if class_balance(hp) == "weighted_loss" else None
+        baseline = baseline_apd(data, self.train_rows, self.val_rows)
+        self.context = TaskContext(len(data.classes), hp["channels"], baseline,
+                                   class_weights=None if weights is None else weights.to(device))
+        self.data, self.source = data, BatchSource(data, device, preprocessing_of(hp))
+        self.augmentation = augmentation_for(hp.get("augment", AUGMENTATION["augment"]))
+        self.precision = Precision(resolve_precision(hp.get("precision", HARDWARE["precision"]), device), device)
+        model = self.task.build_model(hp, self.context).to(device)
+        # channels_last feeds the GPU's tensor cores; on the CPU the default layout keeps fp32 results unchanged.
+        self.memory_format = (torch.channels_last if device.type == "cuda" and _is_conv_net(model)
+                              else torch.contiguous_format)
+        self.model = model.to(memory_format=self.memory_format)
+        self.parameters = sum(p.numel() for p in model.parameters())
+        self.latency = measure_latency(model, (hp["channels"], hp["image_size"], hp["image_size"]), device)
+        self.trained: nn.Module = model
+        if session.world_size > 1:
+            device_ids = [device.index] if device.type == "cuda" else None
+            self.trained = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        self.optimizer = create_optimizer(self.trained.parameters(), hp)
+        self.steps = steps_per_epoch(len(self.train_rows), hp["batch_size"], session.world_size)
+        self.scheduler = create_scheduler(self.optimizer, hp, epochs=settings.max_epochs, steps_per_epoch=self.steps)
+        self.callbacks = list(callbacks) if callbacks is not None else default_callbacks(hp)
+        self.epoch, self.should_stop = 0, False
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed trial needs: weights, optimizer, scheduler, grad scaler, epoch, callbacks' state."""
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.precision.scaler.state_dict(),
+                 "epoch": self.epoch}
+        for callback in self.callbacks:
+            state.update(callback.state_dict())
+        return state
+
+    def restore(self) -> None:
+        """Continue from the session's checkpoint, if it has one."""
+        with self.session.restored() as folder:
+            if folder is None:
+                return
+            state = torch.load(folder / STATE_FILE, map_location=self.session.device, weights_only=True)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                self.precision.scaler.load_state_dict(state["scaler"])
+            self.epoch = state["epoch"]
+            for callback in self.callbacks:
+                callback.load_state_dict(state, folder)
+        # restored from the checkpoint of an epoch that had already stopped early: nothing left to train
+        self.should_stop = any(isinstance(c, EarlyStopping) and c.exhausted() for c in self.callbacks)
+
+    def train_step(self, batch: Batch) -> torch.Tensor:
+        """One optimisation step; returns the batch's loss, detached, still on the device (no host sync)."""
+        with self.precision.autocast():
+            output = self.trained(batch["image"].contiguous(memory_format=self.memory_format))
+            loss = self.task.loss(self.trained, output, batch, self.hp, self.context)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.precision.backward_step(loss, self.optimizer)
+        if self.hp["scheduler"] in PER_BATCH_SCHEDULERS:
+            self.scheduler.step()
+        return loss.detach()
+
+    def train_epoch(self, epoch: int) -> float:
+        """One epoch of `train_step`s; the mean training loss, read from the device once."""
+        self.trained.train()
+        total = torch.zeros((), dtype=torch.float64, device=self.session.device)
+        rows = train_batches(self.train_rows, self.hp, epoch, self.settings.seed, self.session.world_rank,
+                             self.session.world_size, self.train_labels)
+        for batch in self.source.batches(rows, self.augmentation):
+            total += self.train_step(batch)
+        return total.item() / self.steps if self.steps else float("nan")
+
+    def validate(self) -> dict[str, float]:
+        """The task's metrics on the validation rows (every worker a shard, all-reduced)."""
+        return evaluate(self.task, self.model, self.data, self.val_rows, self.hp, self.context, self.session,
+                        source=self.source, autocast=self.precision.autocast())
+
+    def fit(self) -> None:
+        """Train up to `max_epochs` (from the restored epoch), running the callbacks after every epoch."""
+        self.restore()
+        while self.epoch < self.settings.max_epochs and not self.should_stop:
+            started = time.perf_counter()
+            train_loss = self.train_epoch(self.epoch)
+            lr = self.optimizer.param_groups[0]["lr"]
+            val = self.validate()
+            step_epoch(self.scheduler, val["loss"])
+            self.epoch += 1
+            metrics = {
+                "epoch": self.epoch,
+                "train_loss": train_loss,
+                **{f"val_{name}": value for name, value in val.items()},
+                "lr": lr,
+                "epoch_time_s": time.perf_counter() - started,
+                "params": self.parameters,
+                "latency_ms": self.latency,
+                "stopped_early": 0.0,
+                "cache_hit": float(self.settings.cache_hit),
+                "precision": self.precision.name,
+            }
+            sign = 1.0 if self.task.mode == "max" else -1.0
+            with tempfile.TemporaryDirectory(prefix="raysearch-ckpt-") as folder:
+                end = EpochEnd(metrics, sign * val["score"], Path(folder))
+                for callback in self.callbacks:
+                    callback.on_epoch_end(self, end)

@@ -78,10 +78,12 @@ class BatchSource:
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         """One array copied onto the device in chunks (never a second whole copy in host memory)."""
-        out = torch.empty(array.shape, dtype=torch.from_numpy(array[:0].copy()).dtype, device=self.device)
-        for start in range(0, len(array), COPY_CHUNK_ROWS):
-            chunk = np.ascontiguousarray(array[start : start + COPY_CHUNK_ROWS])
-            out[start : start + len(chunk)].copy_(torch.from_numpy(chunk))
+        out = None
+        for start in range(0, max(len(array), 1), COPY_CHUNK_ROWS):
+            chunk = torch.from_numpy(np.array(array[start : start + COPY_CHUNK_ROWS]))
+            if out is None:
+                out = torch.empty((len(array), *chunk.shape[1:]), dtype=chunk.dtype, device=self.device)
+            out[start : start + len(chunk)].copy_(chunk)
         return out
 
     def raw(self, rows: np.ndarray) -> Batch:

@@ -1,0 +1,143 @@
+"""The trainer with hooks: fp32 results equal a plain PyTorch loop's, mixed precision runs on the CPU, steps are
+counted without drawing the batches, batches come from the device (resident, streamed or memory-mapped) alike."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from raysearch.data.cache import CachedDataset, dataset_fingerprint, ensure_cache, load_cache
+from raysearch.data.device_data import BatchSource, placement_for, resident_limit
+from raysearch.data.formats import load_dataset
+from raysearch.data.phantom import PhantomSpec, write_phantom
+from raysearch.errors import ConfigError
+from raysearch.tasks import create_task
+from raysearch.tasks.base import TaskContext
+from raysearch.training.hparams import defaults, preprocessing_of
+from raysearch.training.loop import LoopSettings, baseline_apd, make_batch, steps_per_epoch, train, train_batches
+from raysearch.training.precision import resolve_precision
+from raysearch.training.trainer import Trainer
+
+CPU = torch.device("cpu")
+SMALL = {"batch_size": 8, "conv_layers": 2, "width": 8, "image_size": 32}
+
+
+class Recorder:
+    """A one-worker, in-process session on the CPU that keeps what the trainer reports."""
+
+    world_rank, world_size, device = 0, 1, CPU
+
+    def __init__(self) -> None:
+        self.metrics: list[dict[str, Any]] = []
+
+    def restored(self) -> nullcontext[None]:
+        return nullcontext(None)
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        self.metrics.append(metrics)
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory: pytest.TempPathFactory) -> tuple[CachedDataset, dict[str, Any]]:
+    root = write_phantom(tmp_path_factory.mktemp("phantom") / "data", PhantomSpec(20, 8, 4, image_size=32),
+                         progress=False)
+    index = load_dataset(root)
+    hp = {**defaults(create_task("multitask").hyperparameters), **SMALL}
+    directory, _ = ensure_cache(index, dataset_fingerprint(index), preprocessing_of(hp),
+                                tmp_path_factory.mktemp("cache"), progress=False)
+    return load_cache(directory), hp
+
+
+def plain_loop(data: CachedDataset, hp: dict[str, Any], epochs: int, seed: int) -> list[dict[str, float]]:
+    """Validation metrics per epoch of a straightforward fp32 PyTorch loop over the same batches."""
+    torch.manual_seed(seed)
+    task = create_task("multitask")
+    train_rows, val_rows = task.usable(data, data.indices("train")), task.usable(data, data.indices("val"))
+    context = TaskContext(len(data.classes), hp["channels"], baseline_apd(data, train_rows, val_rows))
+    model = task.build_model(hp, context)
+    optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"])
+    history = []
+    for epoch in range(epochs):
+        model.train()
+        losses = []
+        for rows in train_batches(train_rows, hp, epoch, seed, 0, 1):
+            batch = make_batch(data, rows, hp, CPU)
+            loss = task.loss(model, model(batch["image"]), batch, hp, context)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        model.eval()
+        sums: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for start in range(0, len(val_rows), hp["batch_size"]):
+                batch = make_batch(data, val_rows[start : start + hp["batch_size"]], hp, CPU)
+                for name, value in task.metric_sums(model(batch["image"]), batch, context).items():
+                    sums[name] = sums[name] + value if name in sums else value
+        history.append({"train_loss": float(np.mean(losses)),
+                        **{f"val_{k}": v for k, v in task.summarise(sums, context).items()}})
+    return history
+
+
+def test_fp32_metrics_equal_a_plain_pytorch_loop(cached: tuple[CachedDataset, dict[str, Any]]) -> None:
+    data, hp = cached
+    session = Recorder()
+    train(hp, LoopSettings("multitask", str(data.directory), max_epochs=2, seed=5), session)  # precision auto → fp32
+    expected = plain_loop(data, hp, epochs=2, seed=5)
+    assert [m["precision"] for m in session.metrics] == ["fp32", "fp32"]
+    for got, want in zip(session.metrics, expected, strict=True):
+        assert {k: got[k] for k in want if k.startswith("val_")} == {k: v for k, v in want.items() if k != "train_loss"}
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-12)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_on_the_cpu(cached: tuple[CachedDataset, dict[str, Any]], precision: str) -> None:
+    data, hp = cached
+    session = Recorder()
+    trainer = Trainer({**hp, "precision": precision}, LoopSettings("multitask", str(data.directory), 1, 0), session)
+    assert trainer.precision.scaler.is_enabled() == (precision == "fp16")
+    with trainer.precision.autocast():
+        assert trainer.model(torch.zeros(2, 1, 32, 32))["logits"].dtype == {"bf16": torch.bfloat16,
+                                                                            "fp16": torch.float16}[precision]
+    trainer.fit()
+    assert session.metrics[0]["precision"] == precision
+    assert np.isfinite(session.metrics[0]["train_loss"]) and np.isfinite(session.metrics[0]["val_score"])
+
+
+def test_auto_precision_is_fp32_on_the_cpu_and_unknown_ones_are_refused() -> None:
+    assert resolve_precision("auto", CPU) == "fp32"
+    assert resolve_precision("bf16", CPU) == "bf16"
+    with pytest.raises(ConfigError, match="precision: must be one of auto, bf16, fp16, fp32, got 'fp8'"):
+        resolve_precision("fp8", CPU)
+
+
+@pytest.mark.parametrize("balance", ["none", "sampler"])
+def test_steps_per_epoch_counts_what_train_batches_yields(balance: str) -> None:
+    labels = np.arange(40) % 3
+    assert steps_per_epoch(0, 8, 1) == 0
+    for rows in (1, 2, 3, 7, 16, 17, 40):
+        for batch_size in (1, 2, 3, 8, 64):
+            for world in (1, 2, 3):
+                hp = {"batch_size": batch_size, "class_balance": balance}
+                drawn = sum(1 for _ in train_batches(np.arange(rows), hp, 0, 0, world - 1, world, labels[:rows]))
+                assert steps_per_epoch(rows, batch_size, world) == drawn, (rows, batch_size, world)
+
+
+def test_every_placement_gives_the_same_batches(cached: tuple[CachedDataset, dict[str, Any]]) -> None:
+    """Resident (indexed on the device), streamed (prefetched by a thread) and memory-mapped batches are equal."""
+    data, hp = cached
+    assert placement_for(data, CPU) == "mapped" and resident_limit(CPU) == 0
+    batches = list(train_batches(data.indices("train"), hp, 0, 0, 0, 1))
+    sources = [BatchSource(data, CPU, preprocessing_of(hp), placement) for placement in ("mapped", "resident",
+                                                                                          "streamed")]
+    produced = [list(source.batches(batches)) for source in sources]
+    assert len(produced[0]) == len(batches) > 1
+    for other in produced[1:]:
+        assert len(other) == len(batches)
+        for a, b in zip(produced[0], other, strict=True):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -70,7 +70,8 @@ def _space_for(spec: StudySpec, schema: Mapping[str, HParam]) -> tuple[SearchSpa
 
 @dataclass(frozen=True)
 class _Plan:
-    """A study resolved from its spec: names, folders, data, and the settings of its trials and search."""
+    """A study resolved from its spec: names, folders, data, and the settings of its trials and search (their
+    GPUs per worker resolved by `_on_cluster` once connected to Ray)."""
 
     spec: StudySpec
     name: str
@@ -127,7 +128,7 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
         task=spec.task, defaults={**hp_defaults, **space.fixed}, index=index, fingerprint=fingerprint,
         cache_root=str(cache_root.resolve()), storage_path=str(folder.train_dir.resolve()),
         max_epochs=spec.max_epochs, seed=spec.seed, workers=spec.workers_per_trial,
-        cpus_per_worker=spec.cpus_per_worker, gpus_per_worker=spec.gpus_per_worker, max_failures=spec.max_failures,
+        cpus_per_worker=spec.cpus_per_worker, gpus_per_worker=0.0, max_failures=spec.max_failures,
     )
     search = SearchSettings(name=name, results_dir=study_dir, trials=spec.trials, metric=metric, mode=mode,
                             seed=spec.seed, grace_period=spec.grace_period, reduction_factor=spec.reduction_factor,
@@ -179,6 +180,21 @@ def _free_local_port() -> int:
         return probe.getsockname()[1]
 
 
+@contextmanager
+def _on_cluster(plan: _Plan) -> Iterator[tuple[_Plan, int, float]]:
+    """Once connected to Ray: the plan with its GPUs per worker resolved from the cluster (--gpus-per-worker auto,
+    --trials-per-gpu), the concurrency the cluster allows it (see `_capacity`), and the cluster's GPU count."""
+    import ray
+
+    from raysearch.search.resources import resolve_gpus_per_worker
+
+    cluster_gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    gpus = resolve_gpus_per_worker(plan.spec.gpus_per_worker, plan.spec.trials_per_gpu, cluster_gpus)
+    resolved = replace(plan, trial=replace(plan.trial, gpus_per_worker=gpus))
+    with _capacity(resolved) as concurrency:
+        yield resolved, concurrency, cluster_gpus
+
+
 def _capacity(plan: _Plan) -> AbstractContextManager[int]:
     """The concurrency the cluster allows for `plan`'s trials, with nodes asked of its autoscaler meanwhile."""
     from raysearch.search.autoscaling import cluster_capacity
@@ -205,11 +221,13 @@ def _search(plan: _Plan, *, progress: bool, out: TextIO) -> StudyOutcome:
     """Write the study's description, run its Ray Tune search, and finish its results."""
     import ray
 
+    from raysearch.search.resources import device_plan
     from raysearch.search.signing import sign_tuner
     from raysearch.search.tuner import build_tuner, experiment_dir, records_from
 
     spec, index, metric, mode = plan.spec, plan.index, plan.search.metric, plan.search.mode
-    with _connected(spec.address), _capacity(plan) as concurrency:
+    with _connected(spec.address), _on_cluster(plan) as (plan, concurrency, cluster_gpus):
+        print("\n".join(device_plan(plan.trial.shape, concurrency, cluster_gpus)), file=out, flush=True)
         write_table_atomic(issues_table(index.issues), StudyFolder(plan.directory).data_issues_file)
         write_table_atomic(plan.splits.table(), StudyFolder(plan.directory).splits_file)
         data_info = {"root": str(index.root), "format": index.format, "classes": index.classes,
@@ -223,7 +241,8 @@ def _search(plan: _Plan, *, progress: bool, out: TextIO) -> StudyOutcome:
                        "grace_period": spec.grace_period, "reduction_factor": spec.reduction_factor,
                        "metric": metric, "mode": mode, "searcher": "OptunaSearch(TPESampler)"},
             resources={"workers_per_trial": spec.workers_per_trial, "cpus_per_worker": spec.cpus_per_worker,
-                       "gpus_per_worker": spec.gpus_per_worker, "concurrency": concurrency,
+                       "gpus_per_worker": plan.trial.gpus_per_worker, "gpus_per_worker_requested":
+                       spec.gpus_per_worker, "trials_per_gpu": spec.trials_per_gpu, "concurrency": concurrency,
                        "cluster": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}},
         )
         write_text_atomic(yaml.safe_dump(study, sort_keys=False), StudyFolder(plan.directory).study_file)
@@ -275,7 +294,7 @@ def _restore(plan: _Plan, address: str | None, *, progress: bool, out: TextIO) -
     from raysearch.search.tuner import records_from, restore_tuner
 
     spec = plan.spec
-    with _connected(address), _capacity(plan):
+    with _connected(address), _on_cluster(plan) as (plan, _, _):
         started = time.perf_counter()
         grid = restore_tuner(plan.search, plan.trial).fit()
         search_seconds = time.perf_counter() - started

@@ -40,7 +40,10 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--image-size", type=int, default=64, help="input size in pixels (default: %(default)s)")
     run.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (DDP)")
     run.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (default: %(default)s)")
-    run.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker; fractions share a GPU")
+    run.add_argument("--gpus-per-worker", type=_gpus, default="auto",
+                     help="GPUs per worker; fractions share a GPU (default: auto: 1 if the cluster has GPUs, else 0)")
+    run.add_argument("--trials-per-gpu", type=int, metavar="K",
+                     help="pack K trials on each GPU (each worker takes 1/K GPU), for small models")
     run.add_argument("--concurrency", type=int, help="trials at once (default and cap: what the cluster fits)")
     run.add_argument("--seed", type=int, default=0, help="seed of the sampler and of training (default: 0)")
     run.add_argument("--grace-period", type=int, default=1,
@@ -62,6 +65,16 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
                      help="images with empty label files: skip them (counted) or use them as class 'no fracture'")
     run.add_argument("--binarise-masks", action="store_true",
                      help="accept masks with values other than 0/1/255 (e.g. class labels): nonzero = foreground")
+
+
+def _gpus(value: str) -> float | str:
+    """--gpus-per-worker: auto or a number."""
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be auto or a number, got {value!r}") from None
 
 
 def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
@@ -155,7 +168,8 @@ def _run(args: argparse.Namespace) -> None:
     spec = StudySpec(
         task=args.task, data=args.data, space=args.space, name=args.name, results=args.results, trials=args.trials,
         max_epochs=args.max_epochs, image_size=args.image_size, workers_per_trial=args.workers_per_trial,
-        cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker, concurrency=args.concurrency,
+        cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker, trials_per_gpu=args.trials_per_gpu,
+        concurrency=args.concurrency,
         seed=args.seed, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         address=args.address, wait_for_nodes=args.wait_for_nodes, format=args.format,
         on_error=args.on_error, empty_labels=args.empty_labels, split_ratios=args.split_ratios,

@@ -20,6 +20,7 @@ VERSIONED_PACKAGES = ("raysearch", "ray", "torch", "torchvision", "timm", "segme
                       "pyarrow", "opencv-python-headless", "numpy")
 
 MAX_SEED = 2**32 - 1
+AUTO = "auto"
 RUNTIME_FIELDS = ("name", "results", "address", "concurrency", "wait_for_nodes")
 
 
@@ -37,7 +38,8 @@ class StudySpec:
     image_size: int = 64
     workers_per_trial: int = 1
     cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
+    gpus_per_worker: float | str = AUTO
+    trials_per_gpu: int | None = None
     concurrency: int | None = None
     seed: int = 0
     address: str | None = None
@@ -72,8 +74,13 @@ class StudySpec:
             raise ConfigError(f"--image-size: must be at least 16, got {self.image_size}")
         if self.cpus_per_worker <= 0:
             raise ConfigError(f"--cpus-per-worker: must be positive, got {self.cpus_per_worker}")
-        if self.gpus_per_worker < 0:
-            raise ConfigError(f"--gpus-per-worker: must not be negative, got {self.gpus_per_worker}")
+        if self.gpus_per_worker != AUTO and (not isinstance(self.gpus_per_worker, (int, float))
+                                             or self.gpus_per_worker < 0):
+            raise ConfigError(f"--gpus-per-worker: must be auto or a number of at least 0, got {self.gpus_per_worker}")
+        if self.trials_per_gpu is not None and self.trials_per_gpu < 1:
+            raise ConfigError(f"--trials-per-gpu: must be at least 1, got {self.trials_per_gpu}")
+        if self.trials_per_gpu is not None and self.gpus_per_worker != AUTO:
+            raise ConfigError("--trials-per-gpu: give it or --gpus-per-worker, not both")
         if self.wait_for_nodes < 0:
             raise ConfigError(f"--wait-for-nodes: must not be negative, got {self.wait_for_nodes}")
         if self.concurrency is not None and self.concurrency < 1:

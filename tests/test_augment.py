@@ -47,10 +47,10 @@ def augment(augmentation: Augmentation, images: np.ndarray, masks: np.ndarray, p
     return ((out[0] * 255).round().to(torch.uint8).cpu().numpy(), out[1].cpu().numpy(), out[2].cpu().numpy())
 
 
-def only(step: K.AugmentationBase2D) -> Augmentation:
-    """An augmentation made of one kornia step, always applied."""
+def only(step: K.GeometricAugmentationBase2D) -> Augmentation:
+    """An augmentation made of one geometric kornia step and no photometric one."""
     augmentation = Augmentation(1.0)
-    augmentation.transform = K.AugmentationSequential(step, data_keys=["image", "mask", "keypoints"])
+    augmentation.geometric, augmentation.photometric = [step], torch.nn.Sequential()
     return augmentation
 
 

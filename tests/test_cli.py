@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,8 @@ def test_unknown_task_lists_valid_ones(tmp_path: Path) -> None:
     ("--seed", "-5", "--seed: must be between 0 and 4294967295 (numpy and Optuna seeds), got -5"),
     ("--seed", str(2**32), "--seed: must be between 0 and 4294967295 (numpy and Optuna seeds), got 4294967296"),
     ("--grace-period", "3", "--grace-period: must not exceed --max-epochs (1), got 3"),
+    ("--trials-per-gpu", "0", "--trials-per-gpu: must be at least 1, got 0"),
+    ("--gpus-per-worker", "-1", "--gpus-per-worker: must be auto or a number of at least 0, got -1.0"),
 ])
 def test_bad_run_flag_exits_with_one_line_naming_it(tmp_path: Path, flag: str, value: str, message: str) -> None:
     result = raysearch("run", "multitask", "--max-epochs", "1", flag, value, "--results", str(tmp_path / "r"))
@@ -59,6 +62,9 @@ def test_run_multitask_end_to_end(tiny_study: TinyStudy) -> None:
     """The session's tiny study (conftest): `raysearch run multitask`, 2 trials, 2 epochs, 32 px."""
     assert "Best trials by val_score" in tiny_study.stdout
     assert "raysearch dashboard" in tiny_study.stdout
+    # --gpus-per-worker auto on this GPU-less machine: the plan says so, and study.yaml records 0
+    assert re.search(r"^Device plan: \d+ trials? at once, no GPU, device cpu \(1 worker of 1 CPU; the cluster has "
+                     r"0 GPU\)$", tiny_study.stdout, re.MULTILINE)
     study = tiny_study.study
 
     trials = pq.read_table(study / "trials.parquet").to_pandas()
@@ -88,6 +94,9 @@ def test_run_multitask_end_to_end(tiny_study: TinyStudy) -> None:
     assert resolved["scheduler"]["name"] == "ASHA" and resolved["scheduler"]["time_attr"] == "epoch"
     assert "lr" in resolved["search_space"]["parameters"]
     assert resolved["versions"]["ray"].startswith("2.60")
+    resources = resolved["resources"]
+    assert resources["gpus_per_worker"] == 0.0 and resources["gpus_per_worker_requested"] == "auto"
+    assert set(epochs["precision"]) == {"fp32"}
     assert (study / "optuna.db").is_file()
 
     again = raysearch("run", "multitask", "--data", str(tiny_study.data), "--results", str(tiny_study.results),

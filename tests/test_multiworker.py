@@ -21,6 +21,8 @@ from raysearch.search.resources import (
     ElasticConcurrency,
     TrialShape,
     concurrency_limit,
+    device_plan,
+    resolve_gpus_per_worker,
     trials_that_fit,
 )
 from raysearch.tasks import create_task
@@ -51,6 +53,29 @@ def test_gpu_fractions_share_a_gpu() -> None:
     assert trials_that_fit([GPU_NODE], TrialShape(1, 1, 0.25)) == 4
     assert trials_that_fit([GPU_NODE, GPU_NODE], TrialShape(2, 1, 0.5)) == 2
     assert trials_that_fit([GPU_NODE, CPU_NODE], TrialShape(2, 1, 1)) == 0
+
+
+def test_gpus_per_worker_auto_follows_the_cluster_and_trials_per_gpu_shares_one() -> None:
+    assert resolve_gpus_per_worker("auto", None, cluster_gpus=0.0) == 0.0
+    assert resolve_gpus_per_worker("auto", None, cluster_gpus=8.0) == 1.0
+    assert resolve_gpus_per_worker(0.5, None, cluster_gpus=8.0) == 0.5
+    assert resolve_gpus_per_worker(0.0, None, cluster_gpus=8.0) == 0.0
+    assert resolve_gpus_per_worker("auto", 4, cluster_gpus=1.0) == 0.25
+    assert trials_that_fit([GPU_NODE], TrialShape(1, 2, resolve_gpus_per_worker("auto", 4, 1.0))) == 4
+    with pytest.raises(ConfigError, match="--trials-per-gpu: the cluster has no GPU"):
+        resolve_gpus_per_worker("auto", 4, cluster_gpus=0.0)
+
+
+def test_device_plan_names_trials_at_once_and_gpu_share_and_warns_of_idle_gpus() -> None:
+    assert device_plan(TrialShape(1, 3, 0.25), 4, cluster_gpus=1.0) == [
+        "Device plan: 4 trials at once, 0.25 GPU per trial, device cuda (1 worker of 3 CPU, 0.25 GPU; the cluster "
+        "has 1 GPU)"]
+    assert device_plan(TrialShape(2, 1, 0.5), 1, cluster_gpus=2.0)[0].startswith(
+        "Device plan: 1 trial at once, 1 GPU per trial, device cuda")
+    assert device_plan(TrialShape(1, 1, 0), 2, cluster_gpus=0.0) == [
+        "Device plan: 2 trials at once, no GPU, device cpu (1 worker of 1 CPU; the cluster has 0 GPU)"]
+    idle = device_plan(TrialShape(1, 1, 0), 2, cluster_gpus=8.0)
+    assert len(idle) == 2 and idle[1].startswith("Warning: the cluster has 8 GPU but this run uses none")
 
 
 def test_concurrency_is_capped_by_request_and_refuses_what_cannot_run() -> None:

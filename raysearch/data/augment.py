@@ -15,35 +15,45 @@ off. At strength 1:
 | Gaussian blur            | 0.3         | 3×3 kernel, sigma up to 1.1 pixels              |
 
 A whole batch is augmented at once, on the device its tensors are on (the trial's GPU, or the CPU), each
-sample with its own random parameters (kornia's `AugmentationSequential`, parameters drawn from torch's
-global generator). Geometric steps move the mask (nearest-neighbour) and the polygon's points (key
-points); photometric steps touch the image only. A flip reverses the points' turning direction and a
-rotation changes which point is top-left, so every augmented polygon is put back in canonical order
-(`canonical_order_batch`); rows without a polygon (NaN) keep NaN.
+sample with its own random parameters drawn by kornia's augmentations from torch's global generator.
+The geometric steps' matrices (kornia's, identity where a step is not drawn) are composed into one
+homography per sample, so the image (bilinear) and the mask (nearest-neighbour) are warped once, not once
+per step (the warps are most of augmentation's cost on a CPU), and the polygon's points move as key points
+by the same homography. Photometric steps touch the image only. A flip reverses the points' turning
+direction and a rotation changes which point is top-left, so every augmented polygon is put back in
+canonical order (`canonical_order_batch`); rows without a polygon (NaN) keep NaN.
 """
 
 from __future__ import annotations
 
 import kornia.augmentation as K
 import torch
+from kornia.geometry.linalg import transform_points
+from kornia.geometry.transform import warp_perspective
 from torch import nn
 
 from raysearch.errors import ConfigError
 
 
-def augmentation_pipeline(strength: float) -> K.AugmentationSequential:
-    """The kornia pipeline for one strength in [0, 1] (see the module docstring for the table at strength 1)."""
+def geometric_steps(strength: float) -> list[K.GeometricAugmentationBase2D]:
+    """The geometric steps for one strength in [0, 1], in the order they apply (see the module's table)."""
     s = strength
-    return K.AugmentationSequential(
+    return [
         K.RandomHorizontalFlip(p=0.5 * s),
         K.RandomVerticalFlip(p=0.25 * s),
         K.RandomAffine(degrees=20 * s, translate=(0.1 * s, 0.1 * s), scale=(1 - 0.2 * s, 1 + 0.2 * s), p=0.8 * s),
         K.RandomPerspective(distortion_scale=0.3 * s, p=0.3 * s),
+    ]
+
+
+def photometric_steps(strength: float) -> nn.Sequential:
+    """The photometric steps for one strength in [0, 1] (images only; see the module's table)."""
+    s = strength
+    return nn.Sequential(
         K.ColorJitter(brightness=0.3 * s, contrast=0.3 * s, p=0.8 * s),
         K.RandomGamma(gamma=(1 / (1 + 0.5 * s), 1 + 0.5 * s), p=0.5 * s),
         K.RandomGaussianNoise(std=0.04 * s, p=0.5 * s),
         K.RandomGaussianBlur(3, sigma=(0.1, 0.1 + 1.0 * s), p=0.3 * s),
-        data_keys=["image", "mask", "keypoints"],
     )
 
 
@@ -64,7 +74,16 @@ class Augmentation:
         if not 0.0 <= strength <= 1.0:
             raise ConfigError(f"augment: must be between 0 and 1, got {strength}")
         self.strength = strength
-        self.transform: nn.Module = augmentation_pipeline(strength)
+        self.geometric = geometric_steps(strength)
+        self.photometric = photometric_steps(strength)
+
+    def homographies(self, images: torch.Tensor) -> torch.Tensor:
+        """One drawn 3×3 pixel-coordinate homography per sample (N, 3, 3): the geometric steps composed."""
+        total = torch.eye(3, device=images.device).expand(len(images), 3, 3)
+        for step in self.geometric:
+            params = step.forward_parameters(images.shape)
+            total = step.generate_transformation_matrix(images, params, step.flags).to(images.device) @ total
+        return total
 
     def __call__(
         self, images: torch.Tensor, masks: torch.Tensor, polygons: torch.Tensor
@@ -72,15 +91,20 @@ class Augmentation:
         """uint8 images (N, H, W), uint8 masks (N, H, W), float polygons (N, 8) normalised and NaN where absent
         → float images in [0, 1] (N, H, W), uint8 masks (N, H, W), polygons (N, 8) in canonical order."""
         count, height, width = images.shape
+        pixels = images[:, None].float().div_(255.0)
+        homography = self.homographies(pixels)
+        # Pixel centres sit on integer coordinates (align_corners): a flip maps pixels exactly onto pixels.
+        pixels = warp_perspective(pixels, homography, (height, width), mode="bilinear", align_corners=True)
+        moved_masks = warp_perspective(masks[:, None].float(), homography, (height, width), mode="nearest",
+                                       align_corners=True)
+        pixels = self.photometric(pixels)
         scale = torch.tensor([width, height], dtype=torch.float32, device=images.device)
         absent = polygons.isnan().any(dim=1)
-        # Normalised coordinates cover pixel edges; kornia's key points sit on pixel centres.
+        # Normalised coordinates cover pixel edges; pixel coordinates here are pixel centres.
         points = torch.where(absent[:, None], 0.0, polygons).reshape(count, -1, 2) * scale - 0.5
-        moved_images, moved_masks, moved_points = self.transform(
-            images[:, None].float().div_(255.0), masks[:, None].float(), points)
-        polygons = canonical_order_batch((moved_points + 0.5) / scale).reshape(count, -1)
-        return (moved_images[:, 0].clamp_(0.0, 1.0), moved_masks[:, 0].round_().to(torch.uint8),
-                torch.where(absent[:, None], torch.nan, polygons))
+        moved = canonical_order_batch((transform_points(homography, points) + 0.5) / scale).reshape(count, -1)
+        return (pixels[:, 0].clamp_(0.0, 1.0), moved_masks[:, 0].round_().to(torch.uint8),
+                torch.where(absent[:, None], torch.nan, moved))
 
 
 def augmentation_for(strength: float) -> Augmentation | None:

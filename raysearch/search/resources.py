@@ -50,6 +50,32 @@ class TrialShape:
         return f"{self.workers} worker{'s' if self.workers > 1 else ''} of {self.cpus_per_worker:g} CPU{gpu}"
 
 
+def resolve_gpus_per_worker(requested: float | str, trials_per_gpu: int | None, cluster_gpus: float) -> float:
+    """GPUs per worker: with `trials_per_gpu` K, 1/K; for "auto", one GPU when the cluster has any, else 0;
+    otherwise the number asked for. ConfigError for K on a cluster without a GPU."""
+    if trials_per_gpu is not None:
+        if cluster_gpus <= 0:
+            raise ConfigError(f"--trials-per-gpu: the cluster has no GPU to share {trials_per_gpu} ways "
+                              "(leave it out to train on the CPU)")
+        return 1.0 / trials_per_gpu
+    if requested == "auto":
+        return 1.0 if cluster_gpus > 0 else 0.0
+    return float(requested)
+
+
+def device_plan(shape: TrialShape, concurrency: int, cluster_gpus: float) -> list[str]:
+    """The lines `raysearch run` starts with: trials at once, GPU share per trial and device, and a warning when
+    the cluster has GPUs that the run leaves idle."""
+    per_trial = shape.workers * shape.gpus_per_worker
+    device = f"{per_trial:g} GPU per trial, device cuda" if per_trial else "no GPU, device cpu"
+    lines = [f"Device plan: {concurrency} trial{'s' if concurrency != 1 else ''} at once, {device} "
+             f"({shape.describe()}; the cluster has {cluster_gpus:g} GPU)"]
+    if cluster_gpus > 0 and not per_trial:
+        lines.append(f"Warning: the cluster has {cluster_gpus:g} GPU but this run uses none "
+                     "(--gpus-per-worker 0); leave the flag at auto to train on them.")
+    return lines
+
+
 def alive_nodes() -> list[dict[str, float]]:
     """The resources of every live node of the connected Ray cluster."""
     import ray

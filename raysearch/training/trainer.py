@@ -147,26 +147,30 @@ class Trainer:
         """Train up to `max_epochs` (from the restored epoch), running the callbacks after every epoch."""
         self.restore()
         while self.epoch < self.settings.max_epochs and not self.should_stop:
-            started = time.perf_counter()
-            train_loss = self.train_epoch(self.epoch)
-            lr = self.optimizer.param_groups[0]["lr"]
-            val = self.validate()
-            step_epoch(self.scheduler, val["loss"])
-            self.epoch += 1
-            metrics = {
-                "epoch": self.epoch,
-                "train_loss": train_loss,
-                **{f"val_{name}": value for name, value in val.items()},
-                "lr": lr,
-                "epoch_time_s": time.perf_counter() - started,
-                "params": self.parameters,
-                "latency_ms": self.latency,
-                "stopped_early": 0.0,
-                "cache_hit": float(self.settings.cache_hit),
-                "precision": self.precision.name,
-            }
-            sign = 1.0 if self.task.mode == "max" else -1.0
-            with tempfile.TemporaryDirectory(prefix="raysearch-ckpt-") as folder:
-                end = EpochEnd(metrics, sign * val["score"], Path(folder))
-                for callback in self.callbacks:
-                    callback.on_epoch_end(self, end)
+            self.run_epoch()
+
+    def run_epoch(self) -> None:
+        """Train and validate one epoch, then run the callbacks on it."""
+        started = time.perf_counter()
+        train_loss = self.train_epoch(self.epoch)
+        lr = self.optimizer.param_groups[0]["lr"]
+        val = self.validate()
+        step_epoch(self.scheduler, val["loss"])
+        self.epoch += 1
+        metrics = {
+            "epoch": self.epoch,
+            "train_loss": train_loss,
+            **{f"val_{name}": value for name, value in val.items()},
+            "lr": lr,
+            "epoch_time_s": time.perf_counter() - started,
+            "params": self.parameters,
+            "latency_ms": self.latency,
+            "stopped_early": 0.0,
+            "cache_hit": float(self.settings.cache_hit),
+            "precision": self.precision.name,
+        }
+        sign = 1.0 if self.task.mode == "max" else -1.0
+        with tempfile.TemporaryDirectory(prefix="raysearch-ckpt-") as folder:
+            end = EpochEnd(metrics, sign * val["score"], Path(folder))
+            for callback in self.callbacks:
+                callback.on_epoch_end(self, end)

@@ -24,8 +24,7 @@ from raysearch.training.loop import LoopSettings, class_weights, make_batch, tra
 
 SIZE, SUPERSAMPLE = 96, 8
 QUAD = canonical_order(np.array([[0.3, 0.2], [0.75, 0.3], [0.7, 0.8], [0.2, 0.65]], dtype=np.float32))
-DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU")])]
+DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 def rasterise(polygon: np.ndarray) -> np.ndarray:

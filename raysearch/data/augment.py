@@ -76,13 +76,21 @@ class Augmentation:
         self.strength = strength
         self.geometric = geometric_steps(strength)
         self.photometric = photometric_steps(strength)
+        self.device = torch.device("cpu")
+
+    def _follow(self, device: torch.device) -> None:
+        """Draw the random parameters on the batch's device (no host-to-GPU copy of them per step)."""
+        if device != self.device:
+            for step in [*self.geometric, self.photometric]:
+                step.to(device)
+            self.device = device
 
     def homographies(self, images: torch.Tensor) -> torch.Tensor:
         """One drawn 3×3 pixel-coordinate homography per sample (N, 3, 3): the geometric steps composed."""
         total = torch.eye(3, device=images.device).expand(len(images), 3, 3)
         for step in self.geometric:
             params = step.forward_parameters(images.shape)
-            total = step.generate_transformation_matrix(images, params, step.flags).to(images.device) @ total
+            total = step.generate_transformation_matrix(images, params, step.flags) @ total
         return total
 
     def __call__(
@@ -91,6 +99,7 @@ class Augmentation:
         """uint8 images (N, H, W), uint8 masks (N, H, W), float polygons (N, 8) normalised and NaN where absent
         → float images in [0, 1] (N, H, W), uint8 masks (N, H, W), polygons (N, 8) in canonical order."""
         count, height, width = images.shape
+        self._follow(images.device)
         pixels = images[:, None].float().div_(255.0)
         homography = self.homographies(pixels)
         # Pixel centres sit on integer coordinates (align_corners): a flip maps pixels exactly onto pixels.

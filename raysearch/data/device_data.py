@@ -88,24 +88,31 @@ class BatchSource:
 
     def raw(self, rows: np.ndarray) -> Batch:
         """The uint8 batch of `rows` (sorted: memory-mapped reads go in file order) on the device."""
-        rows = np.sort(rows)
-        if self.placement == "resident":
-            index = torch.from_numpy(rows).to(self.device, non_blocking=True)
-            return {key: array.index_select(0, index) for key, array in self.arrays.items()}
-        return {key: t.to(self.device, non_blocking=True) for key, t in _host_rows(self.data, rows, False).items()}
+        return next(self._raw([rows]))
+
+    def _raw(self, batches: Iterable[np.ndarray]) -> Iterator[Batch]:
+        """Raw batches in order. Resident ones are indexed on the device with one copy of all the batches' row
+        numbers (a copy per step from pageable memory would make the host wait for the GPU every step)."""
+        batches = [np.sort(rows) for rows in batches]
+        if self.placement == "resident" and batches:
+            order = torch.from_numpy(np.concatenate(batches)).to(self.device)
+            for index in order.split([len(rows) for rows in batches]):
+                yield {key: array.index_select(0, index) for key, array in self.arrays.items()}
+        elif self.placement == "streamed":
+            yield from self._prefetched(batches)
+        else:
+            for rows in batches:
+                yield {key: t.to(self.device) for key, t in _host_rows(self.data, rows, False).items()}
 
     def batch(self, rows: np.ndarray, augmentation: Augmentation | None = None) -> Batch:
         """The finished batch of `rows`: augmented when given an augmentation, normalised."""
         return finish_batch(self.raw(rows), self.preprocessing, augmentation)
 
     def batches(self, batches: Iterable[np.ndarray], augmentation: Augmentation | None = None) -> Iterator[Batch]:
-        """Finished batches in order; streamed ones are gathered and copied one batch ahead (see module)."""
-        if self.placement != "streamed":
-            yield from (self.batch(rows, augmentation) for rows in batches)
-            return
-        yield from (finish_batch(raw, self.preprocessing, augmentation) for raw in self._prefetched(batches))
+        """Finished batches in order (streamed ones gathered and copied one batch ahead, see the module)."""
+        return (finish_batch(raw, self.preprocessing, augmentation) for raw in self._raw(batches))
 
-    def _prefetched(self, batches: Iterable[np.ndarray]) -> Iterator[Batch]:
+    def _prefetched(self, batches: list[np.ndarray]) -> Iterator[Batch]:
         """Raw batches on the device: while step k runs, a thread gathers batch k + 1's rows into pinned memory,
         and batch k's copy to the GPU ran on a side stream while the GPU still computed step k - 1."""
         cuda = self.device.type == "cuda"
@@ -114,7 +121,7 @@ class BatchSource:
             gathering: Future[Batch] | None = None
             for rows in batches:
                 current = None if gathering is None else self._copy(gathering.result(), stream)
-                gathering = pool.submit(_host_rows, self.data, np.sort(rows), cuda)
+                gathering = pool.submit(_host_rows, self.data, rows, cuda)
                 if current is not None:
                     yield self._ready(current, stream)
             if gathering is not None:

@@ -137,8 +137,8 @@ def evaluate(task: Task, model: nn.Module, data: CachedDataset, rows: np.ndarray
     model.eval()
     shard = rows[session.world_rank :: session.world_size]
     sums: dict[str, torch.Tensor] = {}
-    for start in range(0, len(shard), hp["batch_size"]):
-        batch = source.batch(shard[start : start + hp["batch_size"]])
+    for batch in source.batches(shard[start : start + hp["batch_size"]] for start in range(0, len(shard),
+                                                                                           hp["batch_size"])):
         with autocast:
             output = _as_float(model(batch["image"]))
         for name, value in task.metric_sums(output, batch, context).items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
@@ -21,7 +22,8 @@ def main() -> None:
         no_data("No epochs.parquet in this study yet.")
         return
     ranked = trial_order(study)
-    metrics = [c for c in epochs.columns if c not in ("trial_id", "epoch") and not is_per_class(c)]
+    metrics = [c for c in epochs.columns if c not in ("trial_id", "epoch") and not is_per_class(c)
+               and pd.api.types.is_numeric_dtype(epochs[c])]  # not the text columns (precision)
     left, right = st.columns([3, 1])
     chosen = left.multiselect("Trials (best first)", ranked, default=ranked[:8], key="curve-trials")
     metric = right.selectbox("Metric", metrics, index=metrics.index(study.metric) if study.metric in metrics else 0,

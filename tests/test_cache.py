@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import multiprocessing
+import re
 import shutil
 import time
 from dataclasses import replace
@@ -136,6 +137,53 @@ def test_the_fingerprint_changes_with_any_image_s_pixels(index: DatasetIndex, tm
     first, _ = ensure_cache(index, dataset_fingerprint(index), config, tmp_path / "cache", progress=False)
     second, hit = ensure_cache(changed, dataset_fingerprint(changed), config, tmp_path / "cache", progress=False)
     assert not hit and second != first  # the second dataset never gets the first one's arrays
+
+
+def test_every_label_fact_and_file_byte_shapes_the_fingerprint(index: DatasetIndex, tmp_path: Path) -> None:
+    mask = tmp_path / "mask.png"
+    cv2.imwrite(str(mask), np.eye(8, dtype=np.uint8) * 255)
+    first = index.samples[0]
+    base = DatasetIndex(index.root, index.format, index.classes, [replace(first, mask_path=mask), *index.samples[1:]])
+    reference = dataset_fingerprint(base)
+    assert dataset_fingerprint(DatasetIndex(index.root, index.format, list(index.classes), list(base.samples))) == \
+        reference
+
+    def with_first(**changes: object) -> DatasetIndex:
+        return DatasetIndex(base.root, base.format, base.classes, [replace(base.samples[0], **changes),
+                                                                    *base.samples[1:]])
+
+    other_mask = tmp_path / "other-mask.png"
+    cv2.imwrite(str(other_mask), np.eye(8, dtype=np.uint8)[::-1] * 255)
+    shape = first.shapes[0]
+    variants = {
+        "format": DatasetIndex(base.root, "folders", base.classes, base.samples),
+        "class names": DatasetIndex(base.root, base.format, [*base.classes[:-1], "other"], base.samples),
+        "split": with_first(split="test" if first.split != "test" else "val"),
+        "file name": with_first(image_path=first.image_path.with_name("renamed.png")),
+        "class": with_first(class_id=(first.class_id + 1) % len(base.classes)),
+        "polygon": with_first(polygon=first.polygon + np.float32(0.01)),
+        "shape points": with_first(shapes=(replace(shape, points=shape.points + 0.01), *first.shapes[1:])),
+        "mask bytes": with_first(mask_path=other_mask),
+        "sample order": DatasetIndex(base.root, base.format, base.classes, base.samples[::-1]),
+    }
+    (first.image_path.with_name("renamed.png")).write_bytes(first.image_path.read_bytes())
+    try:
+        found = {what: dataset_fingerprint(changed) for what, changed in variants.items()}
+    finally:
+        first.image_path.with_name("renamed.png").unlink()
+    assert all(value != reference for value in found.values()), [w for w, v in found.items() if v == reference]
+    assert len(set(found.values())) == len(found)
+    assert re.fullmatch(r"[0-9a-f]{32}", reference)
+
+
+def test_the_cache_key_changes_with_the_fingerprint_and_the_cached_preprocessing_only() -> None:
+    config = preprocessing_of({**defaults({}), "image_size": 32})
+    key = cache_key("a" * 32, config)
+    assert re.fullmatch(r"[0-9a-f]{20}", key) and cache_key("a" * 32, config) == key
+    assert cache_key("b" * 32, config) != key
+    assert cache_key("a" * 32, replace(config, image_size=48)) != key
+    assert cache_key("a" * 32, replace(config, clahe=not config.clahe)) != key
+    assert cache_key("a" * 32, replace(config, normalisation="imagenet")) == key  # applied per batch
 
 
 def _supersampled(shapes: list[np.ndarray], size: int, factor: int = 8) -> np.ndarray:

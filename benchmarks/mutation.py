@@ -35,7 +35,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "results": (["raysearch/results.py"], ["tests/test_results.py", "tests/test_loop_behaviour.py"]),
     "cache": (["raysearch/data/cache.py"], ["tests/test_cache.py", "tests/test_readers.py"]),
     "optim": (["raysearch/training/optim.py", "raysearch/training/hparams.py"],
-              ["tests/test_optim.py", "tests/test_loop_behaviour.py"]),
+              ["tests/test_optim.py", "tests/test_loop_behaviour.py", "tests/test_space.py"]),
     "session": (["raysearch/training/session.py"], ["tests/test_checkpoints.py", "tests/test_session.py"]),
     "loop": (["raysearch/training/loop.py"],
              ["tests/test_loop_behaviour.py", "tests/test_checkpoints.py", "tests/test_augment.py",

@@ -90,6 +90,13 @@ def test_onecycle_steps_per_batch_from_a_25th_to_lr_and_down() -> None:
     assert lrs[-1] < LR / 1e3
 
 
+def test_onecycle_spans_every_batch_of_the_run() -> None:
+    hp = _hp(scheduler="onecycle")
+    optimizer = create_optimizer([torch.nn.Parameter(torch.zeros(1))], hp)
+    assert create_scheduler(optimizer, hp, epochs=2, steps_per_epoch=7).total_steps == 14
+    assert create_scheduler(optimizer, hp, epochs=3, steps_per_epoch=0).total_steps == 1  # no batch: still valid
+
+
 def _one_parameter_steps(hp: dict[str, Any], gradient: float, steps: int) -> list[float]:
     """The parameter (starting at 1) after each of `steps` optimiser steps with a constant gradient."""
     parameter = torch.nn.Parameter(torch.ones(1))

@@ -105,6 +105,18 @@ def test_epochs_table_has_one_row_per_trial_epoch() -> None:
     assert "stopped_early" not in table[0] and table[1]["lr"] == pytest.approx(0.05)
 
 
+def test_columns_keep_their_types_when_there_is_nothing_to_infer_them_from() -> None:
+    # an empty study, or trials without epochs, still give typed columns that readers can rely on
+    assert epochs_table([]).schema == pa.schema([("trial_id", pa.string()), ("epoch", pa.int64())])
+    failed = [TrialRecord("a", {}, error="boom"), TrialRecord("b", {}, [])]
+    assert epochs_table(failed).schema == pa.schema([("trial_id", pa.string()), ("epoch", pa.int64())])
+    trials = trials_table(failed, SPACE, score="val_score", mode="max", max_epochs=1)
+    expected = {"trial_id": pa.string(), "status": pa.string(), "epochs": pa.int64(), "best_epoch": pa.int64(),
+                "wall_time_s": pa.float64(), "params": pa.int64(), "latency_ms": pa.float64(),
+                "checkpoint": pa.string(), "error": pa.string(), "param.lr": pa.string()}
+    assert {name: trials.schema.field(name).type for name in expected} == expected
+
+
 def test_files_are_written_whole_through_a_temporary_sibling(tmp_path: Path) -> None:
     target = tmp_path / "trials.parquet"
     write_table_atomic(epochs_table(RECORDS), target)

@@ -62,6 +62,13 @@ def test_best_metrics_come_from_the_best_scoring_epoch_and_last_from_the_last() 
     assert rows["c"]["metric.val_loss.last"] is None
 
 
+def test_epochs_without_a_numeric_score_are_never_the_best() -> None:
+    epochs = [{"epoch": 1, "val_loss": 1.0}, {"epoch": 2, "val_score": None, "val_loss": 0.5},
+              {"epoch": 3, "val_score": 0.2, "val_loss": 0.9}, {"epoch": 4, "val_score": math.nan, "val_loss": 0.1}]
+    [row] = trials_table([TrialRecord("a", {}, epochs)], SPACE, score="val_score", mode="max", max_epochs=4).to_pylist()
+    assert row["best_epoch"] == 3 and row["metric.val_loss.best"] == 0.9
+
+
 def test_the_best_epoch_follows_the_study_s_mode_and_metric() -> None:
     rows = _rows(mode="min", score="val_loss")
     assert rows["a"]["best_epoch"] == 4 and rows["a"]["metric.val_loss.best"] == 0.7

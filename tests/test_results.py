@@ -97,12 +97,15 @@ def test_columns_statuses_and_bookkeeping() -> None:
 
 
 def test_mixed_numbers_make_a_float_column_and_anything_else_a_string_column() -> None:
-    records = [TrialRecord("a", {"x": 1, "y": 1, "z": None}), TrialRecord("b", {"x": 2.5, "y": "two", "z": None})]
+    records = [TrialRecord("a", {"x": 1, "y": 1, "z": None}), TrialRecord("b", {"x": 2.5, "y": "two", "z": None}),
+               TrialRecord("c", {"x": None, "y": None, "z": None})]  # a conditional parameter c did not sample
     space = parse_space({"task": "multitask", "fixed": {"x": 0, "y": 0, "z": 0}}, source="test")
     table = trials_table(records, space, score="val_score", mode="max", max_epochs=1)
-    assert table.column("param.x").to_pylist() == [1.0, 2.5] and table.schema.field("param.x").type == pa.float64()
-    assert table.column("param.y").to_pylist() == ["1", "two"]
-    assert table.column("param.z").to_pylist() == [None, None]
+    assert table.column("param.x").to_pylist() == [1.0, 2.5, None]
+    assert table.schema.field("param.x").type == pa.float64()
+    assert table.column("param.y").to_pylist() == ["1", "two", None]
+    assert table.column("param.z").to_pylist() == [None, None, None]
+    assert table.schema.field("param.z").type == pa.string()
 
 
 def test_epochs_table_has_one_row_per_trial_epoch() -> None:
@@ -117,6 +120,11 @@ def test_columns_keep_their_types_when_there_is_nothing_to_infer_them_from() -> 
     assert epochs_table([]).schema == pa.schema([("trial_id", pa.string()), ("epoch", pa.int64())])
     failed = [TrialRecord("a", {}, error="boom"), TrialRecord("b", {}, [])]
     assert epochs_table(failed).schema == pa.schema([("trial_id", pa.string()), ("epoch", pa.int64())])
+    empty = trials_table([], SPACE, score="val_score", mode="max", max_epochs=1)
+    assert {f.name: f.type for f in empty.schema if not f.name.startswith("param.")} == {
+        "trial_id": pa.string(), "status": pa.string(), "epochs": pa.int64(), "best_epoch": pa.int64(),
+        "wall_time_s": pa.float64(), "params": pa.int64(), "latency_ms": pa.float64(), "checkpoint": pa.string(),
+        "error": pa.string()}
     trials = trials_table(failed, SPACE, score="val_score", mode="max", max_epochs=1)
     expected = {"trial_id": pa.string(), "status": pa.string(), "epochs": pa.int64(), "best_epoch": pa.int64(),
                 "wall_time_s": pa.float64(), "params": pa.int64(), "latency_ms": pa.float64(),

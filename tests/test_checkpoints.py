@@ -15,6 +15,7 @@ from recording_session import RecordingSession
 from raysearch.data.cache import dataset_fingerprint, ensure_cache
 from raysearch.data.formats import load_dataset
 from raysearch.data.phantom import PhantomSpec, write_phantom
+from raysearch.errors import DataError
 from raysearch.layout import STATE_FILE
 from raysearch.tasks import create_task
 from raysearch.trained import build_model, load_weights
@@ -47,7 +48,7 @@ def test_a_checkpoint_carrying_a_pickled_payload_is_refused_and_its_code_never_r
     marker = tmp_path / "payload-ran"
     weights = _crafted(tmp_path / "received" / "best_model.pt", marker)
     model = build_model(create_task("multitask"), _hp(), num_classes=6)
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with pytest.raises(DataError, match="best_model.pt: not a readable weights file.*Weights only load failed"):
         load_weights(model, weights, torch.device("cpu"))  # dashboard, evaluate, predict and export load this way
     assert not marker.exists()
 

@@ -141,3 +141,28 @@ def test_every_placement_gives_the_same_batches(cached: tuple[CachedDataset, dic
         assert len(other) == len(batches)
         for a, b in zip(produced[0], other, strict=True):
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class CudaRecorder(Recorder):
+    """The same session on the first GPU."""
+
+    device = torch.device("cuda", 0)
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_cache_lives_there_and_a_trial_trains_in_the_default_precision(
+        cached: tuple[CachedDataset, dict[str, Any]]) -> None:
+    data, hp = cached
+    session = CudaRecorder()
+    trainer = Trainer({**hp, "augment": 0.5}, LoopSettings("multitask", str(data.directory), 2, 0), session)
+    assert trainer.source.placement == "resident" and trainer.source.arrays["image"].is_cuda
+    assert trainer.memory_format == torch.channels_last and torch.backends.cudnn.benchmark
+    trainer.fit()
+    expected = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    assert [m["precision"] for m in session.metrics] == [expected, expected]
+    assert all(np.isfinite(m["train_loss"]) and np.isfinite(m["val_score"]) for m in session.metrics)
+    streamed = BatchSource(data, session.device, preprocessing_of(hp), "streamed")
+    resident = trainer.source
+    rows = list(train_batches(data.indices("train"), hp, 0, 0, 0, 1))
+    for a, b in zip(streamed.batches(rows), resident.batches(rows), strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)

@@ -24,7 +24,7 @@ from raysearch.data.cache import CachedDataset
 from raysearch.data.preprocess import Preprocessing, normalise
 
 Batch = dict[str, torch.Tensor]
-Placement = Literal["resident", "streamed", "mapped"]
+DataPlacement = Literal["resident", "streamed", "mapped"]
 RESIDENT_SHARE = 0.25
 ARRAYS = {"image": "images", "mask": "masks", "label": "labels", "polygon": "polygons"}
 COPY_CHUNK_ROWS = 1024
@@ -43,7 +43,7 @@ def resident_limit(device: torch.device) -> int:
     return int(free * RESIDENT_SHARE)
 
 
-def placement_for(data: CachedDataset, device: torch.device) -> Placement:
+def placement_for(data: CachedDataset, device: torch.device) -> DataPlacement:
     """Resident on a GPU it fits on, streamed to a GPU it does not fit on, memory-mapped on the CPU."""
     if device.type == "cpu":
         return "mapped"
@@ -69,7 +69,7 @@ class BatchSource:
     """A trial's batches from one cache, on `device`, placed as `placement_for` decides (or as `placement` says)."""
 
     def __init__(self, data: CachedDataset, device: torch.device, preprocessing: Preprocessing,
-                 placement: Placement | None = None) -> None:
+                 placement: DataPlacement | None = None) -> None:
         self.data, self.device, self.preprocessing = data, device, preprocessing
         self.placement = placement or placement_for(data, device)
         self.arrays: Batch = {}

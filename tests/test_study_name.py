@@ -15,7 +15,7 @@ from raysearch.study import RUNTIME_FIELDS, StudySpec
 
 SPACE_TEXT = "task: multitask\nparameters:\n  lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
 CHANGED = {"data": "other-data", "space": "search_spaces/other.yaml", "format": "yolo", "split_ratios": "0.7,0.2,0.1",
-           "splits_policy": "grouped"}
+           "splits_policy": "grouped", "gpus_per_worker": 1.0, "trials_per_gpu": 2}
 
 
 def _changed(field: dataclasses.Field[Any], value: Any) -> Any:

@@ -42,7 +42,7 @@ from raysearch.metrics import point_distances
 from raysearch.results import write_table_atomic
 from raysearch.tasks import create_task
 from raysearch.tasks.base import Task, TaskContext
-from raysearch.trained import build_model, device, restore_trial, trial_hyperparameters
+from raysearch.trained import build_model, device, read_weights, restore_trial, trial_hyperparameters
 from raysearch.training.hparams import preprocessing_of
 from raysearch.training.loop import LoopSettings, baseline_apd, make_batch, train
 from raysearch.training.loop import evaluate as evaluate_rows
@@ -78,7 +78,7 @@ class EvaluationSession:
     def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         self.history.append(metrics)
         if checkpoint is not None and (checkpoint / BEST_FILE).is_file():
-            self.best_weights = torch.load(checkpoint / BEST_FILE, map_location=self.device, weights_only=True)["model"]
+            self.best_weights = read_weights(checkpoint / BEST_FILE, self.device)
 
 
 @dataclass(frozen=True)

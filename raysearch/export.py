@@ -1,7 +1,8 @@
 """Exporting a study's model for use without the study, the dataset or Ray.
 
 `<study>/model/` holds `config.yaml` (task, hyperparameters, classes, preprocessing, provenance) and
-`weights.pt` (`{"model": state_dict}`, loaded with `weights_only=True`), written at the end of every run.
+`weights.pt` (the state dict under layout.WEIGHTS_KEY, loaded with `weights_only=True`), written at the end
+of every run.
 `export_formats` adds deployment formats beside them: ONNX (`model.onnx`, for onnxruntime; needs the
 `export` extra) and TorchScript (`model.torchscript.pt`, for `torch.jit.load`). Both take the preprocessed
 image batch `image` (float32, N x C x S x S: config.yaml's `preprocessing` applied, as `Model.predict` does)
@@ -29,11 +30,12 @@ from raysearch.layout import (
     ONNX_FILE,
     TORCHSCRIPT_FILE,
     WEIGHTS_FILE,
+    WEIGHTS_KEY,
     StudyFolder,
     score_column,
 )
 from raysearch.results import write_text_atomic
-from raysearch.trained import trial_hyperparameters
+from raysearch.trained import read_weights, trial_hyperparameters
 from raysearch.training.hparams import preprocessing_of
 
 INPUT_NAME = "image"
@@ -68,8 +70,7 @@ def export_model(study_dir: Path, trial_id: str | None = None) -> Path:
     staging = study_dir / f".{MODEL_DIR}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    weights = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    torch.save({"model": weights["model"]}, staging / WEIGHTS_FILE)
+    torch.save({WEIGHTS_KEY: read_weights(checkpoint, torch.device("cpu"))}, staging / WEIGHTS_FILE)
     write_text_atomic(yaml.safe_dump(config, sort_keys=False), staging / CONFIG_FILE)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)

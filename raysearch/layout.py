@@ -50,6 +50,7 @@ MODEL_DIR, CONFIG_FILE, WEIGHTS_FILE = "model", "config.yaml", "weights.pt"
 ONNX_FILE, TORCHSCRIPT_FILE = "model.onnx", "model.torchscript.pt"
 TRAIN_DIR, RAY_DIR, SIGNED_DIR = "train", "ray", "signed"
 STATE_FILE, BEST_FILE, HISTORY_FILE = "state.pt", "best_model.pt", "history.json"
+WEIGHTS_KEY = "model"  # best_model.pt, weights.pt and state.pt hold the network's state dict under this key
 CHECKPOINT_PREFIX = "checkpoint_"
 CHECKPOINT_GLOB = CHECKPOINT_PREFIX + "[0-9]" * 6
 _CHECKPOINT_NUMBER = re.compile(rf"{CHECKPOINT_PREFIX}(\d+)$")

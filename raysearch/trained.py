@@ -14,7 +14,7 @@ from torch import nn
 
 from raysearch.data.preprocess import Preprocessing, enhance, fit, normalise, placement
 from raysearch.errors import DataError
-from raysearch.layout import BEST_FILE, StudyFolder
+from raysearch.layout import BEST_FILE, WEIGHTS_KEY, StudyFolder
 from raysearch.tasks import create_task
 from raysearch.tasks.base import Task, TaskContext
 from raysearch.training.hparams import defaults
@@ -38,17 +38,24 @@ def build_model(task: Task, hp: Mapping[str, Any], num_classes: int) -> nn.Modul
     return task.build_model({**hp, "pretrained": False}, TaskContext(num_classes, hp["channels"], 0.0))
 
 
-def load_weights(model: nn.Module, path: Path, device: torch.device) -> nn.Module:
-    """Load a `{"model": state_dict}` file (tensors only: `weights_only=True`) into `model`, in eval mode;
-    a DataError naming the file when it is truncated, not a weights file, or the weights of another network."""
+def read_weights(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """The network state dict in a weights file (best_model.pt, weights.pt), loaded with `weights_only=True`;
+    a DataError naming the file when it is truncated or not a weights file."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as error:
         raise DataError(f"{path}: not a readable weights file, truncated or damaged ({_line(error, 0)})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        raise DataError(f"{path}: not a raysearch weights file (no 'model' state dict)")
+    if not isinstance(state, dict) or not isinstance(state.get(WEIGHTS_KEY), dict):
+        raise DataError(f"{path}: not a raysearch weights file (no {WEIGHTS_KEY!r} state dict)")
+    return state[WEIGHTS_KEY]
+
+
+def load_weights(model: nn.Module, path: Path, device: torch.device) -> nn.Module:
+    """Load a weights file (see read_weights) into `model`, in eval mode; a DataError naming the file when
+    the weights belong to another network."""
+    weights = read_weights(path, device)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as error:
         raise DataError(f"{path}: the weights do not fit the network its configuration builds "
                         f"({_line(error, 1)})") from None

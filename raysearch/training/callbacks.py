@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from raysearch.layout import BEST_FILE, STATE_FILE
+from raysearch.layout import BEST_FILE, STATE_FILE, WEIGHTS_KEY
+from raysearch.trained import read_weights
 
 if TYPE_CHECKING:
     from raysearch.training.trainer import Trainer
@@ -81,12 +82,12 @@ class Checkpointing(Callback):
             self.best_weights = copy.deepcopy(trainer.model.state_dict())
         torch.save(trainer.state_dict(), end.folder / STATE_FILE)
         if self.best_weights is not None:
-            torch.save({"model": self.best_weights}, end.folder / BEST_FILE)
+            torch.save({WEIGHTS_KEY: self.best_weights}, end.folder / BEST_FILE)
         end.checkpoint = end.folder
 
     def load_state_dict(self, state: dict[str, Any], folder: Path) -> None:
         if (folder / BEST_FILE).is_file():
-            self.best_weights = torch.load(folder / BEST_FILE, map_location="cpu", weights_only=True)["model"]
+            self.best_weights = read_weights(folder / BEST_FILE, torch.device("cpu"))
 
 
 class Reporting(Callback):

@@ -22,7 +22,7 @@ from torch import nn
 from raysearch.data.augment import augmentation_for
 from raysearch.data.cache import load_cache
 from raysearch.data.device_data import BatchSource
-from raysearch.layout import STATE_FILE
+from raysearch.layout import STATE_FILE, WEIGHTS_KEY
 from raysearch.tasks import create_task
 from raysearch.tasks.base import Batch, TaskContext
 from raysearch.training.callbacks import Callback, Checkpointing, EarlyStopping, EpochEnd, Reporting
@@ -93,7 +93,7 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed trial needs: weights, optimizer, scheduler, grad scaler, epoch, callbacks' state."""
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        state = {WEIGHTS_KEY: self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.precision.scaler.state_dict(),
                  "epoch": self.epoch}
         for callback in self.callbacks:
@@ -106,7 +106,7 @@ class Trainer:
             if folder is None:
                 return
             state = torch.load(folder / STATE_FILE, map_location=self.session.device, weights_only=True)
-            self.model.load_state_dict(state["model"])
+            self.model.load_state_dict(state[WEIGHTS_KEY])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             if state.get("scaler"):

@@ -18,6 +18,7 @@ from raysearch.errors import RaysearchError
 PAGES = [
     st.Page("views/leaderboard.py", title="Leaderboard", icon=":material/leaderboard:", default=True),
     st.Page("views/curves.py", title="Learning curves", icon=":material/show_chart:"),
+    st.Page("views/progress.py", title="Search progress", icon=":material/trending_up:"),
     st.Page("views/importance.py", title="Hyperparameters", icon=":material/tune:"),
     st.Page("views/tradeoffs.py", title="Size and latency", icon=":material/speed:"),
     st.Page("views/models.py", title="Models on test images", icon=":material/radiology:"),

@@ -48,6 +48,8 @@ class StudyOutcome:
     metric: str
     mode: str
     search_seconds: float
+    trial_epochs: int
+    device_hours: float
 
 
 def _add_cache_issues(index: DatasetIndex, cache: Path, on_error: str) -> None:
@@ -104,6 +106,8 @@ def _check_state(name: str, study_dir: Path, *, resuming: bool) -> None:
 
 def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
     """Resolve `spec`; ConfigError when the study folder's state does not allow a run (or a resume)."""
+    from raysearch.search.scheduler import scheduler_settings
+    from raysearch.search.searcher import Budget, sampler_settings
     from raysearch.search.trial import TrialSettings
     from raysearch.search.tuner import SearchSettings
 
@@ -130,15 +134,23 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
         max_epochs=spec.max_epochs, seed=spec.seed, workers=spec.workers_per_trial,
         cpus_per_worker=spec.cpus_per_worker, gpus_per_worker=0.0, max_failures=spec.max_failures,
     )
-    search = SearchSettings(name=name, results_dir=study_dir, trials=spec.trials, metric=metric, mode=mode,
-                            seed=spec.seed, grace_period=spec.grace_period, reduction_factor=spec.reduction_factor,
-                            concurrency=spec.concurrency, max_failures=spec.max_failures)
+    searcher, scheduler = spec.searcher or space.searcher or "tpe", spec.scheduler or space.scheduler or "asha"
+    search = SearchSettings(
+        name=name, results_dir=study_dir, trials=spec.trials, metric=metric, mode=mode,
+        concurrency=spec.concurrency, max_failures=spec.max_failures,
+        searcher=searcher, searcher_settings=sampler_settings(searcher, seed=spec.seed, trials=spec.trials),
+        scheduler=scheduler, scheduler_settings=scheduler_settings(
+            scheduler, max_epochs=spec.max_epochs, grace_period=spec.grace_period,
+            reduction_factor=spec.reduction_factor),
+        budget=Budget(seconds=spec.budget_seconds(), trial_epochs=spec.epoch_budget),
+    )
     return _Plan(spec, name, study_dir, space, hp_defaults, index, splits, fingerprint, base_cache, trial, search)
 
 
 @contextmanager
 def _connected(address: str | None) -> Iterator[None]:
-    """Connected to the Ray cluster at `address`, or to a local instance started (and stopped) here.
+    """Connected to the Ray cluster at `address`, or to a local instance started (and stopped) here; a
+    caller already connected to Ray (a notebook, a benchmark running many studies) keeps its connection.
 
     Ray Tune snapshots its experiment (trials, searcher) every EXPERIMENT_SNAPSHOT_S seconds instead of
     its default of at least 10: `raysearch resume` continues from the last snapshot, so a trial started
@@ -152,6 +164,9 @@ def _connected(address: str | None) -> Iterator[None]:
     import ray
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(EXPERIMENT_SNAPSHOT_S))
+    if ray.is_initialized():
+        yield
+        return
     if address:
         ray.init(address=address, log_to_driver=True, configure_logging=False)
         yield
@@ -222,6 +237,7 @@ def _search(plan: _Plan, *, progress: bool, out: TextIO) -> StudyOutcome:
     import ray
 
     from raysearch.search.resources import device_plan
+    from raysearch.search.searcher import SAMPLER_CLASSES
     from raysearch.search.signing import sign_tuner
     from raysearch.search.tuner import build_tuner, experiment_dir, records_from
 
@@ -237,9 +253,12 @@ def _search(plan: _Plan, *, progress: bool, out: TextIO) -> StudyOutcome:
                      "skipped_empty_labels": index.skipped_empty, "issues": [str(i) for i in index.issues]}
         study = resolved_study(
             spec, name=plan.name, space=plan.space.to_dict(), data=data_info, defaults=plan.defaults,
-            scheduler={"name": "ASHA", "time_attr": "epoch", "max_t": spec.max_epochs,
-                       "grace_period": spec.grace_period, "reduction_factor": spec.reduction_factor,
-                       "metric": metric, "mode": mode, "searcher": "OptunaSearch(TPESampler)"},
+            scheduler={"name": plan.search.scheduler, "time_attr": "epoch", **plan.search.scheduler_settings,
+                       "metric": metric, "mode": mode},
+            searcher={"name": plan.search.searcher, "sampler": SAMPLER_CLASSES[plan.search.searcher].__name__,
+                      **plan.search.searcher_settings},
+            budget={"trials": spec.trials, "time_budget": spec.time_budget, "time_budget_s": spec.budget_seconds(),
+                    "trial_epochs": spec.epoch_budget},
             resources={"workers_per_trial": spec.workers_per_trial, "cpus_per_worker": spec.cpus_per_worker,
                        "gpus_per_worker": plan.trial.gpus_per_worker, "gpus_per_worker_requested":
                        spec.gpus_per_worker, "trials_per_gpu": spec.trials_per_gpu, "concurrency": concurrency,
@@ -251,7 +270,7 @@ def _search(plan: _Plan, *, progress: bool, out: TextIO) -> StudyOutcome:
         sign_tuner(experiment_dir(plan.directory, plan.name))
         grid = tuner.fit()
         search_seconds = time.perf_counter() - started
-        _require_finished(grid, spec.trials, plan.directory)
+        _require_finished(grid, plan, search_seconds)
         records = records_from(grid, Path(plan.trial.storage_path))
     return _finish(plan, records, search_seconds, progress=progress, out=out)
 
@@ -293,12 +312,11 @@ def _restore(plan: _Plan, address: str | None, *, progress: bool, out: TextIO) -
     """Continue the interrupted Ray Tune search of `plan` and finish its results."""
     from raysearch.search.tuner import records_from, restore_tuner
 
-    spec = plan.spec
     with _connected(address), _on_cluster(plan) as (plan, _, _):
         started = time.perf_counter()
         grid = restore_tuner(plan.search, plan.trial).fit()
         search_seconds = time.perf_counter() - started
-        _require_finished(grid, spec.trials, plan.directory)
+        _require_finished(grid, plan, search_seconds)
         records = records_from(grid, Path(plan.trial.storage_path))
     return _finish(plan, records, search_seconds, progress=progress, out=out)
 
@@ -336,13 +354,22 @@ def _put_back_signed_state(study_dir: Path, experiment: Path | None, out: TextIO
 def _finish(plan: _Plan, records: list[TrialRecord], search_seconds: float, *, progress: bool,
             out: TextIO) -> StudyOutcome:
     """Write the trials and their epochs as Parquet, finish the study's results, print the summary."""
+    from raysearch.search.searcher import reconcile_study
+
     metric, mode = plan.search.metric, plan.search.mode
     folder = StudyFolder(plan.directory)
+    numbers = reconcile_study(plan.search.optuna_storage, plan.name, records, metric=metric, mode=mode,
+                              max_epochs=plan.spec.max_epochs)
+    for record in records:
+        record.number = numbers.get(record.trial_id)
     table = trials_table(records, plan.space, score=metric, mode=mode, max_epochs=plan.spec.max_epochs)
     write_table_atomic(epochs_table(records), folder.epochs_file)
     write_table_atomic(table, folder.trials_file)
     finish_study(plan.directory, progress=progress, out=out)
-    outcome = StudyOutcome(plan.directory, table.to_pandas(), metric, mode, search_seconds)
+    devices = plan.spec.workers_per_trial * (plan.spec.gpus_per_worker or 1.0)
+    outcome = StudyOutcome(plan.directory, table.to_pandas(), metric, mode, search_seconds,
+                           trial_epochs=sum(len(r.epochs) for r in records),
+                           device_hours=sum(r.wall_time_s for r in records) * devices / 3600)
     print_summary(outcome, plan.space, out)
     return outcome
 
@@ -363,7 +390,9 @@ def print_summary(outcome: StudyOutcome, space: SearchSpace, out: TextIO, top: i
         values = {p.name: _plain(best.get(f"param.{p.name}")) for p in space.parameters}
         params = {name: value for name, value in values.items() if not _missing(value)}
         print(f"\nBest configuration ({best['trial_id']}): {params}", file=out)
-    print(f"\nSearch took {outcome.search_seconds:.0f} s. Results: {outcome.directory.resolve()}", file=out)
+    print(f"\nSearch took {outcome.search_seconds:.0f} s; compute spent: {outcome.trial_epochs} trial-epochs, "
+          f"{outcome.device_hours:.3g} device-hours (trial wall time x GPUs, or workers on CPUs, per trial). "
+          f"Results: {outcome.directory.resolve()}", file=out)
     print(f"Explore them: raysearch dashboard {outcome.directory.parent.resolve()}", file=out)
 
 
@@ -377,13 +406,20 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value)
 
 
-def _require_finished(grid: Any, trials: int, directory: Path) -> None:
+def _require_finished(grid: Any, plan: _Plan, search_seconds: float) -> None:
     """Refuse to write final results for a search that Ctrl-C (or a signal) stopped part-way: its Ray Tune
-    state is saved, and `raysearch resume` continues it."""
-    unfinished = len(grid) - grid.num_terminated - grid.num_errors
-    if unfinished or len(grid) < trials:
-        raise StudyInterrupted(f"study interrupted with {grid.num_terminated + grid.num_errors} of {trials} trials "
-                               f"finished; continue it with `raysearch resume {directory}`")
+    state is saved, and `raysearch resume` continues it. A trial counts as finished when it failed or its
+    folder shows it finished (Tune marks the trials it was running as terminated when interrupted); a
+    study may end with fewer than --trials trials when its budget is spent."""
+    from raysearch.search.history import has_finished
+
+    train_dir = Path(plan.trial.storage_path)
+    finished = sum(1 for result in grid if result.error is not None
+                   or has_finished(train_dir, Path(result.path).name, plan.spec.max_epochs))
+    budget_spent = plan.search.budget.spent(search_seconds, train_dir)
+    if finished < len(grid) or (len(grid) < plan.spec.trials and not budget_spent):
+        raise StudyInterrupted(f"study interrupted with {finished} of {plan.spec.trials} trials finished; "
+                               f"continue it with `raysearch resume {plan.directory}`")
 
 
 def finish_study(study_dir: Path, *, progress: bool = True, out: TextIO = sys.stdout) -> None:

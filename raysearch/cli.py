@@ -9,11 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from raysearch.errors import RaysearchError
+from raysearch.search.choices import SCHEDULERS, SEARCHERS
 
 EXAMPLES = """examples:
   raysearch run multitask                                 # built-in phantom X-rays, local Ray
   raysearch run classification --data ../shared/datasets/bone-fracture-yolo --trials 20
   raysearch run classification --data ../shared/datasets/bone-fracture-yolo --splits grouped  # no source leaks
+  raysearch run classification --searcher random --scheduler none --time-budget 2h --trials 100
   raysearch run multitask --address ray://head:10001 --workers-per-trial 2 --gpus-per-worker 0.5
   raysearch resume raysearch-results/multitask-1a2b3c4d   # after the driver or the machine stopped
   raysearch data phantom ./phantom --train 600
@@ -50,6 +52,15 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
                      help="ASHA: epochs every trial runs before it can be stopped (default: %(default)s)")
     run.add_argument("--reduction-factor", type=int, default=2,
                      help="ASHA: keep the best 1/N of trials at each rung (default: %(default)s)")
+    run.add_argument("--searcher", choices=SEARCHERS,
+                     help="Optuna sampler: tpe, random or qmc (default: the space's `searcher:`, else tpe)")
+    run.add_argument("--scheduler", choices=SCHEDULERS,
+                     help="Ray Tune scheduler that stops trials early: asha, hyperband, median or none "
+                     "(default: the space's `scheduler:`, else asha)")
+    run.add_argument("--time-budget", metavar="DURATION",
+                     help="stop sampling new trials after this long (2h, 30m, 90s); running trials finish")
+    run.add_argument("--epoch-budget", type=int, metavar="N",
+                     help="stop sampling new trials once the trials ran N epochs in all; running trials finish")
     _add_cluster_options(run, wait_default=900.0)
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_dataset_options(run)
@@ -175,6 +186,7 @@ def _run(args: argparse.Namespace) -> None:
         on_error=args.on_error, empty_labels=args.empty_labels, split_ratios=args.split_ratios,
         binarise_masks=args.binarise_masks,
         splits_policy=args.splits, test_split=not args.no_test_split,
+        searcher=args.searcher, scheduler=args.scheduler, time_budget=args.time_budget, epoch_budget=args.epoch_budget,
     )
     run_study(spec, progress=not args.quiet)
 

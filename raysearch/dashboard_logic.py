@@ -281,3 +281,28 @@ def ray_dashboard_candidates(environment: Mapping[str, str], passed: str | None 
         candidates.append(f"{scheme}://{parsed.hostname}:{port}")
     candidates.append("http://127.0.0.1:8265")
     return list(dict.fromkeys(c for c in candidates if c))
+
+
+def search_progress(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
+    """Best-so-far `metric` against cumulative compute: one row per epoch run, the trials taken in the order
+    the searcher sampled them (`number`, else trial id) and each trial's epochs in order, with the compute
+    spent so far (`trial_epochs`), that epoch's value, the best value up to it (`best_so_far`) and the
+    trial's status (so pruned trials can be marked)."""
+    order = trials.sort_values(["number", "trial_id"] if "number" in trials else ["trial_id"], na_position="last")
+    rank = {trial_id: position for position, trial_id in enumerate(order["trial_id"])}
+    status = dict(zip(trials["trial_id"], trials["status"], strict=True))
+    rows = epochs[epochs["trial_id"].isin(rank)][["trial_id", "epoch", metric]].copy()
+    rows["order"] = rows["trial_id"].map(rank)
+    rows = rows.sort_values(["order", "epoch"]).reset_index(drop=True)
+    rows["trial_epochs"] = np.arange(1, len(rows) + 1)
+    best = rows[metric].cummax() if mode == "max" else rows[metric].cummin()
+    rows["best_so_far"] = best.ffill()
+    rows["status"] = rows["trial_id"].map(status)
+    return rows.rename(columns={metric: "value"})[["trial_id", "epoch", "trial_epochs", "value", "best_so_far",
+                                                   "status"]]
+
+
+def compute_to_reach(progress: pd.DataFrame, target: float, mode: str) -> float | None:
+    """The trial-epochs after which `progress` (from `search_progress`) first reached `target`; None if never."""
+    reached = progress["best_so_far"] >= target if mode == "max" else progress["best_so_far"] <= target
+    return float(progress.loc[reached, "trial_epochs"].iloc[0]) if reached.any() else None

@@ -16,6 +16,7 @@ RESULTS/                      results root (`--results`)
     optuna.db                 the Optuna study (SQLite)
     model/                    the best model exported (config.yaml, weights.pt, model.onnx, model.ts)
     train/TRIAL/checkpoint_NNNNNN/   a trial's latest checkpoint (state.pt, best_model.pt, history.json)
+    train/TRIAL/stopped_by_scheduler a marker: the scheduler stopped the trial (it finished, pruned)
     ray/STUDY/                Ray Tune's experiment state (what `raysearch resume` restores)
 ```
 
@@ -51,11 +52,13 @@ ONNX_FILE, TORCHSCRIPT_FILE = "model.onnx", "model.torchscript.pt"
 TRAIN_DIR, RAY_DIR, SIGNED_DIR = "train", "ray", "signed"
 STATE_FILE, BEST_FILE, HISTORY_FILE = "state.pt", "best_model.pt", "history.json"
 WEIGHTS_KEY = "model"  # best_model.pt, weights.pt and state.pt hold the network's state dict under this key
+STOPPED_MARKER = "stopped_by_scheduler"   # in train/TRIAL/ once the scheduler stopped the trial
 CHECKPOINT_PREFIX = "checkpoint_"
 CHECKPOINT_GLOB = CHECKPOINT_PREFIX + "[0-9]" * 6
 _CHECKPOINT_NUMBER = re.compile(rf"{CHECKPOINT_PREFIX}(\d+)$")
 
-STUDY_KEYS = ("name", "task", "spec", "data", "search_space", "defaults", "scheduler", "resources", "seed", "versions")
+STUDY_KEYS = ("name", "task", "spec", "data", "search_space", "defaults", "scheduler", "searcher", "budget",
+              "resources", "seed", "versions")
 FAILED = "FAILED"
 
 

@@ -31,6 +31,7 @@ class TrialRecord:
     error: str | None = None
     wall_time_s: float = 0.0
     checkpoint: str | None = None
+    number: int | None = None   # the order in which the searcher sampled it (its Optuna trial number)
 
 
 def trial_status(record: TrialRecord, max_epochs: int) -> str:
@@ -45,7 +46,8 @@ def trial_status(record: TrialRecord, max_epochs: int) -> str:
     return "COMPLETED" if last["epoch"] >= max_epochs else "PRUNED"
 
 
-def _best_epoch(epochs: Sequence[dict[str, Any]], score: str, mode: str) -> dict[str, Any] | None:
+def best_epoch(epochs: Sequence[dict[str, Any]], score: str, mode: str) -> dict[str, Any] | None:
+    """The epoch with the best `score` (max or min by `mode`), None when no epoch has a number for it."""
     scored = [e for e in epochs if isinstance(e.get(score), (int, float)) and not math.isnan(e[score])]
     if not scored:
         return None
@@ -83,12 +85,13 @@ def _typed_column(values: list[Any]) -> pa.Array:
 def trials_table(
     records: Sequence[TrialRecord], space: SearchSpace, *, score: str, mode: str, max_epochs: int
 ) -> pa.Table:
-    """One row per trial: id, status, `param.<name>`, `metric.<name>.best` (at the best-scoring epoch)
-    and `metric.<name>.last`, epochs run, best epoch, wall time, checkpoint, error."""
+    """One row per trial: id, sampling order (`number`), status, `param.<name>`, `metric.<name>.best` (at the
+    best-scoring epoch) and `metric.<name>.last`, epochs run, best epoch, wall time, checkpoint, error."""
     metrics = _metric_names(records)
-    best = [_best_epoch(r.epochs, score, mode) or {} for r in records]
+    best = [best_epoch(r.epochs, score, mode) or {} for r in records]
     columns: dict[str, pa.Array] = {
         "trial_id": pa.array([r.trial_id for r in records], pa.string()),
+        "number": pa.array([r.number for r in records], pa.int64()),
         "status": pa.array([trial_status(r, max_epochs) for r in records], pa.string()),
         "epochs": pa.array([len(r.epochs) for r in records], pa.int64()),
         "best_epoch": pa.array([b.get("epoch") for b in best], pa.int64()),

@@ -35,11 +35,12 @@ from optuna.distributions import (
 
 from raysearch.errors import ConfigError
 from raysearch.schema import HParam, check_value
+from raysearch.search.choices import SCHEDULERS, SEARCHERS
 
 if TYPE_CHECKING:
     import optuna
 
-SPACE_KEYS = {"extends", "task", "description", "metric", "mode", "parameters", "fixed"}
+SPACE_KEYS = {"extends", "task", "description", "metric", "mode", "searcher", "scheduler", "parameters", "fixed"}
 PARAMETER_KEYS = {"type": str, "low": (int, float), "high": (int, float), "log": bool, "step": (int, float),
                   "choices": list, "when": dict}
 TYPE_KEYS = {"int": {"low", "high"}, "float": {"low", "high"}, "categorical": {"choices"}}
@@ -82,6 +83,8 @@ class SearchSpace:
     metric: str | None = None
     mode: str | None = None
     source: str = "<memory>"
+    searcher: str | None = None
+    scheduler: str | None = None
 
     @property
     def names(self) -> list[str]:
@@ -99,6 +102,7 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         """The resolved space, for study.yaml."""
         return {"task": self.task, "source": self.source, "metric": self.metric, "mode": self.mode,
+                "searcher": self.searcher, "scheduler": self.scheduler,
                 "parameters": {p.name: p.to_dict() for p in self.parameters}, "fixed": dict(self.fixed)}
 
 
@@ -215,7 +219,11 @@ def parse_space(data: Any, *, source: str, schema: Mapping[str, HParam] | None =
     mode = data.get("mode")
     if mode not in (None, "min", "max"):
         raise ConfigError(f"{source}: mode: must be min or max, got {mode!r}")
-    return SearchSpace(data["task"], tuple(parameters.values()), dict(fixed), data.get("metric"), mode, source)
+    for key, allowed in (("searcher", SEARCHERS), ("scheduler", SCHEDULERS)):
+        if data.get(key) not in (None, *allowed):
+            raise ConfigError(f"{source}: {key}: must be one of {', '.join(allowed)}, got {data[key]!r}")
+    return SearchSpace(data["task"], tuple(parameters.values()), dict(fixed), data.get("metric"), mode, source,
+                       data.get("searcher"), data.get("scheduler"))
 
 
 def _read_yaml(path: Path) -> Any:

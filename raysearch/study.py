@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import re
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -15,12 +16,14 @@ from raysearch.data.records import SplitRatios
 from raysearch.data.splits import DEFAULT_POLICY, check_policy
 from raysearch.errors import ConfigError
 from raysearch.layout import DEFAULT_RESULTS, describe_study
+from raysearch.search.choices import SCHEDULERS, SEARCHERS
 
 VERSIONED_PACKAGES = ("raysearch", "ray", "torch", "torchvision", "timm", "segmentation-models-pytorch", "optuna",
                       "pyarrow", "opencv-python-headless", "numpy")
 
 MAX_SEED = 2**32 - 1
 AUTO = "auto"
+DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
 RUNTIME_FIELDS = ("name", "results", "address", "concurrency", "wait_for_nodes")
 
 
@@ -54,6 +57,10 @@ class StudySpec:
     binarise_masks: bool = False
     splits_policy: str = DEFAULT_POLICY
     test_split: bool = True
+    searcher: str | None = None
+    scheduler: str | None = None
+    time_budget: str | None = None
+    epoch_budget: int | None = None
 
     def __post_init__(self) -> None:
         positive = {"trials": self.trials, "max_epochs": self.max_epochs, "workers_per_trial": self.workers_per_trial,
@@ -85,8 +92,19 @@ class StudySpec:
             raise ConfigError(f"--wait-for-nodes: must not be negative, got {self.wait_for_nodes}")
         if self.concurrency is not None and self.concurrency < 1:
             raise ConfigError(f"--concurrency: must be at least 1, got {self.concurrency}")
+        for flag, value, allowed in (("--searcher", self.searcher, SEARCHERS), ("--scheduler", self.scheduler,
+                                                                                 SCHEDULERS)):
+            if value is not None and value not in allowed:
+                raise ConfigError(f"{flag}: must be one of {', '.join(allowed)}, got {value!r}")
+        if self.epoch_budget is not None and self.epoch_budget < 1:
+            raise ConfigError(f"--epoch-budget: must be at least 1, got {self.epoch_budget}")
+        self.budget_seconds()
         self.splits()
         check_policy(self.splits_policy)
+
+    def budget_seconds(self) -> float | None:
+        """--time-budget in seconds (None: no time budget); ConfigError if malformed."""
+        return None if self.time_budget is None else parse_duration(self.time_budget, "--time-budget")
 
     def splits(self) -> SplitRatios:
         """The train/val/test shares for datasets without split folders (ConfigError if malformed)."""
@@ -106,6 +124,14 @@ class StudySpec:
         return f"{self.task}-{digest}" if stem == self.task else f"{self.task}-{stem}-{digest}"
 
 
+def parse_duration(text: str, flag: str) -> float:
+    """Seconds in a duration such as `2h`, `30m`, `90s` or `1.5h` (a plain number is seconds)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([hms]?)\s*", str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"{flag}: expected a positive duration such as 2h, 30m or 90s, got {text!r}")
+    return float(match.group(1)) * DURATION_UNITS[match.group(2)]
+
+
 def versions() -> dict[str, str]:
     """Installed versions of Python and the packages that decide a study's results."""
     found = {"python": platform.python_version()}
@@ -118,8 +144,9 @@ def versions() -> dict[str, str]:
 
 
 def resolved_study(spec: StudySpec, *, name: str, space: dict[str, Any], data: dict[str, Any],
-                   defaults: dict[str, Any], scheduler: dict[str, Any], resources: dict[str, Any]) -> dict[str, Any]:
+                   defaults: dict[str, Any], scheduler: dict[str, Any], searcher: dict[str, Any],
+                   budget: dict[str, Any], resources: dict[str, Any]) -> dict[str, Any]:
     """The fully resolved study, as written to study.yaml."""
     return describe_study(name=name, task=spec.task, spec=asdict(spec), data=data, search_space=space,
-                          defaults=defaults, scheduler=scheduler, resources=resources, seed=spec.seed,
-                          versions=versions())
+                          defaults=defaults, scheduler=scheduler, searcher=searcher, budget=budget,
+                          resources=resources, seed=spec.seed, versions=versions())

@@ -91,7 +91,7 @@ def test_run_multitask_end_to_end(tiny_study: TinyStudy) -> None:
 
     resolved = yaml.safe_load((study / "study.yaml").read_text())
     assert resolved["task"] == "multitask" and resolved["seed"] == 0
-    assert resolved["scheduler"]["name"] == "ASHA" and resolved["scheduler"]["time_attr"] == "epoch"
+    assert resolved["scheduler"]["name"] == "asha" and resolved["scheduler"]["time_attr"] == "epoch"
     assert "lr" in resolved["search_space"]["parameters"]
     assert resolved["versions"]["ray"].startswith("2.60")
     resources = resolved["resources"]

@@ -13,11 +13,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from ray_processes import alive, descendants, kill_all, title, wait_for
+from test_search_choices import SPACE, assert_optuna_matches_parquet
 
 from raysearch.api import resume_study
 from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.errors import ConfigError
 from raysearch.layout import latest_checkpoint, read_history
+from raysearch.search.history import has_finished
 
 TRIALS, EPOCHS = 4, 6
 
@@ -118,3 +120,74 @@ def test_driver_killed_mid_study_then_resumed(tmp_path: Path) -> None:
         assert trials.set_index("trial_id").loc[trial_id, "status"] in ("COMPLETED", "PRUNED")
         run_time = epochs[epochs["trial_id"] == trial_id]["epoch_time_s"].sum()
         assert trials.set_index("trial_id").loc[trial_id, "wall_time_s"] >= run_time, "wall time spans the restart"
+
+
+def _finished(study: Path) -> dict[str, list[int]]:
+    """The trials whose folders show they finished, with their checkpointed epochs."""
+    train = study / "train"
+    folders = [f.name for f in train.iterdir() if f.is_dir()] if train.is_dir() else []
+    return {t: _checkpointed(study, t) for t in folders if has_finished(train, t, 2)}
+
+
+@pytest.mark.slow
+def test_trials_finished_before_the_driver_died_are_kept_on_resume(tmp_path: Path) -> None:
+    """kill -9 of the driver as soon as two trials finished (one stopped by ASHA at its first rung), before
+    Ray Tune's periodic snapshot could record it: `resume` keeps both as they were (same ids, statuses and
+    epochs, not trained again), samples only the trials still missing, and optuna.db agrees."""
+    data = write_phantom(tmp_path / "phantom", PhantomSpec(train=48, val=16, test=8, image_size=64), progress=False)
+    results, study = tmp_path / "results", tmp_path / "results" / "kept"
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    command = [sys.executable, "-m", "raysearch", "run", "multitask", "--data", str(data), "--space", str(space),
+               "--trials", "4", "--max-epochs", "2", "--image-size", "32", "--concurrency", "1", "--seed", "10",
+               "--searcher", "random", "--results", str(results), "--name", "kept", "--quiet"]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_environment())
+    try:
+        wait_for(lambda: len(_finished(study)) >= 2 or driver.poll() is not None, 600, "two finished trials",
+                 every=0.05)
+        local_ray = {pid: title(pid) for pid in descendants(driver.pid)}
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == -signal.SIGKILL, "the study was still running when its driver was killed"
+    before = _finished(study)
+    assert len(before) >= 2 and not (study / "trials.parquet").exists()
+    kill_all([pid for pid, name in local_ray.items() if title(pid) == name])
+
+    resumed = subprocess.run([sys.executable, "-m", "raysearch", "resume", str(study), "--quiet"],
+                             capture_output=True, text=True, env=_environment(), timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    trials = pq.read_table(study / "trials.parquet").to_pandas().set_index("trial_id")
+    assert len(trials) == 4, "no trial lost, none sampled twice"
+    assert "PRUNED" in set(trials.loc[list(before), "status"]), "the trial ASHA stopped was among the finished"
+    for trial_id, epochs in before.items():
+        assert trials.loc[trial_id, "epochs"] == len(epochs), f"{trial_id} was trained again after resume"
+        assert set(_reported(study / "ray" / "kept" / trial_id)) <= set(epochs), f"{trial_id}: no new epoch"
+    assert_optuna_matches_parquet(study)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_first_trial_counts_no_finished_trial(tmp_path: Path) -> None:
+    data = write_phantom(tmp_path / "phantom", PhantomSpec(train=480, val=16, test=8, image_size=128),
+                         progress=False)
+    results, study = tmp_path / "results", tmp_path / "results" / "stopped"
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    command = [sys.executable, "-m", "raysearch", "run", "multitask", "--data", str(data), "--space", str(space),
+               "--trials", "3", "--max-epochs", str(EPOCHS), "--image-size", "128", "--concurrency", "1",
+               "--results", str(results), "--name", "stopped", "--quiet"]
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment())
+    try:
+        train = study / "train"
+        wait_for(lambda: driver.poll() is not None or (train.is_dir() and any(
+            1 <= len(_checkpointed(study, f.name)) <= EPOCHS - 2 for f in train.iterdir())), 600, "the first trial")
+        driver.send_signal(signal.SIGINT)
+        _, stderr = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 2, stderr[-3000:]
+    assert "study interrupted with 0 of 3 trials finished" in stderr
+    assert stderr.strip().splitlines()[-1].startswith("raysearch: error: study interrupted")

@@ -54,10 +54,17 @@ def train_worker(config: dict[str, Any]) -> None:
 
 
 def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
-    """Train one sampled configuration (validated and frozen as HParams); reports every epoch to Tune."""
+    """Train one sampled configuration (validated and frozen as HParams); reports every epoch to Tune. A trial
+    that Tune restarts after its driver died, and whose folder shows it had already finished, reports its last
+    epoch again (marked FINISHED_BEFORE) and stops: its record is on disk, nothing is trained again."""
     from ray import tune
 
+    from raysearch.search.history import FINISHED_BEFORE, has_finished, recorded_epochs
+
     trial_id = tune.get_context().get_trial_id()
+    if has_finished(Path(settings.storage_path), trial_id, settings.max_epochs):
+        tune.report({**recorded_epochs(Path(settings.storage_path), trial_id)[-1], FINISHED_BEFORE: True})
+        return
     hp = HParams(schema(create_task(settings.task).hyperparameters), {**settings.defaults, **config},
                  where=f"trial {trial_id}")
     cache_dir, hit = ensure_cache(settings.index, settings.fingerprint, preprocessing_of(hp), Path(settings.cache_root),

@@ -1,4 +1,5 @@
-"""Build and run the Ray Tune study: OptunaSearch (TPE) proposes, ASHA stops, trials train."""
+"""Build and run the Ray Tune study: an Optuna sampler (TPE, random, QMC) proposes, a Ray Tune scheduler
+(ASHA, HyperBand, median rule, none) stops, trials train."""
 
 from __future__ import annotations
 
@@ -6,28 +7,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raysearch.layout import OPTUNA_FILE, RAY_DIR, latest_checkpoint, read_history
+from raysearch.layout import OPTUNA_FILE, RAY_DIR, latest_checkpoint
 from raysearch.results import TrialRecord
+from raysearch.search.history import recorded_epochs
 from raysearch.search.resources import ElasticConcurrency
+from raysearch.search.searcher import Budget
 from raysearch.search.signing import SignSnapshots
-from raysearch.search.trial import TrialSettings, is_reported_metric, run_trial
+from raysearch.search.trial import TrialSettings, run_trial
 from raysearch.space import SearchSpace
 
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """How the search itself runs: budget, scheduler and concurrency."""
+    """How the search itself runs: searcher, scheduler, budget and concurrency."""
 
     name: str
     results_dir: Path
     trials: int
     metric: str
     mode: str
-    seed: int
-    grace_period: int
-    reduction_factor: int
     concurrency: int | None
     max_failures: int
+    searcher: str
+    searcher_settings: dict[str, Any]
+    scheduler: str
+    scheduler_settings: dict[str, Any]
+    budget: Budget
+
+    @property
+    def optuna_storage(self) -> str:
+        """The Optuna study's SQLite URL (results/<study>/optuna.db, which optuna-dashboard opens)."""
+        return f"sqlite:///{(self.results_dir / OPTUNA_FILE).resolve()}"
 
 
 def experiment_dir(study_dir: Path, name: str) -> Path:
@@ -52,17 +62,17 @@ def build_tuner(space: SearchSpace, search: SearchSettings, trial: TrialSettings
     concurrency limit (starting at `concurrency`) that follows the cluster's nodes."""
     import optuna
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
-    from raysearch.search.scheduler import ResumableASHA
+    from raysearch.search.scheduler import create_scheduler
+    from raysearch.search.searcher import StudySearch, create_sampler
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(search.results_dir / OPTUNA_FILE).resolve()}")
-    searcher = OptunaSearch(
-        space=space.sample, metric=search.metric, mode=search.mode, study_name=search.name, storage=storage,
-        sampler=optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=max(2, min(10, search.trials // 3))),
+    searcher = StudySearch(
+        train_dir=Path(trial.storage_path), max_epochs=trial.max_epochs, budget=search.budget,
+        space=space.sample, metric=search.metric, mode=search.mode, study_name=search.name,
+        storage=optuna.storages.RDBStorage(search.optuna_storage),
+        sampler=create_sampler(search.searcher, search.searcher_settings),
     )
-    scheduler = ResumableASHA(trial.storage_path, time_attr="epoch", max_t=trial.max_epochs,
-                              grace_period=search.grace_period, reduction_factor=search.reduction_factor)
+    scheduler = create_scheduler(search.scheduler, trial.storage_path, search.scheduler_settings)
     return tune.Tuner(
         trainable(trial),
         tune_config=tune.TuneConfig(
@@ -82,9 +92,10 @@ def build_tuner(space: SearchSpace, search: SearchSettings, trial: TrialSettings
 def restore_tuner(search: SearchSettings, trial: TrialSettings) -> Any:
     """The Tuner of an interrupted study: finished and failed trials are kept as they are, unfinished
     ones start again and continue from the latest checkpoint in their trial folder (see
-    raysearch.training.session), and the searcher (with its concurrency limit) and the count of trials
-    still to sample come back from the experiment folder, and ASHA's rungs are refilled from the
-    trials' recorded epochs (see raysearch.search.scheduler)."""
+    raysearch.training.session; one whose folder shows it had finished stops at once, see
+    raysearch.search.trial), the searcher (with its concurrency limit, budget and Optuna trials) and the
+    count of trials still to sample come back from the experiment folder, and the scheduler's state is
+    refilled from the trials' recorded epochs (see raysearch.search.scheduler)."""
     from ray import tune
 
     return tune.Tuner.restore(str(experiment_dir(search.results_dir, search.name).resolve()), trainable(trial),
@@ -107,8 +118,7 @@ def records_from(result_grid: Any, train_dir: Path) -> list[TrialRecord]:
     for result in result_grid:
         trial_id = Path(result.path).name
         checkpoint = latest_checkpoint(train_dir / trial_id)
-        epochs = [{k: v for k, v in epoch.items() if is_reported_metric(k) and v == v}
-                  for epoch in read_history(checkpoint)]
+        epochs = recorded_epochs(train_dir, trial_id)
         error = None
         if result.error is not None:
             lines = [line for line in str(result.error).strip().splitlines() if line.strip()]

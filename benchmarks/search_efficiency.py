@@ -1,0 +1,154 @@
+"""Does the search pay? For one task and dataset, R repetitions (seeds) of four ways to spend the same
+compute, in trial-epochs:
+
+  (a) random      random search, every trial to --max-epochs (no early stopping)
+  (b) random+asha random search, ASHA stops the weak trials
+  (c) tpe+asha    the default: TPE (multivariate, grouped, constant liar) + ASHA
+  (d) recipe      the published hand-tuned recipe (search_spaces/reference/recipes/<task>.yaml), trained as
+                  its authors did: several seeds, the run with the best validation score kept
+
+Each arm of each repetition is one or more real raysearch studies (Ray Tune, one local Ray instance, one
+trial at a time, so that cumulative compute is well defined), stopped by --epoch-budget. Writes the
+best-so-far validation score against cumulative trial-epochs of every run to Parquet, prints each arm's
+test score of its final pick (mean ± sd over repetitions) and, as its last line, the median over
+repetitions of the fraction of (a)'s compute that (c) needed to reach (a)'s final best:
+`compute to reach random's best: <fraction>` (inf when (c) never reached it within the budget).
+
+    python benchmarks/search_efficiency.py [--task classification] [--data DIR] [--repetitions 3]
+        [--budget 24] [--max-epochs 4] [--recipe-seeds 3] [--image-size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from raysearch.api import run_study
+from raysearch.bundled import search_spaces_dir
+from raysearch.dashboard_logic import compute_to_reach, search_progress
+from raysearch.data.phantom import PhantomSpec, write_phantom
+from raysearch.study import StudySpec
+
+ARMS = {"random": ("random", "none"), "random+asha": ("random", "asha"), "tpe+asha": ("tpe", "asha")}
+RECIPE = "recipe"
+ORDER = (RECIPE, *ARMS)   # the recipe first: the fixed configuration fails fastest if anything is amiss
+
+
+def arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="classification")
+    parser.add_argument("--data", help="dataset (default: a small phantom set, 240/60/30 images)")
+    parser.add_argument("--space", help="search space of arms a-c (default: search_spaces/TASK.yaml)")
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--budget", type=int, default=24, help="trial-epochs per arm and repetition")
+    parser.add_argument("--max-epochs", type=int, default=4, help="epochs per trial at most, arms a-c")
+    parser.add_argument("--recipe-seeds", type=int, default=3,
+                        help="seeds the recipe is trained with; each gets budget / seeds epochs")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/search_efficiency.parquet"))
+    parser.add_argument("--workdir", type=Path, help="where the studies go (default: a temporary folder)")
+    return parser.parse_args(argv)
+
+
+def study(args: argparse.Namespace, root: Path, name: str, **spec: object) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run one study quietly; its trials and epochs tables."""
+    settings = {"task": args.task, "data": args.data, "results": str(root), "name": name,
+                "image_size": args.image_size, "concurrency": 1, **spec}
+    with contextlib.redirect_stdout(io.StringIO()):
+        outcome = run_study(StudySpec(**settings), progress=False, out=io.StringIO())
+    return (pq.read_table(outcome.directory / "trials.parquet").to_pandas(),   # with the test.* columns
+            pq.read_table(outcome.directory / "epochs.parquet").to_pandas())
+
+
+def final_pick(trials: pd.DataFrame, metric: str) -> pd.Series:
+    """The trial a study picks: best validation score (its test score was measured by `raysearch run`)."""
+    return trials.sort_values(f"metric.{metric}.best", ascending=False).iloc[0]
+
+
+def search_arm(args: argparse.Namespace, root: Path, arm: str, repetition: int) -> tuple[pd.DataFrame, float]:
+    """One search arm: its best-so-far curve and the test score of its pick."""
+    searcher, scheduler = ARMS[arm]
+    trials, epochs = study(args, root, f"{arm.replace('+', '-')}-{repetition}", space=args.space,
+                           searcher=searcher, scheduler=scheduler, seed=repetition, max_epochs=args.max_epochs,
+                           trials=args.budget, epoch_budget=args.budget)
+    return search_progress(trials, epochs, "val_score", "max"), float(final_pick(trials, "val_score")["test.score"])
+
+
+def recipe_arm(args: argparse.Namespace, root: Path, repetition: int) -> tuple[pd.DataFrame, float]:
+    """The recipe trained with `--recipe-seeds` seeds in turn, the best validation run kept."""
+    recipe = search_spaces_dir() / "reference" / "recipes" / f"{args.task}.yaml"
+    curves, picks = [], []
+    for run in range(args.recipe_seeds):
+        trials, epochs = study(args, root, f"recipe-{repetition}-{run}", space=str(recipe), trials=1,
+                               seed=1000 * repetition + run, max_epochs=args.budget // args.recipe_seeds)
+        curves.append(search_progress(trials, epochs, "val_score", "max").assign(trial_id=f"seed-{run}"))
+        picks.append(final_pick(trials, "val_score"))
+    curve = pd.concat(curves, ignore_index=True)
+    curve["trial_epochs"] = range(1, len(curve) + 1)
+    curve["best_so_far"] = curve["value"].cummax().ffill()
+    best = max(picks, key=lambda row: row["metric.val_score.best"])
+    return curve, float(best["test.score"])
+
+
+def write_curves(curves: list[pd.DataFrame], path: Path) -> pd.DataFrame:
+    """Every run's best-so-far curve so far, as one Parquet table (arm, repetition, trial_epochs, ...)."""
+    table = pd.concat(curves, ignore_index=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(path, index=False)
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    import platform
+
+    import ray
+
+    args = arguments(argv)
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="search-efficiency-"))
+    if args.data is None:
+        args.data = str(write_phantom(root / "phantom", PhantomSpec(train=240, val=60, test=30), progress=False))
+    started = time.perf_counter()
+    ray.init(num_cpus=os.cpu_count(), log_to_driver=False, configure_logging=False, include_dashboard=False)
+    curves, tests = [], {arm: [] for arm in ORDER}
+    try:
+        for repetition in range(args.repetitions):
+            for arm in ORDER:
+                curve, test = (recipe_arm(args, root, repetition) if arm == RECIPE
+                               else search_arm(args, root, arm, repetition))
+                curves.append(curve.assign(arm=arm, repetition=repetition))
+                tests[arm].append(test)
+                write_curves(curves, args.out)   # after every run, so that a stopped benchmark keeps its runs
+                print(f"repetition {repetition} {arm}: {curve['trial_epochs'].max()} trial-epochs, "
+                      f"best val {curve['best_so_far'].iloc[-1]:.4f}, test {test:.4f}", file=sys.stderr, flush=True)
+    finally:
+        ray.shutdown()
+    table = write_curves(curves, args.out)
+    fractions = []
+    for repetition in range(args.repetitions):
+        runs = table[table["repetition"] == repetition]
+        random, tpe = runs[runs["arm"] == "random"], runs[runs["arm"] == "tpe+asha"]
+        needed = compute_to_reach(tpe, random["best_so_far"].iloc[-1], "max")
+        fractions.append(float("inf") if needed is None else needed / random["trial_epochs"].max())
+    print(f"{args.task} on {args.data}, {args.image_size} px, {args.repetitions} repetitions of "
+          f"{args.budget} trial-epochs per arm (max {args.max_epochs} epochs per trial; recipe: "
+          f"{args.recipe_seeds} seeds x {args.budget // args.recipe_seeds} epochs); {platform.machine()} "
+          f"{os.cpu_count()} CPUs, {time.perf_counter() - started:.0f} s. Curves: {args.out}")
+    for arm, scores in tests.items():
+        spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
+        print(f"  {arm:12s} test score of its pick: {statistics.mean(scores):.4f} ± {spread:.4f}")
+    print(f"  fraction per repetition: {', '.join(f'{f:.2f}' for f in fractions)}")
+    print(f"compute to reach random's best: {statistics.median(fractions):.2f}")
+
+
+if __name__ == "__main__":
+    main()

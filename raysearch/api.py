@@ -25,7 +25,7 @@ from raysearch.layout import StudyFolder, score_column
 from raysearch.results import epochs_table, trials_table, write_table_atomic, write_text_atomic
 from raysearch.space import SearchSpace, load_space
 from raysearch.study import StudySpec, resolved_study
-from raysearch.study_lock import study_lock
+from raysearch.study_lock import refuse_if_held, study_lock
 from raysearch.tasks import create_task
 from raysearch.training.hparams import defaults, preprocessing_of, schema
 
@@ -89,10 +89,12 @@ class _Plan:
 
 
 def _check_state(name: str, study_dir: Path, *, resuming: bool) -> None:
-    """ConfigError when the study folder's state does not allow a run (or a resume)."""
+    """ConfigError when the study folder's state does not allow a run (or a resume), or another driver runs it."""
     from ray.tune import Tuner
 
     from raysearch.search.tuner import experiment_dir
+
+    refuse_if_held(study_dir)
 
     if StudyFolder(study_dir).trials_file.exists():
         raise ConfigError(f"study {name} already finished in {study_dir}; choose another --name or delete it")

@@ -89,7 +89,7 @@ class Model:
     repeat: int
     seed: int
     network: nn.Module
-    hp: dict[str, Any]
+    hp: Mapping[str, Any]
 
 
 def _study_cache(study_dir: Path, study: Mapping[str, Any], hp: Mapping[str, Any], progress: bool) -> CachedDataset:
@@ -109,7 +109,7 @@ def _study_cache(study_dir: Path, study: Mapping[str, Any], hp: Mapping[str, Any
     return load_cache(directory)
 
 
-def _retrain(study: Mapping[str, Any], hp: dict[str, Any], data: CachedDataset, seed: int,
+def _retrain(study: Mapping[str, Any], hp: Mapping[str, Any], data: CachedDataset, seed: int,
              max_epochs: int) -> nn.Module:
     """Train a configuration from scratch with `seed`; the network with its best-validation weights."""
     session = EvaluationSession(device())

@@ -24,6 +24,7 @@ from raysearch.errors import ConfigError
 from raysearch.layout import LOCK_FILE
 
 ATTEMPTS = 5
+_HELD: set[Path] = set()  # the lock files this process holds
 
 
 def _holder(text: str) -> str:
@@ -33,6 +34,27 @@ def _holder(text: str) -> str:
         return f"PID {record['pid']} on {record['host']} (since {record['since']})"
     except (ValueError, KeyError, TypeError):
         return f"an unknown process ({text.strip()[:60]!r})"
+
+
+def _busy(study_dir: Path, holder: str) -> ConfigError:
+    return ConfigError(f"{study_dir}: another raysearch driver runs this study: {holder}; wait for it or stop it")
+
+
+def refuse_if_held(study_dir: Path) -> None:
+    """ConfigError naming the holder when a driver holds the study's lock now (checked without creating
+    anything, so that a study being run is not mistaken for an interrupted one)."""
+    path = study_dir / LOCK_FILE
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if path.resolve() not in _HELD:
+            raise _busy(study_dir, _holder(path.read_text(errors="replace"))) from None
+    finally:
+        os.close(descriptor)
 
 
 def _acquire(study_dir: Path) -> int:
@@ -48,9 +70,7 @@ def _acquire(study_dir: Path) -> int:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(descriptor)
-            holder = _holder(path.read_text(errors="replace"))
-            raise ConfigError(f"{study_dir}: another raysearch driver runs this study: {holder}; wait for it "
-                              f"or stop it") from None
+            raise _busy(study_dir, _holder(path.read_text(errors="replace"))) from None
         try:
             if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
                 return descriptor
@@ -72,13 +92,15 @@ def study_lock(study_dir: Path, *, out: TextIO = sys.stderr) -> Iterator[None]:
         if previous.strip():
             print(f"raysearch: {study_dir}: took over the lock of {_holder(previous)}, which ended without "
                   "releasing it", file=out)
-        record = {"host": socket.gethostname(), "pid": os.getpid(),
-                  "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, json.dumps(record).encode(), 0)
+        os.pwrite(descriptor, record.encode(), 0)
+        _HELD.add((study_dir / LOCK_FILE).resolve())
         try:
             yield
         finally:
+            _HELD.discard((study_dir / LOCK_FILE).resolve())
             os.ftruncate(descriptor, 0)
             if created and [p.name for p in study_dir.iterdir()] == [LOCK_FILE]:
                 (study_dir / LOCK_FILE).unlink()

@@ -52,6 +52,7 @@ def test_second_driver_is_refused_naming_the_holder(tmp_path: Path) -> None:
     data = write_phantom(tmp_path / "phantom", TINY_PHANTOM, progress=False)
     results, name = tmp_path / "results", "same"
     holder = _hold(results / name)
+    (results / name / "trials.parquet").write_bytes(b"")  # what the holder's study looks like is not the point
     try:
         refused = raysearch("run", "multitask", "--data", str(data), "--image-size", "32", "--name", name,
                             "--results", str(results), "--quiet")
@@ -62,7 +63,7 @@ def test_second_driver_is_refused_naming_the_holder(tmp_path: Path) -> None:
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in refused.stderr
     assert "another raysearch driver runs this study" in lines[0] and f"PID {holder.pid} on " in lines[0]
-    assert sorted(p.name for p in (results / name).iterdir()) == [LOCK_FILE]
+    assert sorted(p.name for p in (results / name).iterdir()) == [LOCK_FILE, "trials.parquet"]
 
 
 def test_lock_is_released_on_ctrl_c(tmp_path: Path) -> None:

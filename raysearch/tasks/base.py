@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -55,12 +56,12 @@ class Task(ABC):
         return rows
 
     @abstractmethod
-    def build_model(self, hp: dict[str, Any], context: TaskContext) -> nn.Module:
+    def build_model(self, hp: Mapping[str, Any], context: TaskContext) -> nn.Module:
         """The network for one trial's hyperparameters."""
 
     @abstractmethod
     def loss(
-        self, model: nn.Module, output: Any, batch: Batch, hp: dict[str, Any], context: TaskContext
+        self, model: nn.Module, output: Any, batch: Batch, hp: Mapping[str, Any], context: TaskContext
     ) -> torch.Tensor:
         """The training loss of one batch (`context.class_weights` weights the classes, when set)."""
 

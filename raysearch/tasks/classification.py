@@ -14,6 +14,7 @@ the reference figures.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -40,11 +41,11 @@ class ClassificationTask(Task):
         """Images with a class."""
         return rows[data.labels[rows] >= 0]
 
-    def build_model(self, hp: dict[str, Any], context: TaskContext) -> nn.Module:
+    def build_model(self, hp: Mapping[str, Any], context: TaskContext) -> nn.Module:
         return HeadNet(backbone_from(hp, context.in_channels), dropout=hp["dropout"], num_classes=context.num_classes)
 
     def loss(
-        self, model: nn.Module, output: Any, batch: Batch, hp: dict[str, Any], context: TaskContext
+        self, model: nn.Module, output: Any, batch: Batch, hp: Mapping[str, Any], context: TaskContext
     ) -> torch.Tensor:
         return F.cross_entropy(
             output["logits"], batch["label"], weight=context.class_weights, label_smoothing=hp["label_smoothing"]

@@ -11,6 +11,7 @@ the mean training polygon (0 = no localisation at all, 1 = perfect).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -51,12 +52,12 @@ class MultitaskTask(Task):
         """Images with both a class and a polygon."""
         return rows[(data.labels[rows] >= 0) & ~np.isnan(data.polygons[rows, 0])]
 
-    def build_model(self, hp: dict[str, Any], context: TaskContext) -> nn.Module:
+    def build_model(self, hp: Mapping[str, Any], context: TaskContext) -> nn.Module:
         return TwoHeadNet(backbone_from(hp, context.in_channels), context.num_classes, hp["dropout"],
                           uncertainty=hp["loss_weighting"] == "uncertainty")
 
     def loss(
-        self, model: nn.Module, output: Any, batch: Batch, hp: dict[str, Any], context: TaskContext
+        self, model: nn.Module, output: Any, batch: Batch, hp: Mapping[str, Any], context: TaskContext
     ) -> torch.Tensor:
         classification = F.cross_entropy(
             output["logits"], batch["label"], weight=context.class_weights, label_smoothing=hp["label_smoothing"]

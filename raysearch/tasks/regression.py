@@ -11,6 +11,7 @@ APD, the reference's figure, does, and reads the same on every dataset.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -37,11 +38,11 @@ class RegressionTask(Task):
         """Images with a polygon."""
         return rows[~np.isnan(data.polygons[rows, 0])]
 
-    def build_model(self, hp: dict[str, Any], context: TaskContext) -> nn.Module:
+    def build_model(self, hp: Mapping[str, Any], context: TaskContext) -> nn.Module:
         return HeadNet(backbone_from(hp, context.in_channels), dropout=hp["dropout"], polygon=True)
 
     def loss(
-        self, model: nn.Module, output: Any, batch: Batch, hp: dict[str, Any], context: TaskContext
+        self, model: nn.Module, output: Any, batch: Batch, hp: Mapping[str, Any], context: TaskContext
     ) -> torch.Tensor:
         return regression_loss(hp["reg_loss"], output["polygon"], batch["polygon"])
 

@@ -15,6 +15,7 @@ so validation losses compare across trials. val_score = IoU.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -40,13 +41,13 @@ class SegmentationTask(Task):
                        "seg_loss": choice("dice_focal", SEGMENTATION_LOSSES)}
     needs = ("mask",)
 
-    def build_model(self, hp: dict[str, Any], context: TaskContext) -> nn.Module:
+    def build_model(self, hp: Mapping[str, Any], context: TaskContext) -> nn.Module:
         return create_segmentation_model(hp["architecture"], hp["encoder"], in_channels=context.in_channels,
                                          image_size=hp["image_size"], pretrained=hp["pretrained"],
                                          dropout=hp["dropout"])
 
     def loss(
-        self, model: nn.Module, output: Any, batch: Batch, hp: dict[str, Any], context: TaskContext
+        self, model: nn.Module, output: Any, batch: Batch, hp: Mapping[str, Any], context: TaskContext
     ) -> torch.Tensor:
         return segmentation_loss(hp["seg_loss"])(output["mask"], batch["mask"])
 

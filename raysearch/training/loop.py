@@ -12,7 +12,7 @@ puts them together with hooks, and `train` runs it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -52,14 +52,14 @@ def baseline_apd(data: CachedDataset, train: np.ndarray, val: np.ndarray) -> flo
     return float(np.linalg.norm((val_polygons - mean).reshape(-1, 4, 2), axis=2).mean())
 
 
-def make_batch(data: CachedDataset, rows: np.ndarray, hp: dict[str, Any], device: torch.device,
+def make_batch(data: CachedDataset, rows: np.ndarray, hp: Mapping[str, Any], device: torch.device,
                augmentation: Augmentation | None = None) -> Batch:
     """Tensors for a set of cache rows on `device`: normalised images, labels, polygons and masks (augmented if
     asked), read from the memory-mapped cache (a trial draws its batches from a `BatchSource` instead)."""
     return BatchSource(data, device, preprocessing_of(hp), placement="mapped").batch(rows, augmentation)
 
 
-def class_balance(hp: dict[str, Any]) -> str:
+def class_balance(hp: Mapping[str, Any]) -> str:
     """The trial's class_balance choice (its default where a caller's hp predates it), validated."""
     choice = hp.get("class_balance", AUGMENTATION["class_balance"])
     if choice not in CLASS_BALANCE:
@@ -85,7 +85,7 @@ def _epoch_order(rows: np.ndarray, labels: np.ndarray | None, rng: np.random.Gen
     return rng.choice(rows, size=len(rows), replace=True, p=chance / chance.sum())
 
 
-def train_batches(rows: np.ndarray, hp: dict[str, Any], epoch: int, seed: int, rank: int, world: int,
+def train_batches(rows: np.ndarray, hp: Mapping[str, Any], epoch: int, seed: int, rank: int, world: int,
                   labels: np.ndarray | None = None) -> Iterator[np.ndarray]:
     """This worker's shuffled batches of one epoch; every worker gets the same number of batches.
 
@@ -125,7 +125,7 @@ def _as_float(output: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def evaluate(task: Task, model: nn.Module, data: CachedDataset, rows: np.ndarray, hp: dict[str, Any],
+def evaluate(task: Task, model: nn.Module, data: CachedDataset, rows: np.ndarray, hp: Mapping[str, Any],
              context: TaskContext, session: Session, *, source: BatchSource | None = None,
              autocast: AbstractContextManager[None] | None = None) -> dict[str, float]:
     """Task metrics over all `rows`, each worker taking every world_size-th row, summed across workers.
@@ -169,7 +169,7 @@ def measure_latency(model: nn.Module, shape: tuple[int, ...], device: torch.devi
     return float(np.median(timings))
 
 
-def train(hp: dict[str, Any], settings: LoopSettings, session: Session) -> None:
+def train(hp: Mapping[str, Any], settings: LoopSettings, session: Session) -> None:
     """Train one configuration, reporting every epoch's metrics and (rank 0) a checkpoint to `session`."""
     from raysearch.training.trainer import Trainer
 

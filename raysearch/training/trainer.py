@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from raysearch.training.precision import Precision, resolve_precision
 from raysearch.training.session import Session
 
 
-def default_callbacks(hp: dict[str, Any]) -> list[Callback]:
+def default_callbacks(hp: Mapping[str, Any]) -> list[Callback]:
     """Early stopping (it decides which epoch is the best), then checkpointing, then reporting."""
     return [EarlyStopping(hp["patience"]), Checkpointing(), Reporting()]
 
@@ -54,7 +54,7 @@ def _is_conv_net(model: nn.Module) -> bool:
 class Trainer:
     """Trains one configuration on `session`'s device, reporting every epoch to `session`."""
 
-    def __init__(self, hp: dict[str, Any], settings: LoopSettings, session: Session,
+    def __init__(self, hp: Mapping[str, Any], settings: LoopSettings, session: Session,
                  callbacks: Sequence[Callback] | None = None) -> None:
         self.hp, self.settings, self.session = hp, settings, session
         device = session.device

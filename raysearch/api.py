@@ -245,7 +245,8 @@ def _search(plan: _Plan, *, progress: bool, out: TextIO) -> StudyOutcome:
 
     spec, index, metric, mode = plan.spec, plan.index, plan.search.metric, plan.search.mode
     with _connected(spec.address), _on_cluster(plan) as (plan, concurrency, cluster_gpus):
-        print("\n".join(device_plan(plan.trial.shape, concurrency, cluster_gpus)), file=out, flush=True)
+        plan_lines = device_plan(plan.trial.shape, min(concurrency, spec.trials), cluster_gpus)
+        print("\n".join(plan_lines), file=out, flush=True)
         write_table_atomic(issues_table(index.issues), StudyFolder(plan.directory).data_issues_file)
         write_table_atomic(plan.splits.table(), StudyFolder(plan.directory).splits_file)
         data_info = {"root": str(index.root), "format": index.format, "classes": index.classes,

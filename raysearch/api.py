@@ -369,7 +369,7 @@ def _finish(plan: _Plan, records: list[TrialRecord], search_seconds: float, *, p
     write_table_atomic(epochs_table(records), folder.epochs_file)
     write_table_atomic(table, folder.trials_file)
     finish_study(plan.directory, progress=progress, out=out)
-    devices = plan.spec.workers_per_trial * (plan.spec.gpus_per_worker or 1.0)
+    devices = plan.trial.workers * (plan.trial.gpus_per_worker or 1.0)
     outcome = StudyOutcome(plan.directory, table.to_pandas(), metric, mode, search_seconds,
                            trial_epochs=sum(len(r.epochs) for r in records),
                            device_hours=sum(r.wall_time_s for r in records) * devices / 3600)

@@ -157,6 +157,17 @@ def test_truncated_jpeg_is_listed_in_the_issues_and_by_the_audit(capsys: pytest.
     assert problems[["path", "detail"]].values.tolist() == [list(expected)]
 
 
+def test_truncated_mask_beside_yolo_labels_is_listed(tmp_path: Path, phantom: Path) -> None:
+    data = tmp_path / "phantom"
+    shutil.copytree(phantom, data)
+    mask = sorted((data / "train" / "masks").iterdir())[0]
+    mask.write_bytes(mask.read_bytes()[:100])
+    index = load_dataset(str(data), progress=False, out=io.StringIO())
+    assert [(i.path, i.message) for i in index.issues] == [
+        (mask.resolve(), "mask: truncated image: no PNG IEND chunk at the end of the file")]
+    assert len(index.split("train")) == TINY_PHANTOM.train - 1
+
+
 def _label_masks(data: Path) -> Path:
     """Rewrite the first mask with class labels 0..5 instead of 0/1."""
     mask_path = sorted((data / "masks").iterdir())[0]

@@ -143,6 +143,9 @@ def _record(image: Path, split: str, num_classes: int) -> Record:
     problem = image_problem(image)
     if problem is not None:
         return Record(bare, "malformed", (DataIssue(image, problem),))
+    mask_problem = image_problem(bare.mask_path) if bare.mask_path is not None else None
+    if mask_problem is not None:
+        return Record(bare, "malformed", (DataIssue(bare.mask_path, f"mask: {mask_problem}"),))
     if not label.is_file():
         return Record(bare, "missing", (DataIssue(label, "label file missing (an image without objects needs an "
                                                         "empty .txt)"),))

@@ -37,9 +37,10 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "optim": (["raysearch/training/optim.py", "raysearch/training/hparams.py"],
               ["tests/test_optim.py", "tests/test_loop_behaviour.py", "tests/test_space.py"]),
     "session": (["raysearch/training/session.py"], ["tests/test_checkpoints.py", "tests/test_session.py"]),
-    "loop": (["raysearch/training/loop.py"],
-             ["tests/test_loop_behaviour.py", "tests/test_checkpoints.py", "tests/test_augment.py",
-              "tests/test_multitask.py", "tests/test_tasks.py"]),
+    "loop": (["raysearch/training/loop.py", "raysearch/training/trainer.py", "raysearch/training/callbacks.py",
+              "raysearch/training/precision.py"],
+             ["tests/test_loop_behaviour.py", "tests/test_checkpoints.py", "tests/test_trainer.py",
+              "tests/test_augment.py", "tests/test_multitask.py"]),
 }
 DETECTED = ("killed", "timeout")  # a mutant that makes a test fail or hang is caught
 MISSED = ("survived", "no tests")  # one that every covering test passes, or that no test runs

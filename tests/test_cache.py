@@ -111,11 +111,26 @@ def test_a_trial_that_needs_an_entry_being_built_waits_for_the_builder_and_build
         built = (directory / "meta.json").stat()
         fcntl.flock(held, fcntl.LOCK_UN)
     assert found.get(timeout=120) == (directory, True)  # it found the entry built and counts as a hit
+    assert ensure_cache(index, fingerprint, config, tmp_path, progress=False) == (directory, True)
     second.join(timeout=60)
     assert second.exitcode == 0
     after = (directory / "meta.json").stat()
     assert (after.st_ino, after.st_mtime_ns) == (built.st_ino, built.st_mtime_ns)  # not built a second time
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_a_loaded_entry_is_memory_mapped_and_knows_its_folder_classes_and_paths(index: DatasetIndex,
+                                                                              tmp_path: Path) -> None:
+    directory, _ = ensure_cache(index, dataset_fingerprint(index), preprocessing_of({**defaults({}), "image_size": 32}),
+                                tmp_path, progress=False)
+    data = load_cache(directory)
+    assert data.directory == directory and data.classes == index.classes
+    assert data.paths == [str(s.image_path) for s in index.samples]
+    for array in (data.images, data.masks, data.labels, data.polygons, data.splits):
+        assert isinstance(array, np.memmap) and array.mode == "r"  # one copy in memory, shared by every trial
+    assert data.images.shape == (len(index.samples), 32, 32) and data.polygons.shape == (len(index.samples), 8)
+    assert list(data.labels) == [s.class_id for s in index.samples]
+    assert [len(data.indices(split)) for split in ("train", "val", "test")] == [8, 4, 4]
 
 
 def _copy_dataset(root: Path, target: Path) -> Path:

@@ -83,11 +83,20 @@ def _copy_project(work: Path, files: list[str], tests: list[str]) -> None:
     _configure(work / "pyproject.toml", files, tests)
 
 
-def run_module(name: str, work: Path, children: int, minutes: float | None, only: list[str]) -> None:
+def run_module(name: str, work: Path, children: int, minutes: float | None, only: list[str],
+               missed_only: bool = False) -> None:
     """Run mutmut over one module in a fresh copy of the project at `work`, for at most `minutes` (the
-    mutants not reached by then stay "not checked"); `only` restricts it to mutant names matching globs."""
+    mutants not reached by then stay "not checked"); `only` restricts it to mutant names matching globs.
+    With `missed_only`, keep `work` and run only its missed and unchecked mutants against the current tests."""
     files, tests = MODULES[name]
-    _copy_project(work, files, tests)
+    if missed_only:
+        only = [m for m, status in _statuses(work).items() if status in (*MISSED, "not checked")]
+        shutil.copytree(ROOT / "tests", work / "tests", dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        if not only:
+            return
+    else:
+        _copy_project(work, files, tests)
     environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"RAY_USAGE_STATS_ENABLED": "0"}
     mutmut = Path(sys.executable).with_name("mutmut")
     process = subprocess.Popen([str(mutmut), "run", "--max-children", str(children), *only], cwd=work,
@@ -130,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", default=[], metavar="GLOB",
                         help="mutant names to run, e.g. 'raysearch.data.cache.x_dataset_fingerprint*'")
     parser.add_argument("--report", action="store_true", help="only report the work folders' last results")
+    parser.add_argument("--missed-only", action="store_true",
+                        help="rerun only the missed and unchecked mutants of the last run, with the current tests")
     parser.add_argument("--show-survivors", action="store_true")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.modules) - set(MODULES))
@@ -139,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'module':<10} {'caught':>7} {'missed':>9} {'other':>6} {'score':>7}  other statuses")
     for name in args.modules or list(MODULES):
         if not args.report:
-            run_module(name, args.work / name, args.children, args.minutes, args.only)
+            run_module(name, args.work / name, args.children, args.minutes, args.only, args.missed_only)
         report(name, _statuses(args.work / name), args.show_survivors)
 
 if __name__ == "__main__":

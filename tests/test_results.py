@@ -93,6 +93,9 @@ def test_columns_statuses_and_bookkeeping() -> None:
     for bookkeeping in ("epoch", "params", "latency_ms", "stopped_early"):
         assert f"metric.{bookkeeping}.best" not in table.column_names
     assert trial_status(TrialRecord("d", {}, [_epoch(1, 0.1, 1.0), _epoch(2, 0.2, 0.9)]), max_epochs=2) == "COMPLETED"
+    [single] = trials_table([TrialRecord("s", {}, [_epoch(1, 0.1, 1.0)])], SPACE, score="val_score", mode="max",
+                            max_epochs=1).to_pylist()
+    assert (single["params"], single["latency_ms"], single["status"]) == (1000, 2.5, "COMPLETED")
     assert trial_status(TrialRecord("e", {}, [_epoch(1, 0.1, 1.0)], error="boom"), max_epochs=1) == "FAILED"
 
 
@@ -121,10 +124,16 @@ def test_columns_keep_their_types_when_there_is_nothing_to_infer_them_from() -> 
     failed = [TrialRecord("a", {}, error="boom"), TrialRecord("b", {}, [])]
     assert epochs_table(failed).schema == pa.schema([("trial_id", pa.string()), ("epoch", pa.int64())])
     empty = trials_table([], SPACE, score="val_score", mode="max", max_epochs=1)
-    assert {f.name: f.type for f in empty.schema if not f.name.startswith("param.")} == {
-        "trial_id": pa.string(), "status": pa.string(), "epochs": pa.int64(), "best_epoch": pa.int64(),
-        "wall_time_s": pa.float64(), "params": pa.int64(), "latency_ms": pa.float64(), "checkpoint": pa.string(),
-        "error": pa.string()}
+    typed = {"trial_id": pa.string(), "status": pa.string(), "epochs": pa.int64(), "best_epoch": pa.int64(),
+             "wall_time_s": pa.float64(), "params": pa.int64(), "latency_ms": pa.float64(), "checkpoint": pa.string(),
+             "error": pa.string()}
+    assert {name: empty.schema.field(name).type for name in typed} == typed
+    unscored = [TrialRecord("a", {}, [{"epoch": 1, "val_score": math.nan, "val_loss": 1.0}, {"epoch": 2}])]
+    [row] = trials_table(unscored, SPACE, score="val_score", mode="max", max_epochs=2).to_pylist()
+    assert row["best_epoch"] is None and row["metric.val_loss.best"] is None and row["metric.val_loss.last"] is None
+    unscored_table = trials_table(unscored, SPACE, score="val_score", mode="max", max_epochs=2)
+    for column in ("metric.val_loss.best", "metric.val_loss.last", "metric.val_score.best"):
+        assert unscored_table.schema.field(column).type == pa.float64(), column
     trials = trials_table(failed, SPACE, score="val_score", mode="max", max_epochs=1)
     expected = {"trial_id": pa.string(), "status": pa.string(), "epochs": pa.int64(), "best_epoch": pa.int64(),
                 "wall_time_s": pa.float64(), "params": pa.int64(), "latency_ms": pa.float64(),

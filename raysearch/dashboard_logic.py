@@ -306,3 +306,70 @@ def compute_to_reach(progress: pd.DataFrame, target: float, mode: str) -> float 
     """The trial-epochs after which `progress` (from `search_progress`) first reached `target`; None if never."""
     reached = progress["best_so_far"] >= target if mode == "max" else progress["best_so_far"] <= target
     return float(progress.loc[reached, "trial_epochs"].iloc[0]) if reached.any() else None
+
+
+def filter_scope(study: str, everything: bool) -> str:
+    """The key of one leaderboard's filters: each study keeps its own, and comparing all studies has its own."""
+    return "filters:all-studies" if everything else f"filters:study:{study}"
+
+
+def hidden_notice(shown: int, total: int) -> str | None:
+    """`N of M shown — K hidden by filters` when a filter hides any trial, else None (nothing to say)."""
+    hidden = total - shown
+    return f"{shown} of {total} trials shown — {hidden} hidden by filters" if hidden else None
+
+
+def log_parameters(distributions: Mapping[str, Any]) -> set[str]:
+    """The parameters sampled on a log scale (Optuna float or int distributions with `log=True`)."""
+    return {name for name, d in distributions.items() if getattr(d, "log", False)}
+
+
+def log_grid(low: float, high: float, steps: int = 61) -> list[float]:
+    """Log-spaced slider stops from `low` to `high`, both ends exact (so the full range hides nothing)."""
+    if not 0 < low < high:
+        return [low, high] if low != high else [low]
+    grid = np.geomspace(low, high, steps).tolist()
+    grid[0], grid[-1] = low, high
+    return grid
+
+
+def curve_selection(previous: Sequence[str] | None, ranked: Sequence[str], count: int = 8) -> list[str]:
+    """The trials to draw: the ones chosen before that this study has, else its `count` best."""
+    kept = [t for t in previous or () if t in set(ranked)]
+    return kept or list(ranked[:count])
+
+
+def top_parameters(importances: Mapping[str, float], columns: Sequence[str], count: int = 6) -> list[str]:
+    """The `count` parameter columns (`param.<name>`) that matter most by `importances` (name → importance);
+    columns without an importance follow in their own order."""
+    order = {name: -value for name, value in importances.items()}
+    ranked = sorted(columns, key=lambda c: (order.get(c.removeprefix("param."), 1.0), columns.index(c)))
+    return ranked[:count]
+
+
+def unranked_parameters(study: Mapping[str, Any], importances: Mapping[str, float]) -> dict[str, str]:
+    """Why each searched parameter has no importance: conditional ones (`when`) are set in some trials only,
+    and Optuna's evaluators rank only the parameters every scored trial has."""
+    reasons = {}
+    for name, spec in study.get("search_space", {}).get("parameters", {}).items():
+        if name in importances:
+            continue
+        when = spec.get("when") or {}
+        if when:
+            condition = " and ".join(f"{k} is {' or '.join(map(str, v))}" for k, v in when.items())
+            reasons[name] = f"conditional (sampled only when {condition}): not in every trial, so not ranked"
+        else:
+            reasons[name] = "not ranked: too few scored trials with distinct values"
+    return reasons
+
+
+def importance_range(importances: Mapping[str, float]) -> list[float]:
+    """The importance axis: from 0 to a little beyond the largest importance (not a fixed [0, 1])."""
+    return [0.0, max(importances.values(), default=1.0) * 1.15 or 1.0]
+
+
+def model_names(trials: pd.DataFrame, study: Mapping[str, Any]) -> pd.Series:
+    """Each trial's model: its sampled `param.model`, else the space's fixed model, else the task's default."""
+    fixed = study.get("search_space", {}).get("fixed", {}).get("model") or study.get("defaults", {}).get("model")
+    sampled = trials["param.model"] if "param.model" in trials else pd.Series(None, index=trials.index, dtype=object)
+    return sampled.astype(object).where(sampled.notna(), fixed)

@@ -18,6 +18,7 @@ import yaml
 from streamlit.testing.v1 import AppTest
 
 from raysearch.cli import main
+from raysearch.dashboard_logic import log_grid
 from raysearch.data.audit import audit_dataset, write_audit
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "dashboard"
@@ -130,15 +131,16 @@ def test_leaderboard_ranks_and_filters_across_studies(dashboard, tiny_study_copy
     assert app.radio(key="mode-params").value == "min"
     assert shown["params"].is_monotonic_increasing and shown["rank"].tolist() == [1, 2]
 
-    app.multiselect(key="status").set_value(["COMPLETED"]).run()
+    status = app.multiselect(key="filters:study:other:status")  # "other" sorts first: the study shown
+    status.set_value(["COMPLETED"]).run()
     assert set(app.dataframe[0].value["status"]) == {"COMPLETED"}
-    app.multiselect(key="status").set_value(["COMPLETED", "PRUNED", "EARLY_STOPPED"]).run()
+    app.multiselect(key="filters:study:other:status").set_value(["COMPLETED", "PRUNED", "EARLY_STOPPED"]).run()
 
     app.toggle(key="all-studies").set_value(True).run()
     assert not app.exception
     both = app.dataframe[0].value
     assert len(both) == 4 and set(both["study"]) == {"tiny", "other"}
-    app.multiselect(key="tasks").set_value(["classification"]).run()
+    app.multiselect(key="filters:all-studies:tasks").set_value(["classification"]).run()
     assert set(app.dataframe[0].value["study"]) == {"other"}
 
 
@@ -192,3 +194,74 @@ def test_main_page_does_not_import_torch(tiny_study) -> None:
 def test_dashboard_command_refuses_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["dashboard", str(tmp_path / "missing")]) == 2
     assert "no such results folder" in capsys.readouterr().err
+
+
+def second_study(results: Path, study: Path, name: str = "other") -> Path:
+    """A copy of `study` as another study of the same results folder, its trial ids renamed (`o-<id>`)."""
+    other = results / name
+    other.mkdir()
+    for file in ("trials.parquet", "epochs.parquet"):
+        frame = pd.read_parquet(study / file)
+        frame.assign(trial_id="o-" + frame["trial_id"]).to_parquet(other / file)
+    (other / "study.yaml").write_bytes((study / "study.yaml").read_bytes())
+    return other
+
+
+def shown_ids(app: AppTest) -> set[str]:
+    return set(app.dataframe[0].value["trial_id"])
+
+
+@pytest.mark.slow
+def test_switching_studies_never_hides_a_trial_silently(dashboard, tiny_study_copy) -> None:
+    """A filter set in one study stays with that study, says what it hides and resets; another study shows
+    every trial; the learning curves follow the study."""
+    results, tiny = tiny_study_copy.results, tiny_study_copy.study
+    second_study(results, tiny)
+    trials = pd.read_parquet(tiny / "trials.parquet")
+    ids = set(trials["trial_id"])
+    app = dashboard(results)
+    app.selectbox(key="study").set_value("tiny").run()
+    page(app, "views/leaderboard.py")
+    assert shown_ids(app) == ids and not app.warning
+
+    grid = log_grid(float(trials["param.lr"].min()), float(trials["param.lr"].max()))
+    slider = app.select_slider(key="filters:study:tiny:range:param.lr")
+    assert "log scale" in slider.label
+    slider.set_value((grid[1], grid[-1])).run()
+    kept = {trials.loc[trials["param.lr"].idxmax(), "trial_id"]}
+    assert shown_ids(app) == kept
+    assert [w.value for w in app.warning] == [f"1 of {len(ids)} trials shown — {len(ids) - 1} hidden by filters"]
+
+    app.selectbox(key="study").set_value("other").run()
+    assert shown_ids(app) == {f"o-{i}" for i in ids} and not app.warning  # the other study: nothing carried over
+
+    app.selectbox(key="study").set_value("tiny").run()
+    assert shown_ids(app) == kept and len(app.warning) == 1  # the study keeps its own filter, and says so
+    app.button(key="reset:filters:study:tiny").click().run()
+    assert shown_ids(app) == ids and not app.warning
+
+    page(app, "views/curves.py")
+    assert all(i in chart_text(app) for i in ids)
+    app.selectbox(key="study").set_value("other").run()
+    assert not app.exception
+    assert all(f"o-{i}" in chart_text(app) for i in ids)  # the other study's best trials, not an empty chart
+
+
+@pytest.mark.slow
+def test_missing_images_one_notice_test_clean_beside_test_and_model_names(dashboard, tiny_study_copy) -> None:
+    study = tiny_study_copy.study
+    for view in (study / "predictions" / "images").rglob("*.png"):
+        view.unlink()
+    app = page(dashboard(tiny_study_copy.results), "views/models.py")
+    assert not app.main.error and not app.get("image")
+    assert len(app.warning) == 1 and "12 of the 12 test radiographs to show are missing" in app.warning[0].value
+    best = pd.read_parquet(study / "trials.parquet").dropna(subset=["test.accuracy"]).iloc[0]
+    side_by_side = app.dataframe[0].value.set_index("metric")
+    images = (int(best["test.images"]), int(best["test_clean.images"]))
+    assert list(side_by_side.columns) == [f"whole test split ({images[0]} images)",
+                                          f"clean subset ({images[1]} images)"]
+    assert side_by_side.loc["accuracy"].tolist() == pytest.approx([best["test.accuracy"], best["test_clean.accuracy"]])
+
+    page(app, "views/tradeoffs.py")
+    pareto = app.dataframe[0].value
+    assert "model" in pareto.columns and set(pareto["model"]) == {"vgg"}

@@ -15,11 +15,18 @@ from raysearch.dashboard_logic import (
     audit_locations,
     confusion_from_metrics,
     confusion_from_predictions,
+    curve_selection,
     dataset_attribution,
+    filter_scope,
     filter_trials,
+    hidden_notice,
+    importance_range,
     importance_study,
+    log_grid,
+    log_parameters,
     lower_is_better,
     metric_columns,
+    model_names,
     parallel_dimensions,
     param_importances,
     pareto_front,
@@ -28,6 +35,8 @@ from raysearch.dashboard_logic import (
     safe_path,
     stop_points,
     study_distributions,
+    top_parameters,
+    unranked_parameters,
 )
 from raysearch.errors import DataError
 from raysearch.space import parse_space
@@ -194,3 +203,46 @@ def test_audit_locations(tmp_path: Path) -> None:
         assert audit_locations(study, tmp_path, {"data": {"root": root}}) == [
             study / "audit.parquet", tmp_path / "audit" / name / "audit.parquet", tmp_path / "audit.parquet"]
     assert audit_locations(study, tmp_path, {}) == [study / "audit.parquet", tmp_path / "audit.parquet"]
+
+
+def test_filters_are_scoped_per_study_and_hidden_trials_are_counted() -> None:
+    assert filter_scope("a", False) != filter_scope("b", False) != filter_scope("a", True)
+    assert hidden_notice(11, 16) == "11 of 16 trials shown — 5 hidden by filters"
+    assert hidden_notice(16, 16) is None
+
+
+def test_log_parameters_get_a_log_spaced_grid_with_exact_ends() -> None:
+    assert log_parameters(study_distributions(STUDY)) == {"lr"}
+    grid = log_grid(1e-4, 2e-2)
+    assert grid[0] == 1e-4 and grid[-1] == 2e-2
+    ratios = np.diff(np.log(grid))
+    assert np.allclose(ratios, ratios[0])  # evenly spaced in log: the slider reads 1e-4 … 2e-2, not 0.00 – 0.02
+
+
+def test_curve_selection_keeps_what_the_study_has_else_its_best() -> None:
+    ranked = ["b1", "b2", "b3"]
+    assert curve_selection(["a1", "b3"], ranked) == ["b3"]
+    assert curve_selection(["a1", "a2"], ranked, count=2) == ["b1", "b2"]
+    assert curve_selection(None, ranked) == ranked
+
+
+def test_parallel_axes_start_with_the_most_important_parameters() -> None:
+    columns = ["param.width", "param.lr", "param.scheduler", "param.dropout"]
+    assert top_parameters({"lr": 0.7, "scheduler": 0.2, "width": 0.1}, columns, 2) == ["param.lr", "param.scheduler"]
+    assert top_parameters({}, columns, 3) == columns[:3]
+
+
+def test_importance_axis_and_unranked_parameters_are_explained() -> None:
+    found = param_importances(trials(), study_distributions(STUDY), "metric.val_score.best", "max")
+    low, high = importance_range(found)
+    assert low == 0 and max(found.values()) < high < 1.2 * max(found.values())
+    reasons = unranked_parameters(STUDY, found)
+    assert set(reasons) == {"step_size"} and "scheduler is step" in reasons["step_size"]
+
+
+def test_model_names_from_the_trials_or_the_fixed_space() -> None:
+    frame = trials(4)
+    assert model_names(frame, STUDY).tolist() == ["vgg"] * 4
+    sampled = frame.assign(**{"param.model": ["resnet18", None, "vgg", None]})
+    assert model_names(sampled, STUDY).tolist() == ["resnet18", "vgg", "vgg", "vgg"]
+    assert model_names(frame.drop(columns="param.model"), STUDY).tolist() == ["vgg"] * 4

@@ -9,8 +9,9 @@ import streamlit as st
 from study_data import current_study
 from widgets import no_data, study_header, trial_order
 
-from raysearch.dashboard_logic import is_per_class, stop_points
+from raysearch.dashboard_logic import curve_selection, is_per_class, stop_points
 
+CURVE_SELECTIONS, LAST_SELECTION = "curve-selections", ""  # session state: study → trials drawn ("" the last)
 STOP_SYMBOLS = {"PRUNED": ("x", "stopped by ASHA"), "EARLY_STOPPED": ("square", "stopped by patience")}
 
 
@@ -25,7 +26,11 @@ def main() -> None:
     metrics = [c for c in epochs.columns if c not in ("trial_id", "epoch") and not is_per_class(c)
                and pd.api.types.is_numeric_dtype(epochs[c])]  # not the text columns (precision)
     left, right = st.columns([3, 1])
-    chosen = left.multiselect("Trials (best first)", ranked, default=ranked[:8], key="curve-trials")
+    selections = st.session_state.setdefault(CURVE_SELECTIONS, {})
+    previous = selections.get(study.name, selections.get(LAST_SELECTION))
+    chosen = left.multiselect("Trials (best first)", ranked, default=curve_selection(previous, ranked),
+                              key=f"curve-trials:{study.name}")
+    selections[study.name] = selections[LAST_SELECTION] = chosen
     metric = right.selectbox("Metric", metrics, index=metrics.index(study.metric) if study.metric in metrics else 0,
                              key="curve-metric")
     shown = epochs[epochs["trial_id"].isin(chosen)].sort_values(["trial_id", "epoch"])

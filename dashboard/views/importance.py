@@ -9,7 +9,17 @@ import streamlit as st
 from study_data import Study, current_study
 from widgets import label, no_data, study_header
 
-from raysearch.dashboard_logic import IMPORTANCE_EVALUATORS, parallel_dimensions, param_importances, study_distributions
+from raysearch.dashboard_logic import (
+    IMPORTANCE_EVALUATORS,
+    importance_range,
+    parallel_dimensions,
+    param_importances,
+    study_distributions,
+    top_parameters,
+    unranked_parameters,
+)
+
+AXES = 6  # parameters drawn in parallel coordinates unless the user adds more
 
 
 @st.cache_data(show_spinner="Computing importances…")
@@ -20,7 +30,8 @@ def importances(trials: pd.DataFrame, spec: dict, score: str, mode: str, evaluat
                              include_pruned=include_pruned)
 
 
-def importance_chart(study: Study) -> None:
+def importance_chart(study: Study) -> dict[str, float]:
+    """Optuna's importances as bars on an axis scaled to them, the parameters left out explained; returns them."""
     left, right = st.columns([1, 1])
     evaluator = left.radio("Evaluator", IMPORTANCE_EVALUATORS, horizontal=True, key="evaluator",
                            help="fANOVA (Hutter et al.) or a random forest's mean decrease in impurity, from Optuna")
@@ -28,18 +39,29 @@ def importance_chart(study: Study) -> None:
     found = importances(study.trials, study.spec, study.score_column, study.mode, evaluator, include_pruned)
     if not found:
         no_data("Importance needs at least two finished trials with a score.")
-        return
+        return found
     frame = pd.DataFrame({"parameter": list(found), "importance": list(found.values())}).sort_values("importance")
     figure = px.bar(frame, x="importance", y="parameter", orientation="h", text_auto=".2f")
-    figure.update_layout(height=max(240, 32 * len(frame)), margin={"t": 10}, yaxis_title="", xaxis_range=[0, 1])
+    figure.update_layout(height=max(240, 32 * len(frame)), margin={"t": 10}, yaxis_title="",
+                         xaxis_range=importance_range(found))
     st.plotly_chart(figure, key="importance")
+    unranked = unranked_parameters(study.spec, found)
+    if unranked:
+        st.caption("Not in this chart: " + "; ".join(f"**{name}**: {why}" for name, why in unranked.items()) + ".")
+    return found
 
 
-def parallel_chart(study: Study) -> None:
+def parallel_chart(study: Study, found: dict[str, float]) -> None:
     trials = study.trials.dropna(subset=[study.score_column]) if study.score_column in study.trials else study.trials
-    params = [c for c in trials.columns if c.startswith("param.") and trials[c].nunique(dropna=True) > 1]
-    if trials.empty or not params:
+    varying = [c for c in trials.columns if c.startswith("param.") and trials[c].nunique(dropna=True) > 1]
+    if trials.empty or not varying:
         no_data("No varying hyperparameters among the scored trials.")
+        return
+    params = st.multiselect(f"Axes (the {AXES} most important first; add more)", varying,
+                            default=top_parameters(found, varying, AXES), format_func=label,
+                            key=f"parallel-axes:{study.name}")
+    if not params:
+        no_data("Pick at least one parameter.")
         return
     score = trials[study.score_column].astype(float)
     dimensions = [*parallel_dimensions(trials, params), {"label": label(study.score_column), "values": score.tolist()}]
@@ -54,9 +76,9 @@ def main() -> None:
     study = current_study()
     study_header(study, "Which hyperparameters mattered")
     st.subheader(f"Importance for {study.metric}")
-    importance_chart(study)
+    found = importance_chart(study)
     st.subheader("Parameters against the score")
-    parallel_chart(study)
+    parallel_chart(study, found)
 
 
 main()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pandas as pd
 import streamlit as st
 from study_data import Study, current_study, load_study, studies
@@ -9,12 +12,19 @@ from widgets import label, numeric_format, study_header
 
 from raysearch.dashboard_logic import (
     STATUSES,
+    filter_scope,
     filter_trials,
     headline_columns,
+    hidden_notice,
+    log_grid,
+    log_parameters,
     lower_is_better,
     metric_columns,
+    study_distributions,
 )
 from raysearch.layout import rank_trials
+
+FILTERS = "leaderboard-filters"  # session state: filter scope → widget key → value
 
 
 def trials_of(study: Study, everything: bool) -> pd.DataFrame:
@@ -24,25 +34,72 @@ def trials_of(study: Study, everything: bool) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else study.trials
 
 
-def parameter_filters(frame: pd.DataFrame) -> tuple[dict[str, list], dict[str, tuple[float, float]]]:
-    """Widgets for every varying parameter: multiselect for categories, range slider for numbers."""
+def remembered(scope: str) -> dict[str, Any]:
+    """The filter values chosen in one scope (a study, or all studies): kept in the session when the page
+    shows another study, since Streamlit forgets the state of widgets it did not draw."""
+    return st.session_state.setdefault(FILTERS, {}).setdefault(scope, {})
+
+
+def reset_filters(scope: str) -> None:
+    """Forget every filter of one scope, so that its next run shows every trial."""
+    st.session_state.get(FILTERS, {}).pop(scope, None)
+    for key in [k for k in st.session_state if str(k).startswith(f"{scope}:")]:
+        del st.session_state[key]
+
+
+def kept_widget(scope: str, name: str, default: Any, draw: Callable[[str, Any], Any]) -> Any:
+    """Draw a filter widget keyed by scope, starting from the value this scope kept; remember its new value."""
+    key, store = f"{scope}:{name}", remembered(scope)
+    value = draw(key, store.get(key, default))
+    store[key] = value
+    return value
+
+
+def _range_slider(scope: str, column: str, values: pd.Series, log: bool) -> tuple[float, float]:
+    """A range slider over a numeric parameter; log-spaced stops for a parameter sampled on a log scale."""
+    low, high = float(values.min()), float(values.max())
+    if log and 0 < low < high:
+        grid = log_grid(low, high)
+        return kept_widget(scope, f"range:{column}", (grid[0], grid[-1]), lambda key, value: st.select_slider(
+            f"{label(column)} (log scale)", grid, value=value if set(value) <= set(grid) else (grid[0], grid[-1]),
+            format_func=lambda v: f"{v:.2g}", key=key))
+    return kept_widget(scope, f"range:{column}", (low, high), lambda key, value: st.slider(
+        label(column), low, high, (max(low, min(value)), min(high, max(value))), key=key))
+
+
+def parameter_filters(frame: pd.DataFrame, scope: str, log: set[str], expanded: bool
+                      ) -> tuple[dict[str, list], dict[str, tuple[float, float]]]:
+    """Widgets for every varying parameter: multiselect for categories, range slider for numbers (log-spaced
+    for log-scale parameters)."""
     choices: dict[str, list] = {}
     ranges: dict[str, tuple[float, float]] = {}
     columns = [c for c in frame.columns if c.startswith("param.") and frame[c].nunique(dropna=True) > 1]
     if not columns:
         return choices, ranges
-    with st.expander("Filter by hyperparameter values"):
+    with st.expander("Filter by hyperparameter values", expanded=expanded):
         grid = st.columns(3)
         for i, column in enumerate(columns):
             values = frame[column].dropna()
             with grid[i % 3]:
                 if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-                    low, high = float(values.min()), float(values.max())
-                    ranges[column] = st.slider(label(column), low, high, (low, high), key=f"range-{column}")
+                    ranges[column] = _range_slider(scope, column, values, column.removeprefix("param.") in log)
                 else:
                     options = sorted(values.unique().tolist(), key=str)
-                    choices[column] = st.multiselect(label(column), options, default=options, key=f"pick-{column}")
+                    choices[column] = kept_widget(scope, f"pick:{column}", options, lambda key, value, o=options,
+                                                  c=column: st.multiselect(label(c), o,
+                                                                           default=[v for v in value if v in o],
+                                                                           key=key))
     return choices, ranges
+
+
+def _parameter_values(scope: str) -> dict[str, dict]:
+    """The parameter filters this scope kept (to open their panel when they hide a trial)."""
+    kept = remembered(scope)
+    found: dict[str, dict] = {"choices": {}, "ranges": {}}
+    for kind, name in (("pick", "choices"), ("range", "ranges")):
+        prefix = f"{scope}:{kind}:"
+        found[name] = {k.removeprefix(prefix): v for k, v in kept.items() if k.startswith(prefix)}
+    return found
 
 
 def headline(study: Study) -> None:
@@ -60,7 +117,12 @@ def headline(study: Study) -> None:
     best = rank_trials(trials, study.score_column, study.mode).iloc[0]
     cards[2].metric(f"Best {study.metric} · trial {best['trial_id']}", f"{best[study.score_column]:.4g}", border=True)
     test = f"test.{study.metric.removeprefix('val_')}"
-    if pd.notna(best.get(test)):
+    clean = test.replace("test.", "test_clean.", 1)
+    if pd.notna(best.get(test)) and pd.notna(best.get(clean)):
+        cards[3].metric(f"Its {test} · on the clean subset", f"{best[test]:.4g} · {best[clean]:.4g}", border=True,
+                        help=f"whole test split ({best.get('test.images', '?')} images) · the "
+                             f"{best.get('test_clean.images', '?')} test images without a source in train")
+    elif pd.notna(best.get(test)):
         cards[3].metric(f"Its {test}", f"{best[test]:.4g}", border=True)
     elif pd.notna(best.get(f"{test}.mean")):
         cards[3].metric(f"Its {test} ({int(best['test.repeats'])} seeds)",
@@ -83,16 +145,29 @@ def main() -> None:
     best_first = study.mode if column == study.score_column else ("min" if lower_is_better(column) else "max")
     mode = middle.radio("Best is", ["max", "min"], index=["max", "min"].index(best_first), horizontal=True,
                         key=f"mode-{column}")
-    statuses = right.multiselect("Status", STATUSES, default=[s for s in STATUSES if s in set(frame["status"])],
-                                 key="status")
+    scope = filter_scope(study.name, everything)
+    present = [s for s in STATUSES if s in set(frame["status"])]
+    with right:
+        statuses = kept_widget(scope, "status", present, lambda key, value: st.multiselect(
+            "Status", STATUSES, default=value, key=key))
     tasks = None
     if everything:
         task_names = sorted(frame["task"].unique())
-        tasks = st.multiselect("Task", task_names, default=task_names, key="tasks")
-    choices, ranges = parameter_filters(frame)
+        tasks = kept_widget(scope, "tasks", task_names, lambda key, value: st.multiselect(
+            "Task", task_names, default=[t for t in value if t in task_names], key=key))
+    kept = {kind: {c: v for c, v in values.items() if c in frame} for kind, values in _parameter_values(scope).items()}
+    parameters_hidden = len(filter_trials(frame, **kept)) < len(frame)
+    choices, ranges = parameter_filters(frame, scope, log_parameters(study_distributions(study.spec)),
+                                        expanded=parameters_hidden)
     shown = rank_trials(filter_trials(frame, statuses=statuses, tasks=tasks, choices=choices, ranges=ranges),
                         column, mode)
-    tests = [c for c in headline_columns(shown.columns, "test.") if c != column][:6]
+    notice = hidden_notice(len(shown), len(frame))
+    if notice:
+        warning, reset = st.columns([4, 1], vertical_alignment="center")
+        warning.warning(notice, icon=":material/filter_alt:")
+        reset.button("Show every trial", on_click=reset_filters, args=(scope,), key=f"reset:{scope}",
+                     help="Reset the status, task and parameter filters of this view")
+    tests = [c for name in ("test.", "test_clean.") for c in headline_columns(shown.columns, name) if c != column][:8]
     vals = [c for c in headline_columns(shown.columns, "metric.val_") if c.endswith(".best") and c != column][:6]
     params = [c for c in shown.columns if c.startswith("param.") and shown[c].nunique(dropna=True) > 1]
     order = ["rank", *(["study", "task"] if everything else []), "trial_id", "status", column, *tests, *vals,

@@ -15,6 +15,7 @@ from raysearch.dashboard_logic import (
     confusion_from_metrics,
     confusion_from_predictions,
     headline_columns,
+    metric_name,
     prediction_errors,
 )
 from raysearch.errors import RaysearchError
@@ -35,9 +36,22 @@ def pick_model(study: Study, predictions: pd.DataFrame) -> tuple[str, pd.DataFra
 
 
 def test_metrics(study: Study, trial_id: str) -> None:
+    """Cards of the model's test metrics; under the published split policy, a table of the whole test split
+    beside its clean subset (the test images without a source in train)."""
     row = study.trials.set_index("trial_id").loc[trial_id]
     values = {c: row[c] for c in headline_columns(row.index, "test.") if not c.endswith(".std") and pd.notna(row[c])}
     if not values:
+        return
+    clean = {c: row.get(c.replace("test.", "test_clean.", 1)) for c in values}
+    if any(pd.notna(v) for v in clean.values()):
+        sizes = (row.get("test.images"), row.get("test_clean.images"))
+        st.dataframe(pd.DataFrame({"metric": [metric_name(c) for c in values],
+                                   f"whole test split ({sizes[0]:.0f} images)": list(values.values()),
+                                   f"clean subset ({sizes[1]:.0f} images)": list(clean.values())}),
+                     hide_index=True, key="test-clean")
+        st.caption("The clean subset leaves out the test images whose source radiograph (Roboflow name or "
+                   "perceptual near-duplicate) is also in train; `--splits deduplicated` or `grouped` selects on "
+                   "leak-free data too.")
         return
     cards = st.columns(min(len(values), 6))
     for card, (column, value) in zip(cards, list(values.items())[:6], strict=False):
@@ -109,14 +123,29 @@ def gallery(study: Study, rows: pd.DataFrame) -> pd.DataFrame:
         no_data("No test image matches these filters.")
         return shown
     shown = shown.head(count)
+    missing = [view for view in shown["view"] if _absent(study, view)]
+    if missing:
+        st.warning(f"{len(missing)} of the {len(shown)} test radiographs to show are missing from the study folder "
+                   f"(first: {missing[0]}); `raysearch evaluate {study.directory}` writes them again.",
+                   icon=":material/hide_image:")
     grid = st.columns(GALLERY_COLUMNS)
-    for i, (_, row) in enumerate(shown.iterrows()):
+    drawn = shown[~shown["view"].isin(missing)]
+    for i, (_, row) in enumerate(drawn.iterrows()):
         with grid[i % GALLERY_COLUMNS]:
             try:
                 st.image(overlay(study, row), caption=caption(row), width="stretch")
             except (RaysearchError, FileNotFoundError) as error:
                 st.error(str(error), icon=":material/block:")
-    return shown
+    return drawn
+
+
+def _absent(study: Study, view: str) -> bool:
+    """Whether a radiograph named in predictions.parquet is absent (a path refused as outside is not absent:
+    its own error says why)."""
+    try:
+        return not study.path(view).is_file()
+    except RaysearchError:
+        return False
 
 
 def grad_cam(study: Study, trial_id: str, shown: pd.DataFrame) -> None:

@@ -8,7 +8,7 @@ import streamlit as st
 from study_data import current_study
 from widgets import label, no_data, study_header
 
-from raysearch.dashboard_logic import lower_is_better, metric_columns, pareto_front
+from raysearch.dashboard_logic import lower_is_better, metric_columns, model_names, pareto_front
 
 COSTS = {"params": "parameters", "latency_ms": "latency (ms per image)"}
 
@@ -20,7 +20,8 @@ def tradeoff_chart(frame: pd.DataFrame, objective: str, mode: str, cost: str) ->
     if data.empty:
         no_data(f"No trial has both {label(objective)} and {cost}.")
         return
-    figure = px.scatter(data, x=cost, y=objective, color="front", hover_name="trial_id", log_x=cost == "params",
+    figure = px.scatter(data, x=cost, y=objective, color="front", hover_name="trial_id", hover_data=["model"],
+                        log_x=cost == "params",
                         color_discrete_map={"Pareto front": "#d62728", "dominated": "#9aa5b1"},
                         category_orders={"front": ["Pareto front", "dominated"]},
                         labels={cost: COSTS[cost], objective: label(objective), "front": ""})
@@ -36,7 +37,7 @@ def tradeoff_chart(frame: pd.DataFrame, objective: str, mode: str, cost: str) ->
 def main() -> None:
     study = current_study()
     study_header(study, "Accuracy against size and latency")
-    trials = study.trials
+    trials = study.trials.assign(model=model_names(study.trials, study.spec))
     objectives = [c for c in metric_columns(trials) if c not in COSTS and c not in ("wall_time_s", "epochs")]
     if not objectives:
         no_data("No scored trials yet.")
@@ -53,7 +54,7 @@ def main() -> None:
     both = trials.dropna(subset=[objective, *COSTS])
     best = both[pareto_front(both, objective, mode, list(COSTS))]
     st.subheader("Pareto-optimal trials (quality, size and latency together)")
-    st.dataframe(best[["trial_id", "status", objective, *COSTS]], hide_index=True,
+    st.dataframe(best[["trial_id", "model", "status", objective, *COSTS]], hide_index=True,
                  column_config={objective: st.column_config.NumberColumn(label(objective), format="%.4g"),
                                 "latency_ms": st.column_config.NumberColumn("latency (ms)", format="%.3f")})
 

@@ -28,7 +28,7 @@ EXAMPLES = """examples:
 
 
 def _add_run(commands: argparse._SubParsersAction) -> None:
-    from raysearch.data.splits import DEFAULT_POLICY, SPLIT_POLICIES
+    from raysearch.data.splits import SPLIT_POLICIES
 
     run = commands.add_parser("run", help="run a hyperparameter search study", epilog=EXAMPLES,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,10 +64,11 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     _add_cluster_options(run, wait_default=900.0)
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_dataset_options(run)
-    run.add_argument("--splits", choices=SPLIT_POLICIES, default=DEFAULT_POLICY,
+    run.add_argument("--splits", choices=SPLIT_POLICIES,
                      help="published: the dataset's splits, tested also on their leak-free subset; deduplicated: "
                      "drop val/test images whose source is in train; grouped: split whole source groups "
-                     "(seeded, stratified by class) (default: %(default)s)")
+                     "(seeded, stratified by class) (default: published for a dataset that ships splits, else "
+                     "grouped)")
     run.add_argument("--no-test-split", action="store_true",
                      help="a dataset without test images: keep none (default: carve one from train, by source)")
     run.add_argument("--on-error", choices=("skip", "error"), default="skip",

@@ -322,7 +322,7 @@ def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epoch
 
 
 def _policy(study: Mapping[str, Any]) -> str:
-    return study["spec"].get("splits_policy", PUBLISHED)
+    return study["data"].get("splits", {}).get("policy", PUBLISHED)
 
 
 def _sources_in_train(study_dir: Path, study: Mapping[str, Any], data: CachedDataset, progress: bool) -> set[str]:

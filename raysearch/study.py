@@ -13,7 +13,7 @@ from typing import Any
 
 from raysearch.bundled import search_spaces_dir
 from raysearch.data.records import SplitRatios
-from raysearch.data.splits import DEFAULT_POLICY, check_policy
+from raysearch.data.splits import check_policy
 from raysearch.errors import ConfigError
 from raysearch.layout import DEFAULT_RESULTS, describe_study
 from raysearch.search.choices import SCHEDULERS, SEARCHERS
@@ -55,7 +55,7 @@ class StudySpec:
     empty_labels: str = "skip"
     split_ratios: str = "0.8,0.1,0.1"
     binarise_masks: bool = False
-    splits_policy: str = DEFAULT_POLICY
+    splits_policy: str | None = None  # None: published for a dataset that ships splits, else grouped
     test_split: bool = True
     searcher: str | None = None
     scheduler: str | None = None

@@ -224,3 +224,15 @@ def test_run_reports_the_test_metrics_on_the_whole_split_and_on_its_clean_subset
     assert best["test.accuracy"] == pytest.approx(correct.mean())
     assert best["test_clean.accuracy"] == pytest.approx(correct[clean].mean())
     assert "clean accuracy" in done.stdout
+
+
+def test_the_default_policy_is_published_only_for_a_dataset_that_ships_splits(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for layout in ("flat/{c}", "split/train/{c}", "split/val/{c}", "split/test/{c}"):
+        for c in ("wrist", "elbow"):
+            folder = tmp_path / layout.format(c=c)
+            folder.mkdir(parents=True)
+            for i in range(5):
+                cv2.imwrite(str(folder / f"{i}.png"), cv2.resize(rng.random((8, 8)), (64, 64)) * 255)
+    assert _policy(load_dataset(tmp_path / "split"), None).policy == "published"
+    assert _policy(load_dataset(tmp_path / "flat"), None).policy == "grouped"  # split per image by the reader

@@ -1,6 +1,7 @@
 """Split policies: which images a study trains, selects and tests on, so that no source leaks into its test figures.
 
-- `published`: the dataset's own splits (the default for a dataset that ships them). The validation and test
+- `published`: the dataset's own splits (the default for a dataset that ships them; `grouped` is the default
+  for one the reader splits by `--split-ratios`). The validation and test
   images whose source is also in train are counted, and evaluation reports the test metrics on the whole
   test split and on its leak-free (clean) subset.
 - `deduplicated`: the published splits minus every validation and test image whose source group (Roboflow
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from raysearch.data.records import SplitRatios
+from raysearch.data.records import SplitRatios, split_folders
 from raysearch.data.samples import SPLITS, DatasetIndex, Sample
 from raysearch.data.sources import source_groups
 from raysearch.errors import ConfigError
@@ -28,9 +29,8 @@ from raysearch.errors import ConfigError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-PUBLISHED = "published"
-SPLIT_POLICIES: tuple[str, ...] = (PUBLISHED, "deduplicated", "grouped")
-DEFAULT_POLICY = PUBLISHED
+PUBLISHED, GROUPED = "published", "grouped"
+SPLIT_POLICIES: tuple[str, ...] = (PUBLISHED, "deduplicated", GROUPED)
 EVALUATED = ("val", "test")
 GROUPED_ABOVE = 0.2  # share of val + test images with a source in train above which `grouped` is recommended
 
@@ -88,11 +88,17 @@ class SplitOutcome:
                          "source_in_train": pa.array(self.rows["source_in_train"], pa.bool_())})
 
 
-def check_policy(policy: str) -> str:
-    """`policy` when it is a known split policy; ConfigError naming the flag otherwise."""
-    if policy not in SPLIT_POLICIES:
+def check_policy(policy: str | None) -> str | None:
+    """`policy` when it is a known split policy or None (the dataset's default); ConfigError naming the flag."""
+    if policy is not None and policy not in SPLIT_POLICIES:
         raise ConfigError(f"--splits: must be one of {', '.join(SPLIT_POLICIES)}, got {policy!r}")
     return policy
+
+
+def default_policy(index: DatasetIndex) -> str:
+    """`published` for a dataset that ships its splits (a YOLO data.yaml, split folders), else `grouped`: the
+    reader's split by --split-ratios is per image, so copies of one source could land in two splits."""
+    return PUBLISHED if index.format == "yolo" or split_folders(index.root) else GROUPED
 
 
 def in_train_source(splits: list[str], groups: np.ndarray) -> np.ndarray:
@@ -105,7 +111,7 @@ def recommend_policy(leaked: int, evaluated: int) -> str:
     """The policy for a dataset whose `leaked` of `evaluated` validation and test images have a source in train."""
     if not leaked:
         return PUBLISHED
-    return "grouped" if leaked > GROUPED_ABOVE * evaluated else "deduplicated"
+    return GROUPED if leaked > GROUPED_ABOVE * evaluated else "deduplicated"
 
 
 def _group_class(samples: list[Sample], members: list[int]) -> int:
@@ -132,18 +138,19 @@ def split_groups(samples: list[Sample], groups: np.ndarray, ratios: SplitRatios,
     return assigned
 
 
-def apply_split_policy(index: DatasetIndex, policy: str, *, ratios: SplitRatios, seed: int, test_split: bool = True,
-                       groups: np.ndarray | None = None, progress: bool = True) -> SplitOutcome:
-    """The samples of `index` under `policy` (see module docstring); `groups` (`sources.source_groups` of the
-    samples' images) are found by hashing every image unless given."""
-    check_policy(policy)
+def apply_split_policy(index: DatasetIndex, policy: str | None, *, ratios: SplitRatios, seed: int,
+                       test_split: bool = True, groups: np.ndarray | None = None,
+                       progress: bool = True) -> SplitOutcome:
+    """The samples of `index` under `policy` (None: `default_policy`; see module docstring); `groups`
+    (`sources.source_groups` of the samples' images) are found by hashing every image unless given."""
+    policy = check_policy(policy) or default_policy(index)
     samples = index.samples
     published = [s.split for s in samples]
     if groups is None:
         groups = source_groups([s.image_path for s in samples], progress=progress)
     leaked_mask = in_train_source(published, groups)
     rng = np.random.default_rng(seed)
-    if policy == "grouped":
+    if policy == GROUPED:
         splits = split_groups(samples, groups, ratios, rng)
     elif policy == "deduplicated":
         splits = ["" if leak else s for s, leak in zip(published, leaked_mask, strict=True)]

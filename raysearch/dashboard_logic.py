@@ -333,6 +333,16 @@ def log_grid(low: float, high: float, steps: int = 61) -> list[float]:
     return grid
 
 
+def distinct_labels(values: Sequence[float]) -> list[str]:
+    """The values as short numbers with just enough significant digits to tell every two apart (a slider's
+    stops must not share a label)."""
+    for digits in range(2, 17):
+        labels = [f"{v:.{digits}g}" for v in values]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [repr(v) for v in values]
+
+
 def curve_selection(previous: Sequence[str] | None, ranked: Sequence[str], count: int = 8) -> list[str]:
     """The trials to draw: the ones chosen before that this study has, else its `count` best."""
     kept = [t for t in previous or () if t in set(ranked)]

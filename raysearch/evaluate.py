@@ -340,11 +340,12 @@ def _sources_in_train(study_dir: Path, study: Mapping[str, Any], data: CachedDat
 
 def _readable(results: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
     """The headline test metrics per trial as text, `mean ± std` over repeats (per-class ones left out), on the
-    whole test split and on its clean subset (`clean <metric>`), with both sizes."""
+    whole test split and, when it is smaller, on its clean subset (`clean <metric>`), with both sizes."""
     rows = []
     for trial_id, metrics in results.items():
         row = {"trial_id": trial_id}
-        for prefix, label in ((TEST, ""), (TEST_CLEAN, "clean ")):
+        clean = metrics.get(f"{TEST_CLEAN}.images") not in (None, metrics.get(f"{TEST}.images"))
+        for prefix, label in ((TEST, ""), (TEST_CLEAN, "clean ")) if clean else ((TEST, ""),):
             if f"{prefix}.images" in metrics:
                 row[f"{label}images"] = str(metrics[f"{prefix}.images"])
             for column in headline_columns(metrics, f"{prefix}."):

@@ -137,6 +137,21 @@ def tiny_study_copy(tiny_study: TinyStudy, tmp_path: Path) -> TinyStudy:
     return TinyStudy(results, results / TINY_STUDY_NAME, tiny_study.data, tiny_study.stdout)
 
 
+@pytest.fixture
+def two_studies(tiny_study_copy: TinyStudy) -> TinyStudy:
+    """The tiny study's copied results folder with a second study `other`: the same trials and epochs under
+    other trial ids (`o-<id>`), as two studies a person switches between."""
+    import pandas as pd
+
+    other = tiny_study_copy.results / "other"
+    other.mkdir()
+    for name in ("trials.parquet", "epochs.parquet"):
+        frame = pd.read_parquet(tiny_study_copy.study / name)
+        frame.assign(trial_id="o-" + frame["trial_id"]).to_parquet(other / name)
+    (other / "study.yaml").write_bytes((tiny_study_copy.study / "study.yaml").read_bytes())
+    return tiny_study_copy
+
+
 @pytest.fixture(scope="session")
 def real_dataset() -> Path:
     """The published bone-fracture YOLO export beside the project (`../shared/datasets`); skips where absent."""

@@ -196,27 +196,15 @@ def test_dashboard_command_refuses_a_missing_folder(tmp_path: Path, capsys: pyte
     assert "no such results folder" in capsys.readouterr().err
 
 
-def second_study(results: Path, study: Path, name: str = "other") -> Path:
-    """A copy of `study` as another study of the same results folder, its trial ids renamed (`o-<id>`)."""
-    other = results / name
-    other.mkdir()
-    for file in ("trials.parquet", "epochs.parquet"):
-        frame = pd.read_parquet(study / file)
-        frame.assign(trial_id="o-" + frame["trial_id"]).to_parquet(other / file)
-    (other / "study.yaml").write_bytes((study / "study.yaml").read_bytes())
-    return other
-
-
 def shown_ids(app: AppTest) -> set[str]:
     return set(app.dataframe[0].value["trial_id"])
 
 
 @pytest.mark.slow
-def test_switching_studies_never_hides_a_trial_silently(dashboard, tiny_study_copy) -> None:
+def test_switching_studies_never_hides_a_trial_silently(dashboard, two_studies) -> None:
     """A filter set in one study stays with that study, says what it hides and resets; another study shows
     every trial; the learning curves follow the study."""
-    results, tiny = tiny_study_copy.results, tiny_study_copy.study
-    second_study(results, tiny)
+    results, tiny = two_studies.results, two_studies.study
     trials = pd.read_parquet(tiny / "trials.parquet")
     ids = set(trials["trial_id"])
     app = dashboard(results)

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -46,13 +47,13 @@ def wait_until_healthy(url: str, server: subprocess.Popen, limit_s: float = 120)
     raise AssertionError(f"streamlit did not answer at {url} within {limit_s} s")
 
 
-@pytest.fixture
-def dashboard_url(tiny_study) -> Iterator[str]:
-    """The dashboard served on a free localhost port, on the tiny study's results folder."""
+@contextmanager
+def served(results: Path) -> Iterator[str]:
+    """The dashboard served on a free localhost port, on a results folder."""
     port = free_port()
     command = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
                "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-               "--client.toolbarMode", "minimal", "--", "--results", str(tiny_study.results)]
+               "--client.toolbarMode", "minimal", "--", "--results", str(results)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -61,6 +62,13 @@ def dashboard_url(tiny_study) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.fixture
+def dashboard_url(tiny_study) -> Iterator[str]:
+    """The dashboard served on the tiny study's results folder."""
+    with served(tiny_study.results) as url:
+        yield url
 
 
 def chromium(url: str, profile: Path, *action: str) -> subprocess.CompletedProcess:
@@ -123,3 +131,14 @@ def test_leaderboard_in_headless_chromium(dashboard_url: str, tiny_study, tmp_pa
     image = screenshot(dashboard_url, tmp_path / "shots", path)
     assert image.shape[:2] == (1000, 1400)
     assert not blank(image)
+
+
+def test_switching_studies_in_chromium_shows_every_trial(two_studies, tmp_path: Path) -> None:
+    """Each study opened by its link (`?study=NAME`, as the sidebar sets it) shows all its trials, and says so."""
+    ids = pd.read_parquet(two_studies.study / "trials.parquet")["trial_id"].tolist()
+    with served(two_studies.results) as url:
+        visits = (("tiny", ids), ("other", [f"o-{i}" for i in ids]), ("tiny", ids))
+        for visit, (name, shown) in enumerate(visits):
+            dom = rendered_dom(f"{url}/?study={name}", tmp_path / f"visit-{visit}")
+            assert all(f">{trial_id}</td>" in dom for trial_id in shown), name
+            assert f"{len(ids)} of {len(ids)} trials, ranked by" in dom and "hidden by filters" not in dom

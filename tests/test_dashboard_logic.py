@@ -17,6 +17,7 @@ from raysearch.dashboard_logic import (
     confusion_from_predictions,
     curve_selection,
     dataset_attribution,
+    distinct_labels,
     filter_scope,
     filter_trials,
     hidden_notice,
@@ -217,6 +218,9 @@ def test_log_parameters_get_a_log_spaced_grid_with_exact_ends() -> None:
     assert grid[0] == 1e-4 and grid[-1] == 2e-2
     ratios = np.diff(np.log(grid))
     assert np.allclose(ratios, ratios[0])  # evenly spaced in log: the slider reads 1e-4 … 2e-2, not 0.00 – 0.02
+    narrow = distinct_labels(log_grid(0.0035, 0.0062))  # two digits would name neighbouring stops alike
+    assert len(set(narrow)) == len(narrow) and narrow[0] == "0.0035" and narrow[-1] == "0.0062"
+    assert distinct_labels([1e-4, 2e-2]) == ["0.0001", "0.02"]
 
 
 def test_curve_selection_keeps_what_the_study_has_else_its_best() -> None:

@@ -12,6 +12,7 @@ from widgets import label, numeric_format, study_header
 
 from raysearch.dashboard_logic import (
     STATUSES,
+    distinct_labels,
     filter_scope,
     filter_trials,
     headline_columns,
@@ -60,9 +61,10 @@ def _range_slider(scope: str, column: str, values: pd.Series, log: bool) -> tupl
     low, high = float(values.min()), float(values.max())
     if log and 0 < low < high:
         grid = log_grid(low, high)
+        names = dict(zip(grid, distinct_labels(grid), strict=True))
         return kept_widget(scope, f"range:{column}", (grid[0], grid[-1]), lambda key, value: st.select_slider(
             f"{label(column)} (log scale)", grid, value=value if set(value) <= set(grid) else (grid[0], grid[-1]),
-            format_func=lambda v: f"{v:.2g}", key=key))
+            format_func=names.__getitem__, key=key))
     return kept_widget(scope, f"range:{column}", (low, high), lambda key, value: st.slider(
         label(column), low, high, (max(low, min(value)), min(high, max(value))), key=key))
 

@@ -50,7 +50,7 @@ def test_order_is_clockwise_from_top_left_whatever_the_input_order(shift: int, r
     [[0.1, 0.1], [0.5, 0.5], [0.9, 0.9]],  # collinear
 ])
 def test_degenerate_polygons_are_refused(points: list[list[float]]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least 3 distinct points|the polygon's points are collinear$"):
         to_four_points(np.array(points, dtype=np.float32))
 
 
@@ -78,6 +78,13 @@ def test_the_longest_edge_is_measured_by_its_length() -> None:
     triangle = np.array([[0.9, 0.9], [1.0, 0.9], [0.9, 0.2]], dtype=np.float32)
     out = to_four_points(triangle)
     assert any(np.allclose(p, [0.95, 0.55]) for p in out)  # midpoint of (1.0, 0.9)-(0.9, 0.2)
+    np.testing.assert_allclose(to_four_points(np.array([[0.5, 0.5], [0.6, 0.5], [0.5, 0.9]])),
+                               [[0.5, 0.5], [0.6, 0.5], [0.55, 0.7], [0.5, 0.9]], rtol=1e-6)
+
+
+def test_a_pentagon_loses_its_flattest_vertex() -> None:
+    pentagon = np.array([[0.2, 0.2], [0.8, 0.2], [0.8, 0.8], [0.5, 0.82], [0.2, 0.8]], dtype=np.float32)
+    np.testing.assert_allclose(to_four_points(pentagon), SQUARE)
 
 
 @pytest.mark.parametrize(("points", "count"), [

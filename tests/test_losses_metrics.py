@@ -83,6 +83,10 @@ def test_polygon_iou_hand_computed() -> None:
     target = square.expand(5, 8)
     # shifted: intersection 0.25 × 0.5 = 0.125, union 0.25 + 0.25 − 0.125 = 0.375.
     assert polygon_iou(predicted, target).tolist() == pytest.approx([1.0, 1 / 3, 0.0, 1.0, 0.0], abs=1e-6)
+    assert polygon_iou(point, point).tolist() == [0.0]  # no area on either side: nothing to score, 0
+    assert polygon_iou(predicted.double(), target.double()).dtype == torch.float32
+    with pytest.raises(ValueError):
+        polygon_iou(predicted, target[:4])
 
 
 def test_polygon_metrics_hand_computed() -> None:
@@ -93,6 +97,9 @@ def test_polygon_metrics_hand_computed() -> None:
     assert metrics["apd"] == pytest.approx(0.25)
     assert metrics["mse"] == pytest.approx((0.09 + 0.16) / 2 / 2)
     assert metrics["polygon_skill"] == pytest.approx(0.5)
+    # Smooth L1 (0.5 x² below 1) summed over images and averaged over the 8 values: 4 × 0.3 and 4 × 0.4 off
+    assert polygon_sums(predicted, target)["polygon_loss"].item() == pytest.approx(4 * 0.5 * (0.09 + 0.16) / 8)
+    assert polygon_metrics(polygon_sums(predicted, target), 2, baseline_apd=0.0)["polygon_skill"] == 0.0
     assert metrics["polygon_iou"] == pytest.approx(0.5 * (1.0 + 0.2 * 0.1 / (0.25 + 0.25 - 0.02)))
 
 

@@ -97,6 +97,7 @@ def test_columns_statuses_and_bookkeeping() -> None:
                             max_epochs=1).to_pylist()
     assert (single["params"], single["latency_ms"], single["status"]) == (1000, 2.5, "COMPLETED")
     assert trial_status(TrialRecord("e", {}, [_epoch(1, 0.1, 1.0)], error="boom"), max_epochs=1) == "FAILED"
+    assert trial_status(TrialRecord("f", {}), max_epochs=1) == "FAILED"  # no error recorded, but no epoch either
 
 
 def test_mixed_numbers_make_a_float_column_and_anything_else_a_string_column() -> None:

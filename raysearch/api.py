@@ -23,6 +23,7 @@ from raysearch.data.suitability import check_task_data
 from raysearch.errors import ConfigError, DataError, StudyInterrupted
 from raysearch.layout import StudyFolder, score_column
 from raysearch.results import epochs_table, trials_table, write_table_atomic, write_text_atomic
+from raysearch.search.tracking import log_exported_model, tracking_plan
 from raysearch.space import SearchSpace, load_space
 from raysearch.study import StudySpec, resolved_study
 from raysearch.study_lock import refuse_if_held, study_lock
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from raysearch.search.tuner import SearchSettings
 
 EXPERIMENT_SNAPSHOT_S = 2
-API_SERVER_VARIABLE = "RAY_API_SERVER_ADDRESS"
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
         scheduler=scheduler, scheduler_settings=scheduler_settings(
             scheduler, max_epochs=spec.max_epochs, grace_period=spec.grace_period,
             reduction_factor=spec.reduction_factor),
-        budget=Budget(seconds=spec.budget_seconds(), trial_epochs=spec.epoch_budget),
+        budget=Budget(seconds=spec.budget_seconds(), trial_epochs=spec.epoch_budget), loggers=spec.log,
     )
     return _Plan(spec, name, study_dir, space, hp_defaults, index, splits, fingerprint, base_cache, trial, search)
 
@@ -156,45 +156,12 @@ def _connected(address: str | None) -> Iterator[None]:
 
     Ray Tune snapshots its experiment (trials, searcher) every EXPERIMENT_SNAPSHOT_S seconds instead of
     its default of at least 10: `raysearch resume` continues from the last snapshot, so a trial started
-    after it would be sampled again rather than continued.
-
-    A local instance gets a dashboard port chosen here, exported as RAY_API_SERVER_ADDRESS to all of its
-    processes: Ray Train's PlacementGroupCleaner, which frees the workers' CPUs of a trial that Tune stopped,
-    asks the State API whether the trial's Train controller is still alive, and without that address the
-    State API guesses the cluster. With several Ray instances on one machine it then fails ("Found multiple
-    active Ray instances"), the cleaner stops, and the next multi-worker trial never gets its CPUs."""
-    import ray
+    after it would be sampled again rather than continued."""
+    from raysearch.search.connection import connected
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(EXPERIMENT_SNAPSHOT_S))
-    if ray.is_initialized():
+    with connected(address):
         yield
-        return
-    if address:
-        ray.init(address=address, log_to_driver=True, configure_logging=False)
-        yield
-        return
-    port = _free_local_port()
-    previous = os.environ.get(API_SERVER_VARIABLE)
-    os.environ[API_SERVER_VARIABLE] = f"http://127.0.0.1:{port}"
-    try:
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=True,
-                 configure_logging=False)
-        yield
-    finally:
-        ray.shutdown()
-        if previous is None:
-            os.environ.pop(API_SERVER_VARIABLE, None)
-        else:
-            os.environ[API_SERVER_VARIABLE] = previous
-
-
-def _free_local_port() -> int:
-    """A TCP port on loopback that nothing listens on now."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager
@@ -266,6 +233,7 @@ def _search(plan: _Plan, *, progress: bool, out: TextIO) -> StudyOutcome:
                        "gpus_per_worker": plan.trial.gpus_per_worker, "gpus_per_worker_requested":
                        spec.gpus_per_worker, "trials_per_gpu": spec.trials_per_gpu, "concurrency": concurrency,
                        "cluster": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}},
+            tracking=tracking_plan(spec.log, plan.directory),
         )
         write_text_atomic(yaml.safe_dump(study, sort_keys=False), StudyFolder(plan.directory).study_file)
         started = time.perf_counter()
@@ -368,7 +336,9 @@ def _finish(plan: _Plan, records: list[TrialRecord], search_seconds: float, *, p
     table = trials_table(records, plan.space, score=metric, mode=mode, max_epochs=plan.spec.max_epochs)
     write_table_atomic(epochs_table(records), folder.epochs_file)
     write_table_atomic(table, folder.trials_file)
-    finish_study(plan.directory, progress=progress, out=out)
+    exported = finish_study(plan.directory, progress=progress, out=out)
+    if exported is not None:
+        log_exported_model(plan.spec.log, plan.directory, plan.name, exported)
     devices = plan.trial.workers * (plan.trial.gpus_per_worker or 1.0)
     outcome = StudyOutcome(plan.directory, table.to_pandas(), metric, mode, search_seconds,
                            trial_epochs=sum(len(r.epochs) for r in records),
@@ -425,13 +395,16 @@ def _require_finished(grid: Any, plan: _Plan, search_seconds: float) -> None:
                                f"continue it with `raysearch resume {plan.directory}`")
 
 
-def finish_study(study_dir: Path, *, progress: bool = True, out: TextIO = sys.stdout) -> None:
-    """What `raysearch run` does after the search: evaluate the best trial on the test split, export it."""
+def finish_study(study_dir: Path, *, progress: bool = True, out: TextIO = sys.stdout) -> Path | None:
+    """What `raysearch run` does after the search: evaluate the best trial on the test split, export it.
+    Returns the exported model's folder (None without a finished trial)."""
     from raysearch.evaluate import evaluate_study
     from raysearch.export import export_model
 
     folder = StudyFolder(study_dir)
     evaluated = evaluate_study(study_dir, top=1, repeats=1, progress=progress, out=out)
     if evaluated.empty and (folder.read_study()["data"]["samples"]["test"] or folder.ranked_trials().empty):
-        return  # nothing finished, or a test split the evaluation could not use: it said why
-    print(f"Best model exported to {export_model(study_dir)}", file=out)
+        return None  # nothing finished, or a test split the evaluation could not use: it said why
+    exported = export_model(study_dir)
+    print(f"Best model exported to {exported}", file=out)
+    return exported

@@ -61,6 +61,9 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
                      help="stop sampling new trials after this long (2h, 30m, 90s); running trials finish")
     run.add_argument("--epoch-budget", type=int, metavar="N",
                      help="stop sampling new trials once the trials ran N epochs in all; running trials finish")
+    run.add_argument("--log", action="append", default=[], metavar="BACKEND",
+                     help="track the study in mlflow, wandb or tensorboard (repeat the flag or give a comma list); "
+                     "MLflow goes to $MLFLOW_TRACKING_URI, else to STUDY/mlflow/")
     _add_cluster_options(run, wait_default=900.0)
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_dataset_options(run)
@@ -137,6 +140,8 @@ def _add_results(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--repeats", type=int, default=1,
                           help="1: reload each trial's best checkpoint; R > 1: retrain with R seeds, mean ± std")
     evaluate.add_argument("--max-epochs", type=int, help="epochs per retraining (default: the study's)")
+    evaluate.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
+                          help="Ray cluster that retrains (default: $RAY_ADDRESS, else a local Ray)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     predict = commands.add_parser("predict", help="label new radiographs with an exported model")
     predict.add_argument("model", type=Path, help="exported model folder (STUDY/model) or a study folder")
@@ -185,7 +190,7 @@ def _run(args: argparse.Namespace) -> None:
         seed=args.seed, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         address=args.address, wait_for_nodes=args.wait_for_nodes, format=args.format,
         on_error=args.on_error, empty_labels=args.empty_labels, split_ratios=args.split_ratios,
-        binarise_masks=args.binarise_masks,
+        binarise_masks=args.binarise_masks, log=tuple(args.log),
         splits_policy=args.splits, test_split=not args.no_test_split,
         searcher=args.searcher, scheduler=args.scheduler, time_budget=args.time_budget, epoch_budget=args.epoch_budget,
     )
@@ -227,7 +232,7 @@ def _audit(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from raysearch.evaluate import evaluate_study
 
-    evaluate_study(args.study, top=args.top, repeats=args.repeats, max_epochs=args.max_epochs,
+    evaluate_study(args.study, top=args.top, repeats=args.repeats, max_epochs=args.max_epochs, address=args.address,
                    progress=not args.quiet)
 
 

@@ -1,8 +1,10 @@
 """Test-set evaluation of a finished study's best trials.
 
 With one repeat, each of the top-K trials' best checkpoint is reloaded; with R > 1, each configuration is
-retrained with R seeds (the study's seed, +1, ...) by the same training loop, in this process, and the
-test metrics are reported as mean and sample standard deviation. Results go to `predictions.parquet`
+retrained with R seeds (the study's seed, +1, ...) by the same training loop, every retraining a Ray task
+with the resources of one of the study's workers (GPUs on a GPU cluster), all submitted at once so that
+they run side by side as far as the cluster allows, and the test metrics are reported as mean and sample
+standard deviation. Results go to `predictions.parquet`
 (one row per test image per evaluated model) and to `test.*` columns of `trials.parquet`, both replaced
 as a whole by each evaluation.
 
@@ -13,7 +15,6 @@ train, as `test_clean.*` columns; `test.images` and `test_clean.images` give bot
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from collections.abc import Callable, Mapping
@@ -75,9 +76,9 @@ class EvaluationSession:
     def restored(self) -> AbstractContextManager[Path | None]:
         return nullcontext(None)
 
-    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None, *, improved: bool = False) -> None:
         self.history.append(metrics)
-        if checkpoint is not None and (checkpoint / BEST_FILE).is_file():
+        if improved and checkpoint is not None and (checkpoint / BEST_FILE).is_file():
             self.best_weights = read_weights(checkpoint / BEST_FILE, self.device)
 
 
@@ -109,17 +110,60 @@ def _study_cache(study_dir: Path, study: Mapping[str, Any], hp: Mapping[str, Any
     return load_cache(directory)
 
 
-def _retrain(study: Mapping[str, Any], hp: Mapping[str, Any], data: CachedDataset, seed: int,
-             max_epochs: int) -> nn.Module:
-    """Train a configuration from scratch with `seed`; the network with its best-validation weights."""
+@dataclass(frozen=True)
+class Retraining:
+    """One configuration to train from scratch with one seed."""
+
+    trial_id: str
+    repeat: int
+    seed: int
+    hp: dict[str, Any]
+    cache_dir: str
+
+
+def retrain(task: str, hp: dict[str, Any], cache_dir: str, seed: int, max_epochs: int,
+            threads: int) -> dict[str, torch.Tensor] | None:
+    """Train a configuration from scratch with `seed` (in a Ray task); its best-validation weights, on the CPU."""
     session = EvaluationSession(device())
-    settings = LoopSettings(study["task"], str(data.directory), max_epochs, seed, threads=os.cpu_count() or 1,
-                            cache_hit=True)
-    train(hp, settings, session)
-    network = build_model(create_task(study["task"]), hp, len(data.classes)).to(session.device)
-    if session.best_weights is not None:
-        network.load_state_dict(session.best_weights)
-    return network.eval()
+    train(hp, LoopSettings(task, cache_dir, max_epochs, seed, threads=threads, cache_hit=True), session)
+    return None if session.best_weights is None else {k: v.cpu() for k, v in session.best_weights.items()}
+
+
+def _retraining_resources(study: Mapping[str, Any]) -> dict[str, float]:
+    """What one retraining reserves: one worker of the study's trials (its CPUs and GPUs)."""
+    resources = study["resources"]
+    return {"num_cpus": float(resources["cpus_per_worker"]), "num_gpus": float(resources["gpus_per_worker"])}
+
+
+def _retrain_all(study: Mapping[str, Any], jobs: list[Retraining], max_epochs: int, address: str | None,
+                 progress: bool) -> list[nn.Module]:
+    """Every retraining as its own Ray task, all submitted at once, so the cluster runs as many side by side as
+    its resources allow; the trained networks (best-validation weights) in the order of `jobs`."""
+    import ray
+    from tqdm.auto import tqdm
+
+    from raysearch.search.connection import connected
+
+    resources = _retraining_resources(study)
+    task = create_task(study["task"])
+    threads = max(int(resources["num_cpus"]), 1)
+    remote = ray.remote(retrain)
+    with connected(address):
+        pending = [remote.options(name=f"retrain {job.trial_id} seed {job.seed}", **resources).remote(
+            study["task"], job.hp, job.cache_dir, job.seed, max_epochs, threads) for job in jobs]
+        with tqdm(total=len(pending), desc="retrain", disable=not progress) as bar:
+            remaining = list(pending)
+            while remaining:
+                done, remaining = ray.wait(remaining, num_returns=1)
+                bar.update(len(done))
+        weights = ray.get(pending)
+    networks = []
+    for job, best in zip(jobs, weights, strict=True):
+        network = build_model(task, job.hp, len(study["data"]["classes"])).to(device())
+        if best is not None:
+            network.load_state_dict(best)
+        networks.append(network.eval())
+    return networks
 
 
 def _test_metrics(task: Task, model: Model, data: CachedDataset, rows: np.ndarray) -> dict[str, float]:
@@ -246,25 +290,48 @@ def _with_test_columns(table: pa.Table, results: Mapping[str, Mapping[str, float
     return table
 
 
-def _models(study_dir: Path, study: Mapping[str, Any], row: Mapping[str, Any],
-            data_for: Callable[[Mapping[str, Any]], CachedDataset], repeats: int, max_epochs: int,
-            out: TextIO) -> list[Model]:
-    """The models of one trial: its best checkpoint (one repeat, when it has one), else retrained per seed."""
-    seed = study["seed"]
-    if repeats == 1 and StudyFolder(study_dir).best_checkpoint(row["trial_id"]) is not None:
-        _, network, hp = restore_trial(study_dir, study, row["trial_id"], row, device())
-        return [Model(row["trial_id"], 0, seed, network, hp)]
-    if repeats == 1:
-        print(f"Trial {row['trial_id']} kept no checkpoint: retraining it with seed {seed}.", file=out)
+def _reloaded(study_dir: Path, study: Mapping[str, Any], row: Mapping[str, Any]) -> Model | None:
+    """A trial's model from its best checkpoint, or None when it kept none."""
+    if StudyFolder(study_dir).best_checkpoint(row["trial_id"]) is None:
+        return None
+    _, network, hp = restore_trial(study_dir, study, row["trial_id"], row, device())
+    return Model(row["trial_id"], 0, study["seed"], network, hp)
+
+
+def _retrainings(study: Mapping[str, Any], row: Mapping[str, Any],
+                 data_for: Callable[[Mapping[str, Any]], CachedDataset], repeats: int) -> list[Retraining]:
+    """One retraining per seed (the study's seed, +1, ...) of a trial's configuration."""
     hp = trial_hyperparameters(study, row)
-    data = data_for(hp)
-    return [Model(row["trial_id"], r, seed + r, _retrain(study, hp, data, seed + r, max_epochs), hp)
-            for r in range(repeats)]
+    cache_dir = str(data_for(hp).directory)
+    return [Retraining(row["trial_id"], r, study["seed"] + r, hp, cache_dir) for r in range(repeats)]
+
+
+def _models(study_dir: Path, study: Mapping[str, Any], rows: list[Mapping[str, Any]],
+            data_for: Callable[[Mapping[str, Any]], CachedDataset], repeats: int, max_epochs: int,
+            address: str | None, progress: bool, out: TextIO) -> dict[str, list[Model]]:
+    """The models of each trial: its best checkpoint (one repeat, when it has one), else retrained per seed,
+    every retraining of every trial at once on Ray."""
+    models: dict[str, list[Model]] = {}
+    jobs: list[Retraining] = []
+    for row in rows:
+        reloaded = _reloaded(study_dir, study, row) if repeats == 1 else None
+        if reloaded is not None:
+            models[row["trial_id"]] = [reloaded]
+            continue
+        if repeats == 1:
+            print(f"Trial {row['trial_id']} kept no checkpoint: retraining it with seed {study['seed']}.", file=out)
+        models[row["trial_id"]] = []
+        jobs.extend(_retrainings(study, row, data_for, repeats))
+    if jobs:
+        for job, network in zip(jobs, _retrain_all(study, jobs, max_epochs, address, progress), strict=True):
+            models[job.trial_id].append(Model(job.trial_id, job.repeat, job.seed, network, job.hp))
+    return models
 
 
 def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epochs: int | None = None,
-                   progress: bool = True, out: TextIO = sys.stdout) -> pd.DataFrame:
-    """Evaluate the `top` best trials on the test split (see module docstring); returns their test metrics."""
+                   address: str | None = None, progress: bool = True, out: TextIO = sys.stdout) -> pd.DataFrame:
+    """Evaluate the `top` best trials on the test split (see module docstring); returns their test metrics.
+    Retraining runs on the Ray cluster at `address` (default: the current connection, else a local Ray)."""
     from tqdm.auto import tqdm
 
     epochs_flag = 1 if max_epochs is None else max_epochs
@@ -296,10 +363,12 @@ def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epoch
     results: dict[str, dict[str, float]] = {}
     predictions: list[pa.Table] = []
     epochs = max_epochs or study["spec"]["max_epochs"]
+    models = _models(study_dir, study, [rows[t] for t in ranked["trial_id"]], data_for, repeats, epochs, address,
+                     progress, out)
     leaked: set[str] | None = None
     for trial_id in tqdm(ranked["trial_id"], desc="evaluate", disable=not progress):
         runs, clean_runs = [], []
-        for model in _models(study_dir, study, rows[trial_id], data_for, repeats, epochs, out):
+        for model in models[trial_id]:
             data = data_for(model.hp)
             test_rows = data.indices("test")
             leaked = _sources_in_train(study_dir, study, data, progress) if leaked is None else leaked

@@ -17,7 +17,10 @@ RESULTS/                      results root (`--results`)
     model/                    the best model exported (config.yaml, weights.pt, model.onnx, model.ts)
     train/TRIAL/checkpoint_NNNNNN/   a trial's latest checkpoint (state.pt, best_model.pt, history.json)
     train/TRIAL/stopped_by_scheduler a marker: the scheduler stopped the trial (it finished, pruned)
-    ray/STUDY/                Ray Tune's experiment state (what `raysearch resume` restores)
+    ray/STUDY/                Ray Tune's experiment state (what `raysearch resume` restores); per trial its logs
+                              (result.json, progress.csv, TensorBoard events) and checkpoint_N/best_model.pt,
+                              the trial's best weights as a Tune checkpoint
+    mlflow/, wandb/           `--log mlflow` (mlflow.db, artifacts/) and `--log wandb` runs
 ```
 
 Only the standard library and PyYAML are imported here (pandas when ranking), so the dashboard and
@@ -50,6 +53,7 @@ SPLITS_FILE = "splits.parquet"
 MODEL_DIR, CONFIG_FILE, WEIGHTS_FILE = "model", "config.yaml", "weights.pt"
 ONNX_FILE, TORCHSCRIPT_FILE = "model.onnx", "model.torchscript.pt"
 TRAIN_DIR, RAY_DIR, SIGNED_DIR = "train", "ray", "signed"
+MLFLOW_DIR, MLFLOW_DB, MLFLOW_ARTIFACTS, WANDB_DIR = "mlflow", "mlflow.db", "artifacts", "wandb"
 STATE_FILE, BEST_FILE, HISTORY_FILE = "state.pt", "best_model.pt", "history.json"
 WEIGHTS_KEY = "model"  # best_model.pt, weights.pt and state.pt hold the network's state dict under this key
 STOPPED_MARKER = "stopped_by_scheduler"   # in train/TRIAL/ once the scheduler stopped the trial
@@ -58,7 +62,7 @@ CHECKPOINT_GLOB = CHECKPOINT_PREFIX + "[0-9]" * 6
 _CHECKPOINT_NUMBER = re.compile(rf"{CHECKPOINT_PREFIX}(\d+)$")
 
 STUDY_KEYS = ("name", "task", "spec", "data", "search_space", "defaults", "scheduler", "searcher", "budget",
-              "resources", "seed", "versions")
+              "resources", "tracking", "seed", "versions")
 FAILED = "FAILED"
 
 

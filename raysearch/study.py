@@ -24,7 +24,7 @@ VERSIONED_PACKAGES = ("raysearch", "ray", "torch", "torchvision", "timm", "segme
 MAX_SEED = 2**32 - 1
 AUTO = "auto"
 DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
-RUNTIME_FIELDS = ("name", "results", "address", "concurrency", "wait_for_nodes")
+RUNTIME_FIELDS = ("name", "results", "address", "concurrency", "wait_for_nodes", "log")
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,12 @@ class StudySpec:
     scheduler: str | None = None
     time_budget: str | None = None
     epoch_budget: int | None = None
+    log: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        from raysearch.search.tracking import parse_loggers
+
+        object.__setattr__(self, "log", parse_loggers(self.log))
         positive = {"trials": self.trials, "max_epochs": self.max_epochs, "workers_per_trial": self.workers_per_trial,
                     "grace_period": self.grace_period}
         if self.reduction_factor < 2:
@@ -145,8 +149,9 @@ def versions() -> dict[str, str]:
 
 def resolved_study(spec: StudySpec, *, name: str, space: dict[str, Any], data: dict[str, Any],
                    defaults: dict[str, Any], scheduler: dict[str, Any], searcher: dict[str, Any],
-                   budget: dict[str, Any], resources: dict[str, Any]) -> dict[str, Any]:
-    """The fully resolved study, as written to study.yaml."""
+                   budget: dict[str, Any], resources: dict[str, Any],
+                   tracking: dict[str, str] | None = None) -> dict[str, Any]:
+    """The fully resolved study, as written to study.yaml; `tracking`: where each --log backend writes."""
     return describe_study(name=name, task=spec.task, spec=asdict(spec), data=data, search_space=space,
                           defaults=defaults, scheduler=scheduler, searcher=searcher, budget=budget,
-                          resources=resources, seed=spec.seed, versions=versions())
+                          resources=resources, tracking=tracking or {}, seed=spec.seed, versions=versions())

@@ -2,7 +2,8 @@
 
 `tiny_study`: ONE real results folder, made once per test session by running `raysearch run multitask` as
 a user would (subprocess, local Ray) on a tiny phantom dataset, for the tests that read finished results
-(evaluation, export, dashboard). Tests that change the folder work on `tiny_study_copy`.
+(evaluation, export, dashboard, Ray's result tools, MLflow tracking: it runs with `--log mlflow,tensorboard`).
+Tests that change the folder work on `tiny_study_copy`.
 
 Suite rules kept by the hooks below: a test that runs a Ray study (a study fixture, or `ray.init` in this
 process) must be marked `slow`, so that `pytest -m "not slow"` stays fast; `gpu` tests are deselected, not
@@ -12,6 +13,10 @@ skipped, where CUDA is absent; with RAYSEARCH_FAIL_ON_SKIP=1 (set by CI) a skipp
 from __future__ import annotations
 
 import os
+
+# Tests never reach the network: pretrained weights come from the Hugging Face cache only (huggingface_hub
+# reads this once, at import; subprocesses inherit it).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import shutil
 import subprocess
 import sys
@@ -109,10 +114,11 @@ def _run_tiny_study(root: Path) -> TinyStudy:
     space = root / "tiny-space.yaml"
     space.write_text(TINY_SPACE)
     results = root / "results"
-    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_USAGE_STATS_ENABLED": "0"}
+    environment = ({k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+                   | {"RAY_USAGE_STATS_ENABLED": "0"})
     command = [sys.executable, "-m", "raysearch", "run", "multitask", "--data", str(data), "--space", str(space),
                "--trials", "2", "--max-epochs", "2", "--image-size", "32", "--results", str(results),
-               "--name", TINY_STUDY_NAME, "--quiet"]
+               "--name", TINY_STUDY_NAME, "--log", "mlflow,tensorboard", "--quiet"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment)
     assert done.returncode == 0, f"tiny study failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     return TinyStudy(results, results / TINY_STUDY_NAME, data, done.stdout)

@@ -24,7 +24,7 @@ class RecordingSession:
     def restored(self) -> nullcontext[Path | None]:
         return nullcontext(self.resume_from)
 
-    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None, *, improved: bool = False) -> None:
         self.metrics.append(metrics)
         if self.kept is not None and checkpoint is not None:
             shutil.copytree(checkpoint, self.kept / f"epoch_{metrics['epoch']}")

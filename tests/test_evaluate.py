@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from ray_processes import wait_for
 
 from raysearch.cli import main
 from raysearch.data.preprocess import placement
@@ -146,3 +147,35 @@ def test_evaluate_rejects_bad_input(tmp_path: Path) -> None:
         evaluate_study(tmp_path)
     with pytest.raises(ConfigError, match="--repeats: must be at least 1"):
         evaluate_study(tmp_path, repeats=0)
+
+
+@pytest.mark.slow
+def test_evaluate_repeats_retrain_side_by_side_as_ray_tasks(tiny_study_copy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`evaluate --repeats 2` trains both seeds in Ray worker processes (not in this one), at the same time,
+    each with the resources of one of the study's workers."""
+    import ray
+    from ray.util.state import list_tasks
+
+    study = tiny_study_copy.study
+    trial_id = best_trial(study)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    dashboard = "http://" + ray.init(num_cpus=2, configure_logging=False).dashboard_url
+    try:
+        evaluate_study(study, top=1, repeats=2, max_epochs=1, progress=False)
+        names = {f"retrain {trial_id} seed {seed}" for seed in (0, 1)}
+
+        def finished() -> list:
+            tasks = [t for t in list_tasks(address=dashboard, detail=True, limit=1000) if t.name in names]
+            return tasks if len(tasks) == 2 and all(t.state == "FINISHED" for t in tasks) else []
+
+        wait_for(lambda: bool(finished()), 60, "Ray's task events of both retrainings")
+        tasks = finished()
+    finally:
+        ray.shutdown()
+    assert all(t.worker_pid and t.worker_pid != os.getpid() for t in tasks), "trained outside Ray's workers"
+    assert len({t.worker_pid for t in tasks}) == 2, "both seeds trained in the same worker, one after the other"
+    assert all(t.required_resources == {"CPU": 1.0} for t in tasks), [t.required_resources for t in tasks]
+    first, second = sorted(tasks, key=lambda t: t.start_time_ms)
+    assert second.start_time_ms < first.end_time_ms, "the second seed waited for the first"
+    trials = pd.read_parquet(study / "trials.parquet").set_index("trial_id")
+    assert trials.loc[trial_id, "test.repeats"] == 2 and trials.loc[trial_id, "test.score.std"] >= 0

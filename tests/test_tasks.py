@@ -38,7 +38,7 @@ class MemorySession:
     def restored(self) -> nullcontext[None]:
         return nullcontext(None)
 
-    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None, *, improved: bool = False) -> None:
         self.reports.append((metrics, {p.name for p in checkpoint.iterdir()} if checkpoint else set()))
 
 

@@ -38,7 +38,7 @@ class Recorder:
     def restored(self) -> nullcontext[None]:
         return nullcontext(None)
 
-    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None, *, improved: bool = False) -> None:
         self.metrics.append(metrics)
 
 

@@ -13,6 +13,7 @@ from raysearch.search.history import recorded_epochs
 from raysearch.search.resources import ElasticConcurrency
 from raysearch.search.searcher import Budget
 from raysearch.search.signing import SignSnapshots
+from raysearch.search.tracking import logger_callbacks
 from raysearch.search.trial import TrialSettings, run_trial
 from raysearch.space import SearchSpace
 
@@ -38,6 +39,7 @@ class SearchSettings:
     def optuna_storage(self) -> str:
         """The Optuna study's SQLite URL (results/<study>/optuna.db, which optuna-dashboard opens)."""
         return f"sqlite:///{(self.results_dir / OPTUNA_FILE).resolve()}"
+    loggers: tuple[str, ...] = ()
 
 
 def experiment_dir(study_dir: Path, name: str) -> Path:
@@ -51,10 +53,33 @@ def study_dir_of(experiment: Path) -> Path:
 
 
 def trainable(trial: TrialSettings) -> Any:
-    """The Tune trainable: `run_trial` with the study's settings and one trial's resources."""
+    """The Tune trainable: `run_trial` with the study's settings and one trial's resources, restarted from the
+    trial's own checkpoints (ResumeFromOwnCheckpoints)."""
+    from ray import tune
+    from ray.tune.trainable import wrap_function
+
+    function_trainable = wrap_function(tune.with_parameters(run_trial, settings=trial))
+
+    class ResumeFromOwnCheckpoints(function_trainable):
+        """A trial that Tune restarts (after a failure, or on `raysearch resume`) continues from the latest
+        checkpoint in its own folder (raysearch.training.session), never from its Tune checkpoint: that one
+        holds only the best weights, and Tune may already have deleted the one its last snapshot names."""
+
+        def restore(self, checkpoint_path: Any) -> None:
+            return None
+
+    ResumeFromOwnCheckpoints.__name__ = function_trainable.__name__
+    return tune.with_resources(ResumeFromOwnCheckpoints, trial.shape.trial_function())
+
+
+def checkpoint_config(search: SearchSettings) -> Any:
+    """What Tune keeps of the checkpoints trials report (their best weights, see raysearch.training.session):
+    the best one of each trial by the study's metric, which `ExperimentAnalysis.get_best_checkpoint` and
+    `ResultGrid.get_best_result().checkpoint` return."""
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(run_trial, settings=trial), trial.shape.trial_function())
+    return tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=search.metric,
+                                 checkpoint_score_order=search.mode)
 
 
 def build_tuner(space: SearchSpace, search: SearchSettings, trial: TrialSettings, concurrency: int) -> Any:
@@ -84,7 +109,8 @@ def build_tuner(space: SearchSpace, search: SearchSettings, trial: TrialSettings
         run_config=tune.RunConfig(
             name=search.name, storage_path=str(experiment_dir(search.results_dir, search.name).parent.resolve()),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
-            callbacks=[SignSnapshots()],
+            checkpoint_config=checkpoint_config(search),
+            callbacks=[SignSnapshots(), *logger_callbacks(search.loggers, search.results_dir, search.name)],
         ),
     )
 

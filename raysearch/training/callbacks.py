@@ -91,7 +91,8 @@ class Checkpointing(Callback):
 
 
 class Reporting(Callback):
-    """Reports the epoch's metrics and (rank 0) its checkpoint to the session."""
+    """Reports the epoch's metrics and (rank 0) its checkpoint to the session, saying whether the epoch improved
+    the trial's score (a one-worker trial then hands Tune its best weights, see raysearch.training.session)."""
 
     def on_epoch_end(self, trainer: Trainer, end: EpochEnd) -> None:
-        trainer.session.report(end.metrics, end.checkpoint)
+        trainer.session.report(end.metrics, end.checkpoint, improved=end.improved)

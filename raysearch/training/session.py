@@ -10,6 +10,12 @@ failure or `raysearch resume`). A one-worker trial writes its own checkpoints th
 Tune: Ray Tune 2.60 deletes a trial's previous checkpoint before its experiment snapshot stops pointing to
 it, so a driver killed in between left a trial that could not be restored.
 
+Tune still gets a checkpoint, for its result tools (`ResultGrid`, `ExperimentAnalysis.get_best_checkpoint`):
+each epoch that improves the trial's score, a one-worker trial also reports its best weights (`best_model.pt`
+alone) as a Tune checkpoint, which Tune copies to `<study>/ray/<study>/<trial_id>/checkpoint_<N>` and keeps
+only the best of (raysearch.search.tuner). Restarting a trial never reads it (see `ResumeFromOwnCheckpoints`
+in raysearch.search.tuner), so Tune deleting one that a stale snapshot still names does no harm.
+
 Every checkpoint also holds the metrics of every epoch up to it (`history.json`). That history, not Ray
 Tune's result log, is a trial's record: Tune starts a trial's log afresh when it restarts a trial that
 has no Tune checkpoint, and the history always matches the weights it sits beside.
@@ -20,13 +26,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from raysearch.layout import CHECKPOINT_GLOB, HISTORY_FILE, checkpoint_name, latest_checkpoint, read_history
+from raysearch.layout import (
+    BEST_FILE,
+    CHECKPOINT_GLOB,
+    HISTORY_FILE,
+    checkpoint_name,
+    latest_checkpoint,
+    read_history,
+)
+
+BEST_ONLY_PREFIX = "best-only-"
 
 
 class Session(Protocol):
@@ -39,8 +55,9 @@ class Session(Protocol):
     def restored(self) -> AbstractContextManager[Path | None]:
         """A context yielding the folder of the checkpoint to resume from, or None."""
 
-    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
-        """Report one epoch's metrics, with rank 0's checkpoint folder."""
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None, *, improved: bool = False) -> None:
+        """Report one epoch's metrics, with rank 0's checkpoint folder; `improved`: the epoch's score is the
+        trial's best so far (its weights are the checkpoint's best weights)."""
 
 
 def publish_checkpoint(source: Path, directory: Path, name: str) -> Path:
@@ -58,6 +75,23 @@ def publish_checkpoint(source: Path, directory: Path, name: str) -> Path:
         if stale.name < name:
             shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+@contextmanager
+def best_weights_only(best: Path) -> Iterator[Path]:
+    """A temporary folder beside `best` holding only that weights file (a hard link where the file system
+    allows, else a copy): what a Tune checkpoint of the best model holds, without the optimizer state."""
+    folder = best.parent.parent / f".{BEST_ONLY_PREFIX}{best.parent.name}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    try:
+        try:
+            os.link(best, folder / best.name)
+        except OSError:
+            shutil.copy2(best, folder / best.name)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _record(history: list[dict[str, Any]], metrics: dict[str, Any], checkpoint: Path | None) -> None:
@@ -101,16 +135,24 @@ class TuneSession:
     def restored(self) -> AbstractContextManager[Path | None]:
         return _Restoring(nullcontext(latest_checkpoint(self.directory)), self.history)
 
-    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None, *, improved: bool = False) -> None:
         """Publish the checkpoint first, then report the epoch (with its `checkpoint_path`, as Ray Train's
-        TuneReportCallback does), so that a reported epoch always has its checkpoint."""
+        TuneReportCallback does), so that a reported epoch always has its checkpoint; an improved epoch hands
+        Tune its best weights as a Tune checkpoint as well."""
         from ray import tune
 
         _record(self.history, metrics, checkpoint)
-        if checkpoint is not None:
-            saved = publish_checkpoint(checkpoint, self.directory, checkpoint_name(metrics["epoch"]))
-            metrics = {**metrics, "checkpoint_path": str(saved)}
-        tune.report(metrics)
+        if checkpoint is None:
+            tune.report(metrics)
+            return
+        saved = publish_checkpoint(checkpoint, self.directory, checkpoint_name(metrics["epoch"]))
+        metrics = {**metrics, "checkpoint_path": str(saved)}
+        best = saved / BEST_FILE
+        if not (improved and best.is_file()):
+            tune.report(metrics)
+            return
+        with best_weights_only(best) as folder:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 class TrainSession:
@@ -132,7 +174,7 @@ class TrainSession:
         checkpoint = ray.train.get_checkpoint()
         return _Restoring(checkpoint.as_directory() if checkpoint else nullcontext(None), self.history)
 
-    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None, *, improved: bool = False) -> None:
         """Report from every worker (a barrier); Ray Train copies rank 0's checkpoint to the run's storage
         as `checkpoint_<N>` (not named by timestamp) and records it only once the copy is complete."""
         import ray.train

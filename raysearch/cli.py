@@ -24,6 +24,7 @@ EXAMPLES = """examples:
   raysearch predict raysearch-results/multitask-1a2b3c4d/model xray1.png new-xrays/ 'more/*.jpg' --out labelled/
   raysearch export raysearch-results/multitask-1a2b3c4d --format onnx,torchscript
   raysearch dashboard raysearch-results
+  raysearch weights fetch resnet18 efficientnet_b0 --encoder resnet50   # fill the HF cache once
 """
 
 
@@ -165,6 +166,18 @@ def _add_results(commands: argparse._SubParsersAction) -> None:
                            "$RAY_DASHBOARD_URL, $RAY_ADDRESS's host and localhost are ever probed)")
 
 
+def _add_weights(commands: argparse._SubParsersAction) -> None:
+    weights = commands.add_parser("weights", help="pretrained weights").add_subparsers(dest="weights_command",
+                                                                                        required=True)
+    fetch = weights.add_parser("fetch", help="download pretrained weights into the Hugging Face cache (HF_HOME) once, "
+                               "e.g. on a cluster's shared storage")
+    fetch.add_argument("models", nargs="*", metavar="MODEL",
+                       help="timm models, as the `model` hyperparameter names them (resnet18, efficientnet_b0, ...)")
+    fetch.add_argument("--encoder", action="append", default=[], metavar="ENCODER",
+                       help="a segmentation encoder, as the `encoder` hyperparameter names it (resnet50, "
+                       "mobilenet_v2, tu-resnet18, ...); repeat for several")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (built on demand, never at import time)."""
     parser = argparse.ArgumentParser(prog="raysearch", description="Distributed hyperparameter search for X-ray "
@@ -175,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_resume(commands)
     _add_data(commands)
     _add_results(commands)
+    _add_weights(commands)
     return parser
 
 
@@ -267,6 +281,16 @@ def _export(args: argparse.Namespace) -> None:
         print(f"{name}: {path}")
 
 
+def _weights(args: argparse.Namespace) -> None:
+    from raysearch.errors import ConfigError
+    from raysearch.models.hub import fetch_weights
+
+    if not args.models and not args.encoder:
+        raise ConfigError("weights fetch: name at least one MODEL or --encoder")
+    for line in fetch_weights(args.models, args.encoder):
+        print(line)
+
+
 def _dashboard(args: argparse.Namespace) -> None:
     """Replace this process with the Streamlit server (so stopping `raysearch dashboard` stops the server),
     private by default: bound to --host (localhost) and with Streamlit's usage statistics off."""
@@ -290,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `raysearch` console script."""
     args = build_parser().parse_args(argv)
     handlers = {"run": _run, "resume": _resume, "data": _data, "evaluate": _evaluate, "predict": _predict,
-                "export": _export, "dashboard": _dashboard}
+                "export": _export, "dashboard": _dashboard, "weights": _weights}
     try:
         code = handlers[args.command](args)
     except RaysearchError as error:

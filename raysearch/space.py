@@ -238,7 +238,8 @@ def _read_yaml(path: Path) -> Any:
 
 
 def _resolve_extends(path: Path, data: Any, seen: tuple[Path, ...] = ()) -> Any:
-    """Merge a document over the file its `extends:` names (relative to it): keys and parameters override."""
+    """Merge a document over the file its `extends:` names (relative to it): keys, parameters and fixed values
+    override, and a name the document searches (or fixes) is no longer fixed (or searched) by its parent."""
     if not isinstance(data, dict) or "extends" not in data:
         return data
     if not isinstance(data["extends"], str):
@@ -250,8 +251,9 @@ def _resolve_extends(path: Path, data: Any, seen: tuple[Path, ...] = ()) -> Any:
     if not isinstance(parent, dict):
         raise ConfigError(f"{parent_path}: expected a mapping at the top level")
     merged = {**parent, **{k: v for k, v in data.items() if k not in ("extends", "parameters", "fixed")}}
-    for section in ("parameters", "fixed"):
-        merged[section] = {**(parent.get(section) or {}), **(data.get(section) or {})}
+    for section, other in (("parameters", "fixed"), ("fixed", "parameters")):
+        inherited = {k: v for k, v in (parent.get(section) or {}).items() if k not in (data.get(other) or {})}
+        merged[section] = {**inherited, **(data.get(section) or {})}
     return merged
 
 

@@ -191,6 +191,17 @@ def test_results_go_to_storage_every_node_shares(prepared: Config) -> None:
     assert '--results "$RAYSEARCH_RESULTS"' in CLUSTER_YAML.read_text()  # the documented `raysearch run`
 
 
+def test_pretrained_weights_come_from_one_cache_on_shared_storage(prepared: Config) -> None:
+    starts = _ray_starts(prepared["head_start_ray_commands"]) + _ray_starts(prepared["worker_start_ray_commands"])
+    homes = {env.get("HF_HOME") for env, _ in starts}
+    assert len(homes) == 1 and next(iter(homes)).startswith("/mnt/raysearch/"), homes
+    [home] = homes
+    exports = [c for c in prepared["setup_commands"] if f"echo 'export HF_HOME={home}'" in c]
+    assert exports, "shells on the nodes (`raysearch weights fetch`) use the same cache as the workers"
+    for merged in ("head_setup_commands", "worker_setup_commands"):
+        assert exports[0] in prepared[merged]
+
+
 def test_dashboard_stays_on_head_localhost(prepared: Config) -> None:
     [(_, args)] = _ray_starts(prepared["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in args

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,10 @@ SMALLEST = {"inception_v3": 75}
 
 @pytest.fixture
 def empty_weights_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A Hugging Face cache with nothing in it, whatever this machine has cached."""
+    """An offline Hugging Face cache with nothing in it, whatever this machine has cached (huggingface_hub reads
+    HF_HOME and HF_HUB_OFFLINE once, at import: these are the values it took from them)."""
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
 @pytest.mark.parametrize("family", MODEL_FAMILIES)
@@ -51,13 +54,16 @@ def test_too_small_input_is_a_config_error_naming_image_size() -> None:
 
 @pytest.mark.usefixtures("empty_weights_cache")
 def test_missing_pretrained_weights_fail_with_where_to_put_them(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="pretrained: weights for resnet18 are not on this machine.*Hugging Face"):
+    absent = (f"pretrained: weights for resnet18 are not in the Hugging Face cache {tmp_path / 'hub'} and "
+              "HF_HUB_OFFLINE is set; run `raysearch weights fetch resnet18`")
+    with pytest.raises(ConfigError, match=re.escape(absent)):
         create_backbone("resnet18", in_channels=1, image_size=32, pretrained=True)
     with pytest.raises(ConfigError, match="pretrained: weights file .*missing.pth not found"):
         create_backbone("resnet18", in_channels=1, image_size=32, pretrained=str(tmp_path / "missing.pth"))
     with pytest.raises(ConfigError, match="pretrained: the 'vgg' family is trained from scratch"):
         create_backbone("vgg", in_channels=1, image_size=32, pretrained=True, **VGG)
-    with pytest.raises(ConfigError, match="pretrained: weights for encoder mobilenet_v2 are not on this machine"):
+    with pytest.raises(ConfigError, match="pretrained: weights for encoder mobilenet_v2 are not in the Hugging Face "
+                       r"cache .*`raysearch weights fetch --encoder mobilenet_v2`"):
         create_segmentation_model("unet", "mobilenet_v2", in_channels=1, image_size=32, pretrained=True)
 
 

@@ -150,6 +150,17 @@ def test_extends_overrides_parameters_in_place(tmp_path: Path) -> None:
     assert space.fixed == {"optimizer": "sgd"} and space.task == "multitask"
 
 
+def test_extends_searches_what_its_parent_fixed_and_fixes_what_it_searched(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text(
+        "task: multitask\nparameters:\n  dropout: {type: float, low: 0.0, high: 0.5}\nfixed:\n  pretrained: false\n")
+    (tmp_path / "child.yaml").write_text(
+        "extends: base.yaml\nparameters:\n  pretrained: {type: categorical, choices: [false, true]}\n"
+        "fixed:\n  dropout: 0.1\n")
+    space = load_space(tmp_path / "child.yaml", schema=SCHEMA)
+    assert [p.name for p in space.parameters] == ["pretrained"]
+    assert space.fixed == {"dropout": 0.1}
+
+
 def test_extends_cycle_is_refused(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text("extends: b.yaml\ntask: multitask\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\ntask: multitask\n")

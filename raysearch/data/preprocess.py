@@ -17,13 +17,19 @@ if TYPE_CHECKING:
 
 ResizeMode = Literal["stretch", "letterbox"]
 FilterName = Literal["none", "median", "gaussian", "bilateral"]
-Normalisation = Literal["none", "minus_one_one", "imagenet", "standardize"]
+Normalisation = Literal["none", "minus_one_one", "imagenet", "standardize"]  # the choices a search space has
+PRETRAINED = "pretrained"  # the normalisation of a model with pretrained weights: their mean and std
 IMAGENET_MEAN, IMAGENET_STD = 0.449, 0.226  # grey-level mean of ImageNet's RGB statistics
+PER_BATCH_FIELDS = ("normalisation", "channels", "mean", "std")
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """What is done to every image before training; the cached part is everything but the last two."""
+    """What is done to every image before training; the cached part is everything but PER_BATCH_FIELDS.
+
+    `normalisation` "pretrained" uses `mean` and `std`, the RGB statistics of a model's pretrained weights
+    (set by raysearch.training.hparams.preprocessing_of, never searched); with one channel, their averages
+    (timm and smp adapt a pretrained first convolution to one channel by summing its RGB weights)."""
 
     image_size: int = 64
     resize: ResizeMode = "letterbox"
@@ -32,13 +38,16 @@ class Preprocessing:
     clahe_grid: int = 8
     filter: FilterName = "none"
     filter_size: int = 3
-    normalisation: Normalisation = "minus_one_one"
+    normalisation: Normalisation | Literal["pretrained"] = "minus_one_one"
     channels: int = 1
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
 
     def cache_fields(self) -> dict[str, object]:
         """The fields that change the cached pixels (the cache key is built from these)."""
         fields = asdict(self)
-        del fields["normalisation"], fields["channels"]
+        for per_batch in PER_BATCH_FIELDS:
+            del fields[per_batch]
         return fields
 
 
@@ -110,4 +119,11 @@ def normalise(batch: np.ndarray | torch.Tensor, config: Preprocessing) -> torch.
         mean = x.mean(dim=(2, 3), keepdim=True)
         std = x.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
         x = (x - mean) / std
+    elif config.normalisation == PRETRAINED:
+        mean = torch.as_tensor(config.mean, dtype=x.dtype, device=x.device)
+        std = torch.as_tensor(config.std, dtype=x.dtype, device=x.device)
+        if config.channels == 1:
+            mean, std = mean.mean().reshape(1), std.mean().reshape(1)
+        x = x.expand(-1, config.channels, -1, -1)
+        return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
     return x.expand(-1, config.channels, -1, -1).contiguous() if config.channels > 1 else x

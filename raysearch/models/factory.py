@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from raysearch.errors import ConfigError
-from raysearch.models.hub import WHERE_WEIGHTS_GO, create_offline
+from raysearch.models.hub import create_pretrained
 from raysearch.models.probe import probe
 from raysearch.models.vgg import VGGBackbone
 
@@ -71,9 +71,8 @@ def _timm_backbone(name: str, *, in_channels: int, image_size: int, pretrained: 
     if isinstance(pretrained, str):
         model = _from_file(name, Path(pretrained).expanduser(), kwargs)
     else:
-        hint = f"{WHERE_WEIGHTS_GO}, or give 'pretrained' a local .safetensors/.pth file"
-        model = create_offline(lambda: timm.create_model(name, pretrained=pretrained, **kwargs), pretrained=pretrained,
-                               what=name, hint=hint)
+        model = create_pretrained(lambda: timm.create_model(name, pretrained=pretrained, **kwargs),
+                                  pretrained=pretrained, what=name, name=name)
     features = probe(model, in_channels=in_channels, image_size=image_size, what=f"model {name!r}")
     return TimmBackbone(model, features.shape[1])
 
@@ -84,9 +83,9 @@ def create_backbone(
     """A feature extractor with a `num_features` attribute that maps (N, C, S, S) to (N, num_features).
 
     `family` is "vgg" (configured by `conv_layers`, `pool_every`, `width`, `batch_norm`) or a timm model
-    name; `pretrained` is False, True (weights already in the Hugging Face cache: nothing is downloaded)
-    or a local weights file. A timm model that cannot take `image_size` (inception_v3 needs at least 75
-    pixels, vgg16_bn and densenet121 32) is refused with a ConfigError naming image_size.
+    name; `pretrained` is False, True (ImageNet weights through the Hugging Face Hub and its cache, see
+    raysearch.models.hub) or a local weights file. A timm model that cannot take `image_size` (inception_v3
+    needs at least 75 pixels, vgg16_bn and densenet121 32) is refused with a ConfigError naming image_size.
     """
     if family == "vgg":
         if pretrained:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from raysearch.errors import ConfigError
-from raysearch.models.hub import create_offline
+from raysearch.models.hub import create_pretrained, smp_weights_tag
 from raysearch.models.probe import probe
 
 ARCHITECTURES = ("unet", "unetplusplus", "fpn")
@@ -60,14 +60,9 @@ def _check_names(architecture: str, encoder: str) -> None:
 
 def _encoder_weights(encoder: str, pretrained: bool) -> str | bool | None:
     """What smp's `encoder_weights` must be: None, True for timm encoders, else the encoder's ImageNet tag."""
-    import segmentation_models_pytorch as smp
-
     if not pretrained:
         return None
-    if encoder.startswith("tu-"):
-        return True
-    tags = list(smp.encoders.encoders[encoder]["pretrained_settings"])
-    return "imagenet" if "imagenet" in tags else tags[0]
+    return True if encoder.startswith("tu-") else smp_weights_tag(encoder)
 
 
 def create_segmentation_model(
@@ -76,8 +71,8 @@ def create_segmentation_model(
 ) -> SegmentationNet:
     """A binary segmentation network, checked to run on `image_size`² inputs (ConfigError if not).
 
-    `pretrained` True takes the encoder's ImageNet weights from the Hugging Face cache (nothing is
-    downloaded); `dropout` > 0 puts a channel dropout before the segmentation head.
+    `pretrained` True takes the encoder's ImageNet weights through the Hugging Face Hub and its cache;
+    `dropout` > 0 puts a channel dropout before the segmentation head.
     """
     import segmentation_models_pytorch as smp
 
@@ -86,10 +81,10 @@ def create_segmentation_model(
         raise ConfigError("pretrained: segmentation encoders take true or false; put weights files in the "
                           "Hugging Face cache (HF_HOME) instead of naming them")
     weights = _encoder_weights(encoder, pretrained)
-    model = create_offline(
+    model = create_pretrained(
         lambda: smp.create_model(architecture, encoder_name=encoder, encoder_weights=weights, in_channels=in_channels,
                                  classes=1),
-        pretrained=pretrained, what=f"encoder {encoder}",
+        pretrained=pretrained, what=f"encoder {encoder}", name=f"--encoder {encoder}",
     )
     stride = model.encoder.output_stride
     if model.requires_divisible_input_shape and image_size % stride:

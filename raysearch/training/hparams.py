@@ -9,10 +9,11 @@ The same schema gives the defaults and validates search spaces (raysearch.space)
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, get_args
 
-from raysearch.data.preprocess import FilterName, Normalisation, Preprocessing, ResizeMode
+from raysearch.data.preprocess import PRETRAINED, FilterName, Normalisation, Preprocessing, ResizeMode
 from raysearch.schema import HParam, checked, choice, defaults_of, flag, integer, real
 from raysearch.training.optim import OPTIMIZERS, SCHEDULERS
 
@@ -79,6 +80,24 @@ def defaults(task_hyperparameters: Mapping[str, HParam]) -> dict[str, Any]:
     return defaults_of(schema(task_hyperparameters))
 
 
+def pretrained_weights_of(hp: Mapping[str, Any]) -> tuple[str, bool] | None:
+    """The model (or, with True, the segmentation encoder) whose pretrained weights a trial loads: None without
+    `pretrained` or for the from-scratch 'vgg' family, which the model factory refuses."""
+    if not hp.get("pretrained"):
+        return None
+    if "encoder" in hp:
+        return hp["encoder"], True
+    return None if hp["model"] == "vgg" else (hp["model"], False)
+
+
 def preprocessing_of(hp: Mapping[str, Any]) -> Preprocessing:
-    """The Preprocessing a trial's hyperparameters select."""
-    return Preprocessing(**{name: hp[name] for name in PREPROCESSING_SCHEMA})
+    """The Preprocessing a trial's hyperparameters select; with pretrained weights, the input normalisation
+    follows the weights' own mean and standard deviation instead of `normalisation`."""
+    config = Preprocessing(**{name: hp[name] for name in PREPROCESSING_SCHEMA})
+    weights = pretrained_weights_of(hp)
+    if weights is None:
+        return config
+    from raysearch.models.hub import pretrained_statistics
+
+    mean, std = pretrained_statistics(weights[0], encoder=weights[1])
+    return replace(config, normalisation=PRETRAINED, mean=mean, std=std)

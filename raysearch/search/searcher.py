@@ -117,15 +117,17 @@ class StudySearch(OptunaSearch):
     def __init__(self, *, train_dir: Path, max_epochs: int, budget: Budget, **optuna_search: Any) -> None:
         super().__init__(**optuna_search)
         self.train_dir, self.max_epochs, self.budget = Path(train_dir), max_epochs, budget
-        self._elapsed_before, self._clock = 0.0, time.monotonic()
+        self._elapsed_before, self._clock = 0.0, None
         self.budget_spent = False
 
     def elapsed_s(self) -> float:
-        """Seconds of search so far, across resumes."""
-        return self._elapsed_before + time.monotonic() - self._clock
+        """Seconds of search so far, across resumes (the clock starts with the first suggestion)."""
+        return self._elapsed_before + (0.0 if self._clock is None else time.monotonic() - self._clock)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         """A new configuration (tagged with its trial id in Optuna), or FINISHED once the budget is spent."""
+        if self._clock is None:
+            self._clock = time.monotonic()
         if trial_id not in self._ot_trials and self.budget.spent(self.elapsed_s(), self.train_dir):
             self.budget_spent = True
             return Searcher.FINISHED
@@ -153,13 +155,13 @@ class StudySearch(OptunaSearch):
 
     def save(self, checkpoint_path: str) -> None:
         """Ray Tune's snapshot of the searcher, with the search time so far."""
-        self._elapsed_before, self._clock = self.elapsed_s(), time.monotonic()
+        self._elapsed_before, self._clock = self.elapsed_s(), None if self._clock is None else time.monotonic()
         super().save(checkpoint_path)
 
     def restore(self, checkpoint_path: str) -> None:
         """The searcher as snapshotted; its clock goes on from the time searched before."""
         super().restore(checkpoint_path)
-        self._clock = time.monotonic()
+        self._clock = None
 
 
 def reconcile_study(storage: str, study_name: str, records: list[TrialRecord], *,

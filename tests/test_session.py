@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from raysearch.layout import HISTORY_FILE
-from raysearch.training.session import TuneSession, checkpoint_name, latest_checkpoint, read_history
+from raysearch.training.session import TuneSession, checkpoint_name, latest_checkpoint, publish_checkpoint, read_history
 
 pytestmark = pytest.mark.filterwarnings("ignore:`report` is meant to only be called:UserWarning")
 
@@ -60,3 +60,13 @@ def test_a_trial_publishes_each_epoch_with_its_history_and_restores_the_newest(t
     with restarted.restored() as folder:
         assert folder == trial / "checkpoint_000001"
         assert restarted.history == epochs[:2]  # the record matches the weights it sits beside
+
+
+def test_republishing_an_epoch_replaces_its_checkpoint(tmp_path: Path) -> None:
+    trial = tmp_path / "train" / "trial_1"
+    publish_checkpoint(_written(tmp_path / "first", 1), trial, "checkpoint_000000")
+    again = _written(tmp_path / "again", 1)
+    (again / "state.pt").write_text("epoch 1 run again after a restart")
+    assert publish_checkpoint(again, trial, "checkpoint_000000") == trial / "checkpoint_000000"
+    assert (trial / "checkpoint_000000" / "state.pt").read_text() == "epoch 1 run again after a restart"
+    assert [p.name for p in trial.iterdir()] == ["checkpoint_000000"]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -69,3 +71,21 @@ def kill_all(pids: list[int], sig: int = signal.SIGKILL) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+
+def kill_driver_when(command: list[str], condition: Callable[[], bool], what: str, env: dict[str, str],
+                     every: float = 0.2) -> dict[int, str]:
+    """Start a `raysearch` driver, SIGKILL it once `condition()` holds (within 600 s), and return the titles of
+    the processes it had started (its local Ray instance), so that the caller can stop exactly those.
+    AssertionError when the driver ended by itself before it could be killed."""
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        wait_for(lambda: condition() or driver.poll() is not None, 600, what, every=every)
+        started = {pid: title(pid) for pid in descendants(driver.pid)}
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == -signal.SIGKILL, "the study was still running when its driver was killed"
+    return started

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from ray_processes import alive, descendants, kill_all, title, wait_for
+from ray_processes import alive, kill_all, kill_driver_when, title, wait_for
 from test_search_choices import SPACE, assert_optuna_matches_parquet
 
 from raysearch.api import resume_study
@@ -78,16 +78,8 @@ def test_driver_killed_mid_study_then_resumed(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "raysearch", "run", "multitask", "--data", str(data), "--space", str(space),
                "--trials", str(TRIALS), "--max-epochs", str(EPOCHS), "--image-size", "128", "--concurrency", "1",
                "--seed", "3", "--results", str(results), "--name", "resumed", "--quiet"]
-    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_environment())
-    try:
-        wait_for(lambda: _mid_trial(study, experiment) or driver.poll() is not None, 600, "a trial in progress")
-        local_ray = {pid: title(pid) for pid in descendants(driver.pid)}
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=60)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    assert driver.returncode == -signal.SIGKILL, "the study was still running when its driver was killed"
+    local_ray = kill_driver_when(command, lambda: _mid_trial(study, experiment), "a trial in progress",
+                                 _environment())
     interrupted = {trial_id: _checkpointed(study, trial_id) for trial_id in _running(experiment)}
     assert interrupted, "a trial was running when the driver was killed"
     assert not (study / "trials.parquet").exists()
@@ -145,17 +137,8 @@ def test_trials_finished_before_the_driver_died_are_kept_on_resume(tmp_path: Pat
     command = [sys.executable, "-m", "raysearch", "run", "multitask", "--data", str(data), "--space", str(space),
                "--trials", "4", "--max-epochs", "2", "--image-size", "32", "--concurrency", "1", "--seed", "10",
                "--searcher", "random", "--results", str(results), "--name", "kept", "--quiet"]
-    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_environment())
-    try:
-        wait_for(lambda: len(_finished(study)) >= 2 or driver.poll() is not None, 600, "two finished trials",
-                 every=0.05)
-        local_ray = {pid: title(pid) for pid in descendants(driver.pid)}
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=60)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    assert driver.returncode == -signal.SIGKILL, "the study was still running when its driver was killed"
+    local_ray = kill_driver_when(command, lambda: len(_finished(study)) >= 2, "two finished trials", _environment(),
+                                 every=0.05)
     before = _finished(study)
     assert len(before) >= 2 and not (study / "trials.parquet").exists()
     kill_all([pid for pid, name in local_ray.items() if title(pid) == name])

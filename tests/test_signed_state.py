@@ -9,14 +9,13 @@ import json
 import os
 import pickle
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from ray_processes import alive, descendants, kill_all, title, wait_for
+from ray_processes import alive, kill_all, kill_driver_when, title, wait_for
 
 from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.layout import SIGNED_DIR
@@ -103,16 +102,7 @@ def test_own_study_killed_then_resumed_without_trust_puts_back_signed_state(tmp_
             return False
         return any(name.startswith("experiment_state-") for name in files) and any((study / "train").glob("*/*"))
 
-    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
-    try:
-        wait_for(lambda: snapshot_signed() or driver.poll() is not None, 600, "a signed snapshot with a trial")
-        local_ray = {pid: title(pid) for pid in descendants(driver.pid)}
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=60)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    assert driver.returncode == -signal.SIGKILL, "the study was still running when its driver was killed"
+    local_ray = kill_driver_when(command, snapshot_signed, "a signed snapshot with a trial", environment)
     core = [pid for pid, name in local_ray.items() if name.split(" ")[0].endswith(("gcs_server", "raylet"))]
     wait_for(lambda: not any(alive(pid) for pid in core), 60, "the killed driver's GCS and raylet to exit")
     kill_all([pid for pid, name in local_ray.items() if title(pid) == name])

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -78,17 +78,23 @@ def chromium(url: str, profile: Path, *action: str) -> subprocess.CompletedProce
     return subprocess.run(command, capture_output=True, text=True, timeout=180)
 
 
-def rendered_dom(url: str, profile: Path, attempts: int = 5) -> str:
-    """The page's DOM once the app has drawn it: the first visit runs the app's imports in the server,
-    which on a loaded machine can outlast Chromium's virtual-time budget, so later visits retry."""
+def rendered_dom(url: str, profile: Path, ready: Callable[[str], bool], attempts: int = 8) -> str:
+    """The page's DOM once `ready(dom)` holds, or the last one after `attempts` visits: the first visit runs
+    the app's imports in the server, and on a loaded machine the app's data can arrive after Chromium's
+    virtual-time budget, so later visits retry."""
     dom = ""
     for attempt in range(attempts):
         done = chromium(url, profile / str(attempt), "--dump-dom")
         assert done.returncode == 0, done.stderr[-2000:]
         dom = done.stdout
-        if "glide-cell" in dom and "stMetric" in dom:
+        if ready(dom):
             break
     return dom
+
+
+def shows_trials(trial_ids: list[str]) -> Callable[[str], bool]:
+    """Whether a DOM's leaderboard table has a cell for each of `trial_ids`."""
+    return lambda dom: all(f">{trial_id}</td>" in dom for trial_id in trial_ids)
 
 
 def screenshot(url: str, profiles: Path, path: Path, attempts: int = 3, most: int = 8) -> np.ndarray:
@@ -119,9 +125,9 @@ def detail(image: np.ndarray) -> float:
 
 
 def test_leaderboard_in_headless_chromium(dashboard_url: str, tiny_study, tmp_path: Path) -> None:
-    dom = rendered_dom(dashboard_url, tmp_path / "profiles")
-    assert "Leaderboard" in dom
     trials = pd.read_parquet(tiny_study.study / "trials.parquet").sort_values("metric.val_score.best", ascending=False)
+    dom = rendered_dom(dashboard_url, tmp_path / "profiles", shows_trials(trials["trial_id"].tolist()))
+    assert "Leaderboard" in dom
     assert f"trial {trials['trial_id'].iloc[0]}" in dom  # the best trial's card
     for trial_id in trials["trial_id"]:  # every trial in the leaderboard table's cells
         assert f">{trial_id}</td>" in dom
@@ -139,6 +145,6 @@ def test_switching_studies_in_chromium_shows_every_trial(two_studies, tmp_path: 
     with served(two_studies.results) as url:
         visits = (("tiny", ids), ("other", [f"o-{i}" for i in ids]), ("tiny", ids))
         for visit, (name, shown) in enumerate(visits):
-            dom = rendered_dom(f"{url}/?study={name}", tmp_path / f"visit-{visit}")
+            dom = rendered_dom(f"{url}/?study={name}", tmp_path / f"visit-{visit}", shows_trials(shown))
             assert all(f">{trial_id}</td>" in dom for trial_id in shown), name
             assert f"{len(ids)} of {len(ids)} trials, ranked by" in dom and "hidden by filters" not in dom

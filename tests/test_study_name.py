@@ -60,7 +60,8 @@ def test_anything_that_shapes_the_study_changes_its_name() -> None:
 @pytest.mark.parametrize("field", [f for f in RUNTIME_FIELDS if f != "name"])
 def test_where_and_how_wide_it_runs_does_not_change_the_name(field: str) -> None:
     spec = StudySpec(task="multitask")
-    value = {"results": "/elsewhere", "address": "ray://head:10001", "concurrency": 3, "wait_for_nodes": 10.0}[field]
+    value = {"results": "/elsewhere", "address": "ray://head:10001", "concurrency": 3, "wait_for_nodes": 10.0,
+             "log": ("mlflow",)}[field]
     assert dataclasses.replace(spec, **{field: value}).study_name(SPACE_TEXT) == spec.study_name(SPACE_TEXT)
 
 

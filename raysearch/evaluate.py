@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from raysearch.dashboard_logic import headline_columns, metric_name
-from raysearch.data.cache import CachedDataset, cache_key, dataset_fingerprint, ensure_cache, load_cache
+from raysearch.data.cache import META_FILE, CachedDataset, cache_key, dataset_fingerprint, ensure_cache, load_cache
 from raysearch.data.loading import study_dataset
 from raysearch.data.preprocess import fit, placement
 from raysearch.data.samples import SPLITS
@@ -99,7 +99,7 @@ def _study_cache(study_dir: Path, study: Mapping[str, Any], hp: Mapping[str, Any
     fingerprint = study["data"]["fingerprint"]
     cache_root = StudyFolder(study_dir).cache_root
     directory = cache_root / cache_key(fingerprint, preprocessing)
-    if not (directory / "meta.json").is_file():
+    if not (directory / META_FILE).is_file():
         from raysearch.study import StudySpec
 
         index = study_dataset(StudySpec(**{**study["spec"], "data": study["data"]["root"]}), progress=progress).index

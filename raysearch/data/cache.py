@@ -29,6 +29,7 @@ from raysearch.data.suitability import mask_levels
 from raysearch.errors import DataError
 
 CACHE_VERSION = 2
+META_FILE = "meta.json"  # what a complete cache entry holds beside its arrays
 
 
 @dataclass(frozen=True)
@@ -143,19 +144,19 @@ def build_cache(
         "issues": [{"path": str(i.path), "message": i.message, "line": i.line} for i in issues],
         "preprocessing": config.cache_fields(),
     }
-    (tmp / "meta.json").write_text(json.dumps(meta))
+    (tmp / META_FILE).write_text(json.dumps(meta))
     try:
         os.replace(tmp, directory)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not (directory / "meta.json").is_file():
+        if not (directory / META_FILE).is_file():
             raise
     return issues
 
 
 def load_cache(directory: Path) -> CachedDataset:
     """Memory-map a cache entry's arrays."""
-    meta = json.loads((directory / "meta.json").read_text())
+    meta = json.loads((directory / META_FILE).read_text())
     names = ("images", "masks", "polygons", "labels", "splits")
     arrays = {n: np.load(directory / f"{n}.npy", mmap_mode="r") for n in names}
     return CachedDataset(directory, classes=meta["classes"], paths=meta["paths"], **arrays)
@@ -163,7 +164,7 @@ def load_cache(directory: Path) -> CachedDataset:
 
 def cache_issues(directory: Path) -> list[DataIssue]:
     """The samples a cache entry left out because their files could not be decoded."""
-    meta = json.loads((directory / "meta.json").read_text())
+    meta = json.loads((directory / META_FILE).read_text())
     return [DataIssue(Path(i["path"]), i["message"], i["line"]) for i in meta["issues"]]
 
 
@@ -187,10 +188,10 @@ def ensure_cache(
     Concurrent callers for the same entry wait for the one building it and count as hits.
     """
     directory = cache_root / cache_key(fingerprint, config)
-    if (directory / "meta.json").is_file():
+    if (directory / META_FILE).is_file():
         return directory, True
     with _locked(cache_root / f"{directory.name}.lock"):
-        if (directory / "meta.json").is_file():
+        if (directory / META_FILE).is_file():
             return directory, True
         build_cache(index, config, directory, progress=progress)
     return directory, False

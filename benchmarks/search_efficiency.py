@@ -14,8 +14,14 @@ test score of its final pick (mean ± sd over repetitions) and, as its last line
 repetitions of the fraction of (a)'s compute that (c) needed to reach (a)'s final best:
 `compute to reach random's best: <fraction>` (inf when (c) never reached it within the budget).
 
+Neither the searchers nor ASHA know the budget (it only stops sampling), so the first b trial-epochs of a
+run are the run a budget of b would have made: before the last line the script also prints that fraction
+for smaller budgets, which shows the budget from which TPE + ASHA pays. `--report` prints all of it again
+from a saved Parquet file without training anything.
+
     python benchmarks/search_efficiency.py [--task classification] [--data DIR] [--repetitions 3]
-        [--budget 24] [--max-epochs 4] [--recipe-seeds 3] [--image-size 32]
+        [--budget 48] [--max-epochs 8] [--recipe-seeds 3] [--image-size 32]
+    python benchmarks/search_efficiency.py --report benchmarks/results/search_efficiency.parquet
 """
 
 from __future__ import annotations
@@ -47,16 +53,17 @@ ORDER = (RECIPE, *ARMS)   # the recipe first: the fixed configuration fails fast
 def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="classification")
-    parser.add_argument("--data", help="dataset (default: a small phantom set, 240/60/30 images)")
+    parser.add_argument("--data", help="dataset (default: a phantom set, 480/120/120 images)")
     parser.add_argument("--space", help="search space of arms a-c (default: search_spaces/TASK.yaml)")
     parser.add_argument("--repetitions", type=int, default=3)
-    parser.add_argument("--budget", type=int, default=24, help="trial-epochs per arm and repetition")
-    parser.add_argument("--max-epochs", type=int, default=4, help="epochs per trial at most, arms a-c")
+    parser.add_argument("--budget", type=int, default=48, help="trial-epochs per arm and repetition")
+    parser.add_argument("--max-epochs", type=int, default=8, help="epochs per trial at most, arms a-c")
     parser.add_argument("--recipe-seeds", type=int, default=3,
                         help="seeds the recipe is trained with; each gets budget / seeds epochs")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/search_efficiency.parquet"))
     parser.add_argument("--workdir", type=Path, help="where the studies go (default: a temporary folder)")
+    parser.add_argument("--report", type=Path, metavar="PARQUET", help="only print the figures of saved curves")
     return parser.parse_args(argv)
 
 
@@ -108,46 +115,68 @@ def write_curves(curves: list[pd.DataFrame], path: Path) -> pd.DataFrame:
     return table
 
 
+def fraction_to_reach_random(table: pd.DataFrame, budget: int) -> list[float]:
+    """Per repetition, the share of `budget` trial-epochs that TPE + ASHA needed to reach the best that random
+    search found within them (inf when it never did), both runs cut at `budget`."""
+    fractions = []
+    for _, runs in table.groupby("repetition"):
+        within = runs[runs["trial_epochs"] <= budget]
+        random, tpe = within[within["arm"] == "random"], within[within["arm"] == "tpe+asha"]
+        needed = compute_to_reach(tpe, random["best_so_far"].iloc[-1], "max")
+        fractions.append(float("inf") if needed is None else needed / random["trial_epochs"].max())
+    return fractions
+
+
+def report(table: pd.DataFrame) -> None:
+    """Each arm's test score of its final pick, the fraction at smaller budgets, and the last line."""
+    picks = table.groupby(["arm", "repetition"])["test_score"].first()
+    for arm in ORDER:
+        scores = picks[arm].tolist()
+        spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
+        print(f"  {arm:12s} test score of its pick: {statistics.mean(scores):.4f} ± {spread:.4f} "
+              f"(best val {table[table['arm'] == arm].groupby('repetition')['best_so_far'].last().mean():.4f})")
+    budget = int(table[table["arm"] == "random"].groupby("repetition")["trial_epochs"].max().min())
+    for share in (4, 2, 4 / 3):
+        smaller = round(budget / share)
+        fractions = fraction_to_reach_random(table, smaller)
+        print(f"  at a budget of {smaller:3d} trial-epochs: TPE + ASHA needs {statistics.median(fractions):.2f} "
+              f"of random's compute ({', '.join(f'{f:.2f}' for f in fractions)})")
+    fractions = fraction_to_reach_random(table, budget)
+    print(f"  fraction per repetition: {', '.join(f'{f:.2f}' for f in fractions)}")
+    print(f"compute to reach random's best: {statistics.median(fractions):.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     import platform
 
     import ray
 
     args = arguments(argv)
+    if args.report:
+        report(pq.read_table(args.report).to_pandas())
+        return
     root = args.workdir or Path(tempfile.mkdtemp(prefix="search-efficiency-"))
     if args.data is None:
-        args.data = str(write_phantom(root / "phantom", PhantomSpec(train=240, val=60, test=30), progress=False))
+        args.data = str(write_phantom(root / "phantom", PhantomSpec(train=480, val=120, test=120), progress=False))
     started = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), log_to_driver=False, configure_logging=False, include_dashboard=False)
-    curves, tests = [], {arm: [] for arm in ORDER}
+    curves = []
     try:
         for repetition in range(args.repetitions):
             for arm in ORDER:
                 curve, test = (recipe_arm(args, root, repetition) if arm == RECIPE
                                else search_arm(args, root, arm, repetition))
-                curves.append(curve.assign(arm=arm, repetition=repetition))
-                tests[arm].append(test)
+                curves.append(curve.assign(arm=arm, repetition=repetition, test_score=test))
                 write_curves(curves, args.out)   # after every run, so that a stopped benchmark keeps its runs
                 print(f"repetition {repetition} {arm}: {curve['trial_epochs'].max()} trial-epochs, "
                       f"best val {curve['best_so_far'].iloc[-1]:.4f}, test {test:.4f}", file=sys.stderr, flush=True)
     finally:
         ray.shutdown()
-    table = write_curves(curves, args.out)
-    fractions = []
-    for repetition in range(args.repetitions):
-        runs = table[table["repetition"] == repetition]
-        random, tpe = runs[runs["arm"] == "random"], runs[runs["arm"] == "tpe+asha"]
-        needed = compute_to_reach(tpe, random["best_so_far"].iloc[-1], "max")
-        fractions.append(float("inf") if needed is None else needed / random["trial_epochs"].max())
     print(f"{args.task} on {args.data}, {args.image_size} px, {args.repetitions} repetitions of "
           f"{args.budget} trial-epochs per arm (max {args.max_epochs} epochs per trial; recipe: "
           f"{args.recipe_seeds} seeds x {args.budget // args.recipe_seeds} epochs); {platform.machine()} "
           f"{os.cpu_count()} CPUs, {time.perf_counter() - started:.0f} s. Curves: {args.out}")
-    for arm, scores in tests.items():
-        spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
-        print(f"  {arm:12s} test score of its pick: {statistics.mean(scores):.4f} ± {spread:.4f}")
-    print(f"  fraction per repetition: {', '.join(f'{f:.2f}' for f in fractions)}")
-    print(f"compute to reach random's best: {statistics.median(fractions):.2f}")
+    report(write_curves(curves, args.out))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 `tiny_study`: ONE real results folder, made once per test session by running `raysearch run multitask` as
 a user would (subprocess, local Ray) on a tiny phantom dataset, for the tests that read finished results
 (evaluation, export, dashboard, Ray's result tools, MLflow tracking: it runs with `--log mlflow,tensorboard`).
-Tests that change the folder work on `tiny_study_copy`.
+Tests that change the folder work on `tiny_study_copy`. `two_worker_study`: the same study with 2-worker trials
+and `--log wandb` (offline), for Ray's result tools on multi-worker trials and W&B tracking.
 
 Suite rules kept by the hooks below: a test that runs a Ray study (a study fixture, or `ray.init` in this
 process) must be marked `slow`, so that `pytest -m "not slow"` stays fast; `gpu` tests are deselected, not
@@ -29,7 +30,7 @@ import ray  # imported once here, so that the guard below costs nothing per test
 
 from raysearch.data.phantom import PhantomSpec, write_phantom
 
-STUDY_FIXTURES = frozenset({"tiny_study", "tiny_study_copy"})
+STUDY_FIXTURES = frozenset({"tiny_study", "tiny_study_copy", "two_worker_study"})
 FAIL_ON_SKIP = "RAYSEARCH_FAIL_ON_SKIP"
 TINY_STUDY_NAME = "tiny"
 TINY_MALFORMED_LABEL = "0 0.1 0.1 x 0.2 0.3 0.3\n"  # one bad label file in the tiny study's data: skipped, listed
@@ -106,7 +107,8 @@ class TinyStudy:
     stdout: str
 
 
-def _run_tiny_study(root: Path) -> TinyStudy:
+def _run_tiny_study(root: Path, *options: str, environment: dict[str, str] | None = None) -> TinyStudy:
+    """`raysearch run multitask` on the tiny phantom data and space (2 trials, 2 epochs, 32 px) with `options`."""
     data = write_phantom(root / "phantom", TINY_PHANTOM, progress=False)
     template = sorted((data / "train" / "images").iterdir())[0]
     shutil.copyfile(template, template.with_name(f"malformed{template.suffix}"))
@@ -115,13 +117,20 @@ def _run_tiny_study(root: Path) -> TinyStudy:
     space.write_text(TINY_SPACE)
     results = root / "results"
     environment = ({k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-                   | {"RAY_USAGE_STATS_ENABLED": "0"})
+                   | {"RAY_USAGE_STATS_ENABLED": "0"} | (environment or {}))
     command = [sys.executable, "-m", "raysearch", "run", "multitask", "--data", str(data), "--space", str(space),
                "--trials", "2", "--max-epochs", "2", "--image-size", "32", "--results", str(results),
-               "--name", TINY_STUDY_NAME, "--log", "mlflow,tensorboard", "--quiet"]
+               "--name", TINY_STUDY_NAME, *options, "--quiet"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment)
     assert done.returncode == 0, f"tiny study failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     return TinyStudy(results, results / TINY_STUDY_NAME, data, done.stdout)
+
+
+def wandb_offline_environment(root: Path) -> dict[str, str]:
+    """W&B in its offline mode, with its settings, cache and default run folder under `root`."""
+    return {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(root / "wandb-dir"),
+            "WANDB_CONFIG_DIR": str(root / "wandb-config"), "WANDB_CACHE_DIR": str(root / "wandb-cache"),
+            "WANDB_DATA_DIR": str(root / "wandb-data")}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -132,7 +141,18 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> TinyStudy:
     """A real finished study (2 trials, 2 epochs, 32 px): read it, never change it."""
-    return _run_tiny_study(tmp_path_factory.mktemp("tiny-study"))
+    return _run_tiny_study(tmp_path_factory.mktemp("tiny-study"), "--log", "mlflow,tensorboard")
+
+
+@pytest.fixture(scope="session")
+def two_worker_study(tmp_path_factory: pytest.TempPathFactory) -> TinyStudy:
+    """The tiny study again with each trial on 2 Ray Train workers (half a CPU each: both trials at once), tracked
+    in W&B's offline mode (W&B's folders under the test's temporary folder): read it, never change it. No scheduler:
+    both trials run every epoch, so Tune and W&B receive each epoch that epochs.parquet records (a scheduler's stop
+    reaches a multi-worker trial's workers only after they may have trained the next epoch)."""
+    root = tmp_path_factory.mktemp("two-worker-study")
+    return _run_tiny_study(root, "--workers-per-trial", "2", "--cpus-per-worker", "0.5", "--scheduler", "none",
+                           "--log", "wandb", environment=wandb_offline_environment(root))
 
 
 @pytest.fixture

@@ -1,18 +1,21 @@
 """Ray Tune's own result tools on a raysearch study: `ExperimentAnalysis` and `ResultGrid` find each trial's
-best checkpoint (its best weights), and Ray's TensorBoard, JSON and CSV logs sit inside the study folder."""
+best checkpoint (its best weights), for one-worker and 2-worker trials alike, and Ray's TensorBoard, JSON and
+CSV logs sit inside the study folder."""
 
 from __future__ import annotations
 
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 from conftest import TinyStudy
 
 from raysearch.layout import BEST_FILE, rank_trials
+from raysearch.training.session import BEST_ONLY_PREFIX
 
 
-@pytest.mark.slow
-def test_experiment_analysis_finds_the_best_trials_best_checkpoint(tiny_study: TinyStudy) -> None:
+def _assert_best_checkpoint_is_the_exported_model(tiny_study: TinyStudy) -> None:
+    """Tune's best trial is raysearch's, and its best checkpoint holds the weights `raysearch run` exported."""
     from ray.tune import ExperimentAnalysis, ResultGrid
 
     experiment = tiny_study.study / "ray" / tiny_study.study.name
@@ -37,6 +40,21 @@ def test_experiment_analysis_finds_the_best_trials_best_checkpoint(tiny_study: T
     [(kept, metrics)] = result.best_checkpoints
     assert kept.path == checkpoint.path
     assert metrics["val_score"] == pytest.approx(trials.set_index("trial_id").loc[best_id, "metric.val_score.best"])
+    assert metrics["epoch"] == trials.set_index("trial_id").loc[best_id, "best_epoch"]
+
+
+@pytest.mark.slow
+def test_experiment_analysis_finds_the_best_trials_best_checkpoint(tiny_study: TinyStudy) -> None:
+    _assert_best_checkpoint_is_the_exported_model(tiny_study)
+
+
+@pytest.mark.slow
+def test_experiment_analysis_finds_the_best_checkpoint_of_two_worker_trials(two_worker_study: TinyStudy) -> None:
+    resources = yaml.safe_load((two_worker_study.study / "study.yaml").read_text())["resources"]
+    assert resources["workers_per_trial"] == 2, "the trials ran on 2 Ray Train workers"
+    _assert_best_checkpoint_is_the_exported_model(two_worker_study)
+    leftovers = list((two_worker_study.study / "train").glob(f"*/.{BEST_ONLY_PREFIX}*"))
+    assert not leftovers, f"the best-weights folders handed to Tune are removed once reported: {leftovers}"
 
 
 @pytest.mark.slow

@@ -80,8 +80,10 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
         return
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
+    from raysearch.search.train_reports import TrainToTune
+
+    to_tune = TrainToTune(Path(settings.storage_path) / trial_id)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"hp": hp, "loop": loop},
@@ -94,7 +96,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
             # retries it per --max-failures) instead of being retried forever, Ray Train's default.
             failure_config=FailureConfig(max_failures=settings.max_failures, controller_failure_limit=0),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
-            callbacks=[TuneReportCallback()],
+            callbacks=[to_tune.callback],
         ),
     )
-    trainer.fit()
+    to_tune.fit(trainer)

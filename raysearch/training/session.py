@@ -11,9 +11,10 @@ Tune: Ray Tune 2.60 deletes a trial's previous checkpoint before its experiment 
 it, so a driver killed in between left a trial that could not be restored.
 
 Tune still gets a checkpoint, for its result tools (`ResultGrid`, `ExperimentAnalysis.get_best_checkpoint`):
-each epoch that improves the trial's score, a one-worker trial also reports its best weights (`best_model.pt`
-alone) as a Tune checkpoint, which Tune copies to `<study>/ray/<study>/<trial_id>/checkpoint_<N>` and keeps
-only the best of (raysearch.search.tuner). Restarting a trial never reads it (see `ResumeFromOwnCheckpoints`
+each epoch that improves the trial's score also reports its best weights (`best_model.pt` alone) as a Tune
+checkpoint, which Tune copies to `<study>/ray/<study>/<trial_id>/checkpoint_<N>` and keeps only the best of
+(raysearch.search.tuner). A one-worker trial reports it itself; a multi-worker trial's epochs reach Tune through
+its Train controller (raysearch.search.train_reports). Restarting a trial never reads it (see `ResumeFromOwnCheckpoints`
 in raysearch.search.tuner), so Tune deleting one that a stale snapshot still names does no harm.
 
 Every checkpoint also holds the metrics of every epoch up to it (`history.json`). That history, not Ray
@@ -43,6 +44,7 @@ from raysearch.layout import (
 )
 
 BEST_ONLY_PREFIX = "best-only-"
+IMPROVED_KEY = "improved"  # in a Train worker's reported metrics: the epoch improved the trial's score
 
 
 class Session(Protocol):
@@ -77,18 +79,32 @@ def publish_checkpoint(source: Path, directory: Path, name: str) -> Path:
     return final
 
 
-@contextmanager
-def best_weights_only(best: Path) -> Iterator[Path]:
-    """A temporary folder beside `best` holding only that weights file (a hard link where the file system
-    allows, else a copy): what a Tune checkpoint of the best model holds, without the optimizer state."""
+def link_best_weights(best: Path) -> Path:
+    """A folder beside `best`'s checkpoint holding only that weights file (a hard link where the file system
+    allows, else a copy): what a Tune checkpoint of the best model holds, without the optimizer state. The link
+    outlives the checkpoint it came from."""
     folder = best.parent.parent / f".{BEST_ONLY_PREFIX}{best.parent.name}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
     try:
-        try:
-            os.link(best, folder / best.name)
-        except OSError:
-            shutil.copy2(best, folder / best.name)
+        os.link(best, folder / best.name)
+    except OSError:
+        shutil.copy2(best, folder / best.name)
+    return folder
+
+
+def discard_best_weights_links(directory: Path) -> None:
+    """Remove the folders of `link_best_weights` left in a trial's `directory` by a trial that was killed before
+    it reported them (call only while nothing of the trial runs)."""
+    for folder in directory.glob(f".{BEST_ONLY_PREFIX}*") if directory.is_dir() else ():
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def best_weights_only(best: Path) -> Iterator[Path]:
+    """`link_best_weights(best)`, removed again on leaving the context."""
+    folder = link_best_weights(best)
+    try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -176,9 +192,11 @@ class TrainSession:
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None, *, improved: bool = False) -> None:
         """Report from every worker (a barrier); Ray Train copies rank 0's checkpoint to the run's storage
-        as `checkpoint_<N>` (not named by timestamp) and records it only once the copy is complete."""
+        as `checkpoint_<N>` (not named by timestamp) and records it only once the copy is complete. The metrics
+        carry `improved` (as IMPROVED_KEY) to the trial's ReportToTune callback, which takes it out again."""
         import ray.train
 
         _record(self.history, metrics, checkpoint)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint) if checkpoint else None,
+        ray.train.report({**metrics, IMPROVED_KEY: improved},
+                         checkpoint=ray.train.Checkpoint.from_directory(checkpoint) if checkpoint else None,
                          checkpoint_dir_name=checkpoint_name(metrics["epoch"]))

@@ -24,7 +24,7 @@ from ray.train.v2.api.callback import UserCallback
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
 from raysearch.layout import BEST_FILE
-from raysearch.training.session import IMPROVED_KEY, discard_best_weights_links, link_best_weights
+from raysearch.training.session import IMPROVED_KEY, link_best_weights
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,9 @@ class TrainToTune:
     """What connects one multi-worker trial's TorchTrainer to its Tune trial: `callback` goes into the trainer's
     RunConfig, then `fit(trainer)` trains and reports."""
 
-    def __init__(self, trial_dir: Path) -> None:
+    def __init__(self) -> None:
         from ray.util.queue import Queue
 
-        discard_best_weights_links(trial_dir)
         self.queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
         self.callback = ReportToTune(self.queue)
 

@@ -13,6 +13,7 @@ from raysearch.search.resources import TrialShape
 from raysearch.tasks import create_task
 from raysearch.training.hparams import preprocessing_of, schema
 from raysearch.training.loop import LoopSettings, train
+from raysearch.training.session import TuneSession, discard_best_weights_links
 
 REPORTED_KEYS = {"epoch", "train_loss", "lr", "epoch_time_s", "params", "latency_ms", "stopped_early", "cache_hit",
                  "precision"}
@@ -72,18 +73,17 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     loop = LoopSettings(settings.task, str(cache_dir), settings.max_epochs, settings.seed,
                         threads=max(int(settings.cpus_per_worker), 1), cache_hit=hit)
     use_gpu = settings.gpus_per_worker > 0
+    trial_dir = Path(settings.storage_path) / trial_id
+    discard_best_weights_links(trial_dir)
     if settings.workers == 1:
-        from raysearch.training.session import TuneSession
-
-        train(hp, loop, TuneSession(use_gpu=use_gpu,
-                                    directory=Path(settings.storage_path) / trial_id))
+        train(hp, loop, TuneSession(use_gpu=use_gpu, directory=trial_dir))
         return
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from raysearch.search.train_reports import TrainToTune
 
-    to_tune = TrainToTune(Path(settings.storage_path) / trial_id)
+    to_tune = TrainToTune()
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"hp": hp, "loop": loop},

@@ -94,8 +94,8 @@ def link_best_weights(best: Path) -> Path:
 
 
 def discard_best_weights_links(directory: Path) -> None:
-    """Remove the folders of `link_best_weights` left in a trial's `directory` by a trial that was killed before
-    it reported them (call only while nothing of the trial runs)."""
+    """Remove the folders of `link_best_weights` that a killed run of a trial left in its `directory` before it
+    reported them to Tune (call only while nothing of the trial runs: at its start)."""
     for folder in directory.glob(f".{BEST_ONLY_PREFIX}*") if directory.is_dir() else ():
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import multiprocessing
+import os
 import re
 import shutil
 import time
@@ -16,12 +18,20 @@ import numpy as np
 import optuna
 import pytest
 
-from raysearch.data.cache import build_cache, cache_issues, cache_key, dataset_fingerprint, ensure_cache, load_cache
+from raysearch.data.cache import (
+    META_FILE,
+    build_cache,
+    cache_issues,
+    cache_key,
+    dataset_fingerprint,
+    ensure_cache,
+    load_cache,
+)
 from raysearch.data.formats import load_dataset
 from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.data.preprocess import Preprocessing
 from raysearch.data.records import issues_table
-from raysearch.data.samples import DatasetIndex
+from raysearch.data.samples import DatasetIndex, Sample
 from raysearch.errors import DataError
 from raysearch.space import parse_space
 from raysearch.tasks import create_task
@@ -128,6 +138,10 @@ def test_a_loaded_entry_is_memory_mapped_and_knows_its_folder_classes_and_paths(
     assert data.paths == [str(s.image_path) for s in index.samples]
     for array in (data.images, data.masks, data.labels, data.polygons, data.splits):
         assert isinstance(array, np.memmap) and array.mode == "r"  # one copy in memory, shared by every trial
+    assert [a.dtype for a in (data.images, data.masks, data.polygons, data.labels, data.splits)] == [
+        np.uint8, np.uint8, np.float32, np.int64, np.int8]
+    config = preprocessing_of({**defaults({}), "image_size": 32})
+    assert json.loads((directory / META_FILE).read_text())["preprocessing"] == config.cache_fields()
     assert data.images.shape == (len(index.samples), 32, 32) and data.polygons.shape == (len(index.samples), 8)
     assert list(data.labels) == [s.class_id for s in index.samples]
     assert [len(data.indices(split)) for split in ("train", "val", "test")] == [8, 4, 4]
@@ -286,8 +300,109 @@ def test_a_dataset_given_by_a_relative_path_caches_from_any_working_directory(
 
 def test_a_cache_of_nothing_is_refused(index: DatasetIndex, tmp_path: Path) -> None:
     gone = DatasetIndex(index.root, index.format, index.classes,
-                        [replace(s, image_path=tmp_path / "missing.png") for s in index.samples])
-    with pytest.raises(DataError, match="missing.png: unreadable or corrupt image; none of the 16 images"):
+                        [replace(s, image_path=tmp_path / f"missing-{n}.png") for n, s in enumerate(index.samples)])
+    with pytest.raises(DataError, match="missing-0.png: unreadable or corrupt image; none of the 16 images"):
         ensure_cache(gone, dataset_fingerprint(index), preprocessing_of({**defaults({}), "image_size": 32}),
                      tmp_path / "cache", progress=False)
     assert not (tmp_path / "cache").exists() or not any(p.is_dir() for p in (tmp_path / "cache").iterdir())
+
+
+def test_a_build_shows_its_progress_unless_asked_not_to(index: DatasetIndex, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    config = preprocessing_of({**defaults({}), "image_size": 32})
+    fingerprint, total = dataset_fingerprint(index), len(index.samples)
+    shown = "preprocess: 100%"
+    build_cache(index, config, tmp_path / "default")
+    err = capsys.readouterr().err
+    assert shown in err and f"{total}/{total}" in err  # the bar names the step and counts the images
+    build_cache(index, config, tmp_path / "quiet", progress=False)
+    assert capsys.readouterr().err == ""
+    ensure_cache(index, fingerprint, config, tmp_path / "ensured")
+    assert shown in capsys.readouterr().err
+    ensure_cache(index, fingerprint, replace(config, image_size=16), tmp_path / "ensured", progress=True)
+    assert shown in capsys.readouterr().err
+    ensure_cache(index, fingerprint, config, tmp_path / "quiet-ensured", progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_cached_polygons_follow_the_letterbox_and_a_sample_without_one_gets_nan(tmp_path: Path) -> None:
+    root = tmp_path / "yolo"
+    for split in ("train", "val"):
+        for folder in ("images", "labels"):
+            (root / split / folder).mkdir(parents=True)
+        cv2.imwrite(str(root / split / "images" / f"{split}.png"), np.full((192, 256), 100, np.uint8))
+        (root / split / "labels" / f"{split}.txt").write_text("0 0.25 0.25 0.75 0.25 0.75 0.75 0.25 0.75\n")
+    (root / "data.yaml").write_text("train: train/images\nval: val/images\nnames: [fracture]\n")
+    read = load_dataset(root)
+    assert [s.polygon is not None for s in read.samples] == [True, True]
+    without = replace(read.samples[1], polygon=None)  # e.g. a background image
+    index = DatasetIndex(read.root, read.format, read.classes, [read.samples[0], without])
+    config = preprocessing_of({**defaults({}), "image_size": 64, "resize": "letterbox"})
+    data = load_cache(ensure_cache(index, dataset_fingerprint(index), config, tmp_path / "cache", progress=False)[0])
+    assert data.polygons.dtype == np.float32 and data.polygons.shape == (2, 8)
+    # 256×192 → 64×48, 8 px of padding above and below: x unchanged, y = (y · 48 + 8) / 64
+    corners = sorted(map(tuple, np.asarray(data.polygons[0]).reshape(4, 2).round(6).tolist()))
+    assert corners == [(0.25, 0.3125), (0.25, 0.6875), (0.75, 0.3125), (0.75, 0.6875)]
+    assert np.isnan(data.polygons[1]).all()
+
+
+def test_masks_are_resized_without_inventing_labels_and_stale_masks_are_left_out_with_their_reason(
+        tmp_path: Path) -> None:
+    checker = (np.indices((16, 16)).sum(axis=0) % 2).astype(np.uint8)
+    files = {"good": checker * 255, "wrong-size": np.ones((8, 16), np.uint8)}
+    samples = []
+    for stem in ("good", "wrong-size", "corrupt"):
+        image = tmp_path / "images" / f"{stem}.png"
+        image.parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(image), np.full((16, 16), 100, np.uint8))
+        mask = tmp_path / "masks" / f"{stem}.png"
+        mask.parent.mkdir(exist_ok=True)
+        if stem in files:
+            cv2.imwrite(str(mask), files[stem])
+        else:
+            mask.write_bytes(b"not a png")  # replaced after the dataset was read
+        samples.append(Sample(image, "train", mask_path=mask))
+    index = DatasetIndex(tmp_path, "image-mask", [], samples)
+    directory = tmp_path / "cache"
+    build_cache(index, preprocessing_of({**defaults({}), "image_size": 32, "resize": "stretch"}), directory,
+                progress=False)
+    data = load_cache(directory)
+    assert data.paths == [str(samples[0].image_path)] and data.masks.dtype == np.uint8
+    assert list(data.labels) == [-1]  # an image-mask sample has no class
+    np.testing.assert_array_equal(data.masks[0], np.kron(checker, np.ones((2, 2), np.uint8)))  # each pixel a 2×2 block
+    assert [(i.path.name, i.message) for i in cache_issues(directory)] == [
+        ("wrong-size.png", "mask wrong-size.png is 16x8, image 16x16"),
+        ("corrupt.png", "unreadable mask corrupt.png"),
+    ]
+
+
+def test_a_build_creates_missing_parent_folders_and_reuses_a_staging_folder_left_by_a_crash(
+        index: DatasetIndex, tmp_path: Path) -> None:
+    config = preprocessing_of({**defaults({}), "image_size": 32})
+    nested = tmp_path / "not" / "yet" / "entry"
+    build_cache(index, config, nested, progress=False)
+    assert len(load_cache(nested).images) == len(index.samples)
+    directory = tmp_path / "entry"
+    left = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")  # a builder with this pid crashed mid-build
+    left.mkdir()
+    build_cache(index, config, directory, progress=False)
+    assert len(load_cache(directory).images) == len(index.samples)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry", "not"]
+
+
+def test_building_over_a_finished_entry_keeps_it_and_over_anything_else_fails_cleanly(index: DatasetIndex,
+                                                                                      tmp_path: Path) -> None:
+    config = preprocessing_of({**defaults({}), "image_size": 32})
+    directory = tmp_path / "entry"
+    build_cache(index, config, directory, progress=False)
+    built = (directory / META_FILE).stat()
+    assert build_cache(index, config, directory, progress=False) == []  # another builder finished it first
+    after = (directory / META_FILE).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (built.st_ino, built.st_mtime_ns)
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("not a cache entry")
+    with pytest.raises(OSError):
+        build_cache(index, config, stranger, progress=False)
+    assert [p.name for p in stranger.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry", "stranger"]  # no staging folder left

@@ -124,15 +124,14 @@ def build_cache(
     kept = [(s, r) for s, r in zip(index.samples, results, strict=True) if not isinstance(r, str)]
     issues = [DataIssue(s.image_path, r)
               for s, r in zip(index.samples, results, strict=True) if isinstance(r, str)]
-    if issues and not kept:
+    if not kept:  # the readers never return an empty index, so every image failed to decode
         raise DataError(f"{issues[0]}; none of the {len(issues)} images could be decoded")
-    size = config.image_size
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     arrays = {
-        "images": np.stack([r[0] for _, r in kept]) if kept else np.zeros((0, size, size), np.uint8),
-        "masks": np.stack([r[1] for _, r in kept]) if kept else np.zeros((0, size, size), np.uint8),
-        "polygons": np.stack([r[2] for _, r in kept]).reshape(-1, 8) if kept else np.zeros((0, 8), np.float32),
+        "images": np.stack([r[0] for _, r in kept]),
+        "masks": np.stack([r[1] for _, r in kept]),
+        "polygons": np.stack([r[2] for _, r in kept]).reshape(-1, 8),
         "labels": np.array([-1 if s.class_id is None else s.class_id for s, _ in kept], dtype=np.int64),
         "splits": np.array([SPLITS.index(s.split) for s, _ in kept], dtype=np.int8),
     }

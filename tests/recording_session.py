@@ -1,5 +1,6 @@
 """An in-process, one-worker runtime for the training loop (the loop's `Session` protocol, no Ray): it keeps
-every epoch's metrics, and can resume from a checkpoint folder it was given."""
+every epoch's metrics (and whether it improved the trial's score), and can resume from a checkpoint folder it
+was given."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ class RecordingSession:
 
     def __init__(self, kept: Path | None = None, resume_from: Path | None = None) -> None:
         self.metrics: list[dict[str, Any]] = []
+        self.improved: list[bool] = []
         self.kept, self.resume_from = kept, resume_from
 
     def restored(self) -> nullcontext[Path | None]:
@@ -26,5 +28,6 @@ class RecordingSession:
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None, *, improved: bool = False) -> None:
         self.metrics.append(metrics)
+        self.improved.append(improved)
         if self.kept is not None and checkpoint is not None:
             shutil.copytree(checkpoint, self.kept / f"epoch_{metrics['epoch']}")

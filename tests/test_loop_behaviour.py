@@ -16,12 +16,14 @@ from torch.nn import functional as F
 from raysearch.data.cache import CachedDataset, dataset_fingerprint, ensure_cache, load_cache
 from raysearch.data.formats import load_dataset
 from raysearch.data.phantom import PhantomSpec, write_phantom
-from raysearch.layout import STATE_FILE
+from raysearch.layout import BEST_FILE, STATE_FILE, WEIGHTS_KEY
 from raysearch.results import TrialRecord, trial_status
 from raysearch.tasks import create_task
 from raysearch.trained import build_model, load_weights
+from raysearch.training.callbacks import Callback, Checkpointing, EarlyStopping, EpochEnd, Reporting
 from raysearch.training.hparams import defaults, preprocessing_of
 from raysearch.training.loop import LoopSettings, make_batch, train
+from raysearch.training.trainer import Trainer
 
 TRAIN_IMAGES = 16  # phantom classes 3, 3, 3, 3, 2, 2: unequal, so inverse-frequency weights are not all 1
 
@@ -42,9 +44,14 @@ def _hp(**changes: Any) -> dict[str, Any]:
             "lr": 0.0, "dropout": 0.0, "batch_norm": False, "batch_size": TRAIN_IMAGES, **changes}
 
 
-def _run(data: CachedDataset, hp: dict[str, Any], epochs: int, kept: Path | None = None) -> list[dict[str, Any]]:
-    session = RecordingSession(kept)
-    train(hp, LoopSettings("classification", str(data.directory), max_epochs=epochs, seed=0), session)
+def _settings(data: CachedDataset, epochs: int) -> LoopSettings:
+    return LoopSettings("classification", str(data.directory), max_epochs=epochs, seed=0)
+
+
+def _run(data: CachedDataset, hp: dict[str, Any], epochs: int, kept: Path | None = None,
+         resume_from: Path | None = None) -> list[dict[str, Any]]:
+    session = RecordingSession(kept, resume_from)
+    train(hp, _settings(data, epochs), session)
     return session.metrics
 
 
@@ -73,13 +80,85 @@ def test_class_balance_weights_the_training_loss_by_inverse_class_frequency(cach
     assert abs(sampled - plain) > 1e-4 and abs(sampled - weighted) > 1e-4
 
 
-def test_a_trial_stops_at_the_patience_epoch_and_is_recorded_early_stopped(cached: CachedDataset) -> None:
+def test_a_trial_stops_at_the_patience_epoch_and_is_recorded_early_stopped(cached: CachedDataset,
+                                                                           tmp_path: Path) -> None:
     # lr 0: the validation score never beats epoch 1, so with patience 2 the trial stops after epoch 3
-    epochs = _run(cached, _hp(patience=2), 6)
+    epochs = _run(cached, _hp(patience=2), 6, kept=tmp_path)
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
     assert [e["stopped_early"] for e in epochs] == [0.0, 0.0, 1.0]
     assert trial_status(TrialRecord("stopped", {}, epochs=epochs), max_epochs=6) == "EARLY_STOPPED"
+    assert _run(cached, _hp(patience=2), 6, resume_from=tmp_path / "epoch_3") == []  # restored stopped: no more
+    assert [e["epoch"] for e in _run(cached, _hp(patience=1), 6)] == [1, 2]
 
     patient = _run(cached, _hp(patience=0), 4)
     assert [e["epoch"] for e in patient] == [1, 2, 3, 4] and not any(e["stopped_early"] for e in patient)
     assert trial_status(TrialRecord("patient", {}, epochs=patient), max_epochs=4) == "COMPLETED"
+
+
+def test_a_resumed_trial_restores_its_whole_state_and_continues_as_if_never_stopped(cached: CachedDataset,
+                                                                                   tmp_path: Path) -> None:
+    hp = _hp(lr=0.05, scheduler="cosine", patience=5)  # learning: weights, Adam's moments and the LR all move
+    whole = RecordingSession(tmp_path)
+    train(hp, _settings(cached, 3), whole)
+    saved = torch.load(tmp_path / "epoch_1" / STATE_FILE, weights_only=True)
+    session = RecordingSession(resume_from=tmp_path / "epoch_1")
+    trainer = Trainer(hp, _settings(cached, 3), session)
+    trainer.restore()
+    assert trainer.epoch == 1 and not trainer.should_stop
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(tensor, saved[WEIGHTS_KEY][name]), name
+    moments = trainer.optimizer.state_dict()["state"]
+    assert moments.keys() == saved["optimizer"]["state"].keys() and len(moments) > 0
+    for step, state in moments.items():
+        assert all(torch.equal(value, saved["optimizer"]["state"][step][key]) for key, value in state.items())
+    assert trainer.scheduler.state_dict() == saved["scheduler"]
+    early, checkpointing = trainer.callbacks[0], trainer.callbacks[1]
+    assert isinstance(early, EarlyStopping) and isinstance(checkpointing, Checkpointing)
+    assert (early.best_score, early.stale) == (whole.metrics[0]["val_score"], 0)
+    assert checkpointing.best_weights is not None
+    assert all(torch.equal(v, saved[WEIGHTS_KEY][k]) for k, v in checkpointing.best_weights.items())
+    trainer.fit()
+    timing = {"epoch_time_s", "latency_ms"}
+    assert [{k: v for k, v in m.items() if k not in timing} for m in session.metrics] == [
+        {k: v for k, v in m.items() if k not in timing} for m in whole.metrics[1:]]
+    assert session.improved == whole.improved[1:]
+
+
+class _ScriptedImprovement(Callback):
+    """Says which epochs improved the score (what EarlyStopping decides from the validation score)."""
+
+    def __init__(self, improving: set[int]) -> None:
+        self.improving = improving
+
+    def on_epoch_end(self, trainer: Trainer, end: EpochEnd) -> None:
+        end.improved = trainer.epoch in self.improving
+
+
+def test_every_checkpoint_keeps_the_weights_of_the_best_epoch_so_far(cached: CachedDataset, tmp_path: Path) -> None:
+    session = RecordingSession(tmp_path)
+    Trainer(_hp(lr=0.05), _settings(cached, 3), session,
+            callbacks=[_ScriptedImprovement({1}), Checkpointing(), Reporting()]).fit()
+    assert session.improved == [True, False, False]
+
+    def weights(epoch: int, file: str) -> dict[str, torch.Tensor]:
+        return torch.load(tmp_path / f"epoch_{epoch}" / file, weights_only=True)[WEIGHTS_KEY]
+
+    best_epoch = weights(1, STATE_FILE)
+    for epoch in (1, 2, 3):
+        best = weights(epoch, BEST_FILE)
+        assert all(torch.equal(best[k], best_epoch[k]) for k in best_epoch), epoch
+    latest = weights(3, STATE_FILE)
+    assert any(not torch.equal(latest[k], best_epoch[k]) for k in best_epoch)  # the network did move on
+
+
+def test_the_grad_scaler_s_state_is_checkpointed_and_restored(cached: CachedDataset, tmp_path: Path) -> None:
+    hp = _hp(precision="fp16")
+    _run(cached, hp, 1, kept=tmp_path)
+    state_file = tmp_path / "epoch_1" / STATE_FILE
+    state = torch.load(state_file, weights_only=True)
+    assert state["scaler"]["scale"] == torch.amp.GradScaler("cpu").get_scale()
+    state["scaler"]["scale"] = 128.0  # as after a few overflowing fp16 steps
+    torch.save(state, state_file)
+    trainer = Trainer(hp, _settings(cached, 2), RecordingSession(resume_from=tmp_path / "epoch_1"))
+    trainer.restore()
+    assert trainer.precision.scaler.get_scale() == 128.0

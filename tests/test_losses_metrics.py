@@ -12,6 +12,7 @@ from raysearch.losses import SEGMENTATION_LOSSES, regression_loss, segmentation_
 from raysearch.metrics import (
     class_details,
     classification_metrics,
+    classification_summary,
     classification_sums,
     mask_counts,
     mask_metrics,
@@ -58,6 +59,16 @@ def test_class_details_hand_computed() -> None:
     assert [details[f"recall_{i}"] for i in range(3)] == pytest.approx([1.0, 1 / 3, 0.0])
     assert details["confusion_1_0"] == 1.0 and details["confusion_0_0"] == 2.0 and details["confusion_2_2"] == 0.0
     assert len(details) == 3 + 3 + 9
+
+
+def test_classification_summary_of_weak_one_image_and_empty_validations() -> None:
+    # classes 0 and 1 mostly confused (precision = recall = 1/3, so F1 = 1/3), class 2 neither true nor predicted:
+    # macro F1 averages the classes seen only, balanced accuracy the classes present only
+    weak = classification_summary(torch.tensor([[1, 2, 0], [2, 1, 0], [0, 0, 0]]))
+    assert weak == pytest.approx({"accuracy": 1 / 3, "balanced_accuracy": 1 / 3, "macro_f1": 1 / 3})
+    assert classification_summary(torch.tensor([[1, 0], [0, 0]])) == pytest.approx(
+        {"accuracy": 1.0, "balanced_accuracy": 1.0, "macro_f1": 1.0})
+    assert classification_summary(torch.zeros(3, 3)) == {"accuracy": 0.0, "balanced_accuracy": 0.0, "macro_f1": 0.0}
 
 
 def test_classification_sums_add_up_over_batches() -> None:

@@ -3,6 +3,7 @@ counted without drawing the batches, batches come from the device (resident, str
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,15 @@ from raysearch.errors import ConfigError
 from raysearch.tasks import create_task
 from raysearch.tasks.base import TaskContext
 from raysearch.training.hparams import defaults, preprocessing_of
-from raysearch.training.loop import LoopSettings, baseline_apd, make_batch, steps_per_epoch, train, train_batches
+from raysearch.training.loop import (
+    LoopSettings,
+    baseline_apd,
+    make_batch,
+    measure_latency,
+    steps_per_epoch,
+    train,
+    train_batches,
+)
 from raysearch.training.precision import resolve_precision
 from raysearch.training.trainer import Trainer
 
@@ -166,3 +175,34 @@ def test_on_a_gpu_the_cache_lives_there_and_a_trial_trains_in_the_default_precis
     rows = list(train_batches(data.indices("train"), hp, 0, 0, 0, 1))
     for a, b in zip(streamed.batches(rows), resident.batches(rows), strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _Sleeper(torch.nn.Module):
+    """Takes 200 ms for each of its first two calls (a cold start), 10 ms after; records what it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(image.shape))
+        time.sleep(0.2 if len(self.shapes) <= 2 else 0.01)
+        return image
+
+
+def test_latency_is_the_median_single_image_time_in_milliseconds_after_warm_up() -> None:
+    model = _Sleeper()
+    latency = measure_latency(model, (1, 8, 8), CPU)
+    assert model.shapes == [(1, 1, 8, 8)] * 12 and not model.training  # 2 warm-up calls, then 10 timed, in eval
+    assert 10 <= latency < 150
+
+
+def test_each_epoch_reports_the_network_s_size_and_latency(cached: tuple[CachedDataset, dict[str, Any]]) -> None:
+    data, hp = cached
+    session = Recorder()
+    trainer = Trainer(hp, LoopSettings("multitask", str(data.directory), 1, 0, cache_hit=True), session)
+    trainer.fit()
+    (metrics,) = session.metrics
+    assert metrics["params"] == sum(p.numel() for p in trainer.model.parameters()) > 0
+    assert metrics["latency_ms"] == trainer.latency > 0 and metrics["cache_hit"] == 1.0
+    assert metrics["lr"] == hp["lr"] and metrics["epoch"] == 1 and metrics["epoch_time_s"] > 0

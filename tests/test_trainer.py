@@ -23,6 +23,7 @@ from raysearch.training.hparams import defaults, preprocessing_of
 from raysearch.training.loop import (
     LoopSettings,
     baseline_apd,
+    evaluate,
     make_batch,
     measure_latency,
     steps_per_epoch,
@@ -206,3 +207,51 @@ def test_each_epoch_reports_the_network_s_size_and_latency(cached: tuple[CachedD
     assert metrics["params"] == sum(p.numel() for p in trainer.model.parameters()) > 0
     assert metrics["latency_ms"] == trainer.latency > 0 and metrics["cache_hit"] == 1.0
     assert metrics["lr"] == hp["lr"] and metrics["epoch"] == 1 and metrics["epoch_time_s"] > 0
+
+
+class _Worker(Recorder):
+    """One worker of a `world`-worker group (ranks 0..world-1) on the CPU."""
+
+    def __init__(self, rank: int, world: int) -> None:
+        super().__init__()
+        self.world_rank, self.world_size = rank, world
+
+
+def _frozen_network(hp: dict[str, Any], context: TaskContext) -> torch.nn.Module:
+    torch.manual_seed(3)
+    return create_task("multitask").build_model(hp, context)
+
+
+def _validate_as_worker(rank: int, world: int, init: str, directory: str, hp: dict[str, Any],
+                        context: TaskContext, cases: dict[str, np.ndarray], out: str) -> None:
+    """Run `evaluate` over each case's rows as worker `rank` of a gloo group; save what this worker reports."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        data, network = load_cache(Path(directory)), _frozen_network(hp, context)
+        found = {name: evaluate(create_task("multitask"), network, data, rows, hp, context, _Worker(rank, world))
+                 for name, rows in cases.items()}
+        torch.save(found, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_validation_sharded_over_two_workers_covers_every_image_once(
+        cached: tuple[CachedDataset, dict[str, Any]], tmp_path: Path) -> None:
+    """Each worker evaluates every second row and the sums are all-reduced: both workers report the metrics of
+    one process evaluating all rows, also when a worker's shard is empty (one validation image)."""
+    data, hp = cached
+    hp = {**hp, "batch_size": 3}  # batches that straddle the shards
+    val = data.indices("val")
+    context = TaskContext(len(data.classes), hp["channels"], baseline_apd(data, data.indices("train"), val))
+    cases = {"all": val, "one image": val[:1]}
+    expected = {name: evaluate(create_task("multitask"), _frozen_network(hp, context), data, rows, hp, context,
+                               Recorder()) for name, rows in cases.items()}
+    assert expected["all"] != expected["one image"]
+    torch.multiprocessing.spawn(_validate_as_worker, nprocs=2, args=(
+        2, f"file://{tmp_path / 'rendezvous'}", str(data.directory), hp, context, cases, str(tmp_path)))
+    for rank in (0, 1):
+        found = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        for name, metrics in expected.items():
+            assert found[name] == pytest.approx(metrics, rel=1e-5, abs=1e-6), (rank, name)

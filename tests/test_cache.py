@@ -346,15 +346,14 @@ def test_cached_polygons_follow_the_letterbox_and_a_sample_without_one_gets_nan(
     assert np.isnan(data.polygons[1]).all()
 
 
-def test_masks_are_resized_without_inventing_labels_and_stale_masks_are_left_out_with_their_reason(
-        tmp_path: Path) -> None:
-    checker = (np.indices((16, 16)).sum(axis=0) % 2).astype(np.uint8)
-    files = {"good": checker * 255, "wrong-size": np.ones((8, 16), np.uint8)}
+def test_masks_are_resized_by_picking_labels_and_stale_masks_are_left_out_with_their_reason(tmp_path: Path) -> None:
+    labels = (np.random.default_rng(0).random((48, 48)) > 0.5).astype(np.uint8)
+    files = {"good": labels * 255, "wrong-size": np.ones((8, 48), np.uint8)}
     samples = []
     for stem in ("good", "wrong-size", "corrupt"):
         image = tmp_path / "images" / f"{stem}.png"
         image.parent.mkdir(exist_ok=True)
-        cv2.imwrite(str(image), np.full((16, 16), 100, np.uint8))
+        cv2.imwrite(str(image), np.full((48, 48), 100, np.uint8))
         mask = tmp_path / "masks" / f"{stem}.png"
         mask.parent.mkdir(exist_ok=True)
         if stem in files:
@@ -369,9 +368,12 @@ def test_masks_are_resized_without_inventing_labels_and_stale_masks_are_left_out
     data = load_cache(directory)
     assert data.paths == [str(samples[0].image_path)] and data.masks.dtype == np.uint8
     assert list(data.labels) == [-1]  # an image-mask sample has no class
-    np.testing.assert_array_equal(data.masks[0], np.kron(checker, np.ones((2, 2), np.uint8)))  # each pixel a 2×2 block
+    # nearest neighbour: each cached pixel is the label at its source position (48 → 32: every 1.5 px), never a
+    # blend of neighbours (bilinear or area resizing would move the boundaries of the labelled regions)
+    source = np.floor(np.arange(32) * 1.5).astype(int)
+    np.testing.assert_array_equal(data.masks[0], labels[np.ix_(source, source)])
     assert [(i.path.name, i.message) for i in cache_issues(directory)] == [
-        ("wrong-size.png", "mask wrong-size.png is 16x8, image 16x16"),
+        ("wrong-size.png", "mask wrong-size.png is 48x8, image 48x48"),
         ("corrupt.png", "unreadable mask corrupt.png"),
     ]
 

@@ -56,6 +56,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", help="dataset (default: a phantom set, 480/120/120 images)")
     parser.add_argument("--space", help="search space of arms a-c (default: search_spaces/TASK.yaml)")
     parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--first-repetition", type=int, default=0,
+                        help="seed of the first repetition: runs of one benchmark can be split over processes")
     parser.add_argument("--budget", type=int, default=48, help="trial-epochs per arm and repetition")
     parser.add_argument("--max-epochs", type=int, default=8, help="epochs per trial at most, arms a-c")
     parser.add_argument("--recipe-seeds", type=int, default=3,
@@ -63,7 +65,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/search_efficiency.parquet"))
     parser.add_argument("--workdir", type=Path, help="where the studies go (default: a temporary folder)")
-    parser.add_argument("--report", type=Path, metavar="PARQUET", help="only print the figures of saved curves")
+    parser.add_argument("--report", type=Path, nargs="+", metavar="PARQUET",
+                        help="only print the figures of saved curves (several files: one benchmark split up)")
     return parser.parse_args(argv)
 
 
@@ -128,7 +131,11 @@ def fraction_to_reach_random(table: pd.DataFrame, budget: int) -> list[float]:
 
 
 def report(table: pd.DataFrame) -> None:
-    """Each arm's test score of its final pick, the fraction at smaller budgets, and the last line."""
+    """Each arm's test score of its final pick, the fraction at smaller budgets, and the last line, over the
+    repetitions whose four arms all finished."""
+    arms = table.groupby("repetition")["arm"].agg(set)
+    table = table[table["repetition"].isin(arms[arms == set(ORDER)].index)]
+    print(f"  {table['repetition'].nunique()} repetitions with every arm finished")
     picks = table.groupby(["arm", "repetition"])["test_score"].first()
     for arm in ORDER:
         scores = picks[arm].tolist()
@@ -153,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = arguments(argv)
     if args.report:
-        report(pq.read_table(args.report).to_pandas())
+        report(pd.concat([pq.read_table(path).to_pandas() for path in args.report], ignore_index=True))
         return
     root = args.workdir or Path(tempfile.mkdtemp(prefix="search-efficiency-"))
     if args.data is None:
@@ -162,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     ray.init(num_cpus=os.cpu_count(), log_to_driver=False, configure_logging=False, include_dashboard=False)
     curves = []
     try:
-        for repetition in range(args.repetitions):
+        for repetition in range(args.first_repetition, args.first_repetition + args.repetitions):
             for arm in ORDER:
                 curve, test = (recipe_arm(args, root, repetition) if arm == RECIPE
                                else search_arm(args, root, arm, repetition))

@@ -149,7 +149,7 @@ def two_worker_study(tmp_path_factory: pytest.TempPathFactory) -> TinyStudy:
     """The tiny study again with each trial on 2 Ray Train workers (half a CPU each: both trials at once), tracked
     in W&B's offline mode (W&B's folders under the test's temporary folder): read it, never change it. No scheduler:
     both trials run every epoch, so Tune and W&B receive each epoch that epochs.parquet records (a scheduler's stop
-    reaches a multi-worker trial's workers only after they may have trained the next epoch)."""
+    reaches a multi-worker trial's workers seconds later, after they may have trained more epochs: see README)."""
     root = tmp_path_factory.mktemp("two-worker-study")
     return _run_tiny_study(root, "--workers-per-trial", "2", "--cpus-per-worker", "0.5", "--scheduler", "none",
                            "--log", "wandb", environment=wandb_offline_environment(root))

@@ -162,3 +162,26 @@ def test_the_grad_scaler_s_state_is_checkpointed_and_restored(cached: CachedData
     trainer = Trainer(hp, _settings(cached, 2), RecordingSession(resume_from=tmp_path / "epoch_1"))
     trainer.restore()
     assert trainer.precision.scaler.get_scale() == 128.0
+
+
+def test_augmentation_changes_the_training_batches_and_never_the_validation_ones(cached: CachedDataset) -> None:
+    plain, augmented = _run(cached, _hp(), 1)[0], _run(cached, _hp(augment=1.0), 1)[0]
+    assert abs(augmented["train_loss"] - plain["train_loss"]) > 1e-4  # lr 0: other images, other loss
+    validation = [{k: v for k, v in m.items() if k.startswith("val_")} for m in (plain, augmented)]
+    assert validation[0] == validation[1]
+
+
+def test_epoch_schedulers_step_once_an_epoch_and_onecycle_once_a_batch(cached: CachedDataset) -> None:
+    batches = 2  # 16 training images in batches of 8
+    step = _run(cached, _hp(lr=0.1, scheduler="step", step_size=1, gamma=0.5, batch_size=8), 3)
+    assert [e["lr"] for e in step] == pytest.approx([0.1, 0.05, 0.025])  # the LR each epoch trained with
+    onecycle = _run(cached, _hp(lr=0.1, scheduler="onecycle", batch_size=8), 2)
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.1)
+    reference = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=2 * batches)
+    expected = []
+    for _ in range(2):
+        for _ in range(batches):
+            optimizer.step()
+            reference.step()
+        expected.append(optimizer.param_groups[0]["lr"])
+    assert [e["lr"] for e in onecycle] == pytest.approx(expected)

@@ -255,3 +255,16 @@ def test_validation_sharded_over_two_workers_covers_every_image_once(
         found = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         for name, metrics in expected.items():
             assert found[name] == pytest.approx(metrics, rel=1e-5, abs=1e-6), (rank, name)
+
+
+def test_validation_runs_in_the_trial_s_precision(cached: tuple[CachedDataset, dict[str, Any]]) -> None:
+    data, hp = cached
+    trainer = Trainer({**hp, "precision": "bf16"}, LoopSettings("multitask", str(data.directory), 1, 0), Recorder())
+    found = trainer.validate()
+
+    def evaluated(autocast: Any) -> dict[str, float]:
+        return evaluate(trainer.task, trainer.model, data, trainer.val_rows, trainer.hp, trainer.context,
+                        trainer.session, autocast=autocast)
+
+    assert found == evaluated(torch.autocast("cpu", dtype=torch.bfloat16))
+    assert found != evaluated(nullcontext())  # bf16 forward passes give other numbers than fp32 ones

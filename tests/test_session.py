@@ -9,8 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from raysearch.layout import HISTORY_FILE
-from raysearch.training.session import TuneSession, checkpoint_name, latest_checkpoint, publish_checkpoint, read_history
+from raysearch.layout import BEST_FILE, HISTORY_FILE, STATE_FILE
+from raysearch.training.session import (
+    BEST_ONLY_PREFIX,
+    TuneSession,
+    checkpoint_name,
+    discard_best_weights_links,
+    latest_checkpoint,
+    link_best_weights,
+    publish_checkpoint,
+    read_history,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:`report` is meant to only be called:UserWarning")
 
@@ -70,3 +79,42 @@ def test_republishing_an_epoch_replaces_its_checkpoint(tmp_path: Path) -> None:
     assert publish_checkpoint(again, trial, "checkpoint_000000") == trial / "checkpoint_000000"
     assert (trial / "checkpoint_000000" / "state.pt").read_text() == "epoch 1 run again after a restart"
     assert [p.name for p in trial.iterdir()] == ["checkpoint_000000"]
+
+
+def _checkpoint_with_best(folder: Path, epoch: int) -> Path:
+    folder = _written(folder, epoch)
+    (folder / BEST_FILE).write_text(f"best weights up to epoch {epoch}")
+    return folder
+
+
+def test_the_best_weights_link_holds_that_file_alone_and_replaces_an_older_link(tmp_path: Path) -> None:
+    checkpoint = _checkpoint_with_best(tmp_path / "trial" / "checkpoint_000002", 3)
+    stale = tmp_path / "trial" / f".{BEST_ONLY_PREFIX}checkpoint_000002"
+    stale.mkdir()
+    (stale / "leftover.pt").write_text("from a killed run")
+    folder = link_best_weights(checkpoint / BEST_FILE)
+    assert folder == stale and [p.name for p in folder.iterdir()] == [BEST_FILE]  # no optimizer state, no leftover
+    assert (folder / BEST_FILE).stat().st_ino == (checkpoint / BEST_FILE).stat().st_ino  # a hard link, no copy
+    publish_checkpoint(_written(tmp_path / "next", 4), tmp_path / "trial", "checkpoint_000003")
+    assert not checkpoint.exists() and (folder / BEST_FILE).read_text() == "best weights up to epoch 3"
+
+
+def test_leftover_best_weights_links_are_discarded_and_nothing_else(tmp_path: Path) -> None:
+    discard_best_weights_links(tmp_path / "absent")  # a trial's first start: no folder yet
+    trial = tmp_path / "trial"
+    kept = _checkpoint_with_best(trial / "checkpoint_000000", 1)
+    link_best_weights(kept / BEST_FILE)
+    (trial / f".{BEST_ONLY_PREFIX}checkpoint_000007").mkdir()
+    (trial / ".checkpoint_000001").mkdir()  # an unfinished checkpoint copy is publish_checkpoint's to clean
+    discard_best_weights_links(trial)
+    assert sorted(p.name for p in trial.iterdir()) == [".checkpoint_000001", "checkpoint_000000"]
+    assert sorted(p.name for p in kept.iterdir()) == [BEST_FILE, STATE_FILE]
+
+
+def test_an_improved_epoch_is_published_whole_and_leaves_no_best_weights_link(tmp_path: Path) -> None:
+    trial = tmp_path / "train" / "trial_1"
+    session = TuneSession(use_gpu=False, directory=trial)
+    session.report({"epoch": 1, "val_score": 0.5}, _checkpoint_with_best(tmp_path / "tmp1", 1), improved=True)
+    session.report({"epoch": 2, "val_score": 0.4}, _checkpoint_with_best(tmp_path / "tmp2", 2), improved=False)
+    assert [p.name for p in trial.iterdir()] == ["checkpoint_000001"]  # the link for Tune went with its report
+    assert sorted(p.name for p in (trial / "checkpoint_000001").iterdir()) == [BEST_FILE, HISTORY_FILE, STATE_FILE]

@@ -139,6 +139,7 @@ def test_every_checkpoint_keeps_the_weights_of_the_best_epoch_so_far(cached: Cac
     Trainer(_hp(lr=0.05), _settings(cached, 3), session,
             callbacks=[_ScriptedImprovement({1}), Checkpointing(), Reporting()]).fit()
     assert session.improved == [True, False, False]
+    assert [m["stopped_early"] for m in session.metrics] == [0.0, 0.0, 0.0]  # no early stopping among the callbacks
 
     def weights(epoch: int, file: str) -> dict[str, torch.Tensor]:
         return torch.load(tmp_path / f"epoch_{epoch}" / file, weights_only=True)[WEIGHTS_KEY]
@@ -185,3 +186,12 @@ def test_epoch_schedulers_step_once_an_epoch_and_onecycle_once_a_batch(cached: C
             reference.step()
         expected.append(optimizer.param_groups[0]["lr"])
     assert [e["lr"] for e in onecycle] == pytest.approx(expected)
+    # plateau watches the validation loss: replaying the reported losses through torch's scheduler gives the LRs
+    plateau = _run(cached, _hp(lr=0.1, scheduler="plateau", plateau_patience=0, gamma=0.5), 4)
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.1)
+    replay = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=0)
+    replayed = []
+    for epoch in plateau:
+        replayed.append(optimizer.param_groups[0]["lr"])
+        replay.step(epoch["val_loss"])
+    assert [e["lr"] for e in plateau] == pytest.approx(replayed) and replayed[-1] < 0.1  # it did reduce

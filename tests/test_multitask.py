@@ -98,6 +98,8 @@ def test_train_batches_split_global_batch_over_workers() -> None:
     assert len(shards[0]) == len(shards[1]) == 3
     assert sorted(np.concatenate([np.concatenate(s) for s in shards]).tolist()) == list(range(20))
     assert not set(np.concatenate(shards[0]).tolist()) & set(np.concatenate(shards[1]).tolist())
+    odd = [np.concatenate(list(train_batches(np.arange(21), hp, epoch=0, seed=3, rank=r, world=2))) for r in range(2)]
+    assert [len(shard) for shard in odd] == [10, 10]  # one row left out: every worker trains on as many images
 
 
 @pytest.mark.parametrize("reg_loss", ["smooth_l1", "mse", "l1"])

@@ -4,6 +4,7 @@ exactly which rows were trained on and how they were weighted."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +196,14 @@ def test_epoch_schedulers_step_once_an_epoch_and_onecycle_once_a_batch(cached: C
         replayed.append(optimizer.param_groups[0]["lr"])
         replay.step(epoch["val_loss"])
     assert [e["lr"] for e in plateau] == pytest.approx(replayed) and replayed[-1] < 0.1  # it did reduce
+
+
+def test_a_diverged_trial_stops_after_patience_epochs_of_nan_scores(cached: CachedDataset, tmp_path: Path) -> None:
+    trainer = Trainer(_hp(patience=2), _settings(cached, 6), RecordingSession())
+    early = trainer.callbacks[0]
+    seen = []
+    for _ in range(3):
+        end = EpochEnd({}, math.nan, tmp_path)  # NaN never beats anything: no epoch improves
+        early.on_epoch_end(trainer, end)
+        seen.append((end.improved, end.metrics["stopped_early"], trainer.should_stop))
+    assert seen == [(False, 0.0, False), (False, 1.0, True), (False, 1.0, True)]

@@ -152,6 +152,12 @@ def test_every_checkpoint_keeps_the_weights_of_the_best_epoch_so_far(cached: Cac
     latest = weights(3, STATE_FILE)
     assert any(not torch.equal(latest[k], best_epoch[k]) for k in best_epoch)  # the network did move on
 
+    never = RecordingSession(tmp_path / "never")
+    (tmp_path / "never").mkdir()
+    Trainer(_hp(lr=0.05), _settings(cached, 1), never, callbacks=[_ScriptedImprovement(set()), Checkpointing(),
+                                                                  Reporting()]).fit()
+    assert sorted(p.name for p in (tmp_path / "never" / "epoch_1").iterdir()) == [STATE_FILE]  # no best weights yet
+
 
 def test_the_grad_scaler_s_state_is_checkpointed_and_restored(cached: CachedDataset, tmp_path: Path) -> None:
     hp = _hp(precision="fp16")

@@ -270,3 +270,11 @@ def test_validation_runs_in_the_trial_s_precision(cached: tuple[CachedDataset, d
 
     assert found == evaluated(torch.autocast("cpu", dtype=torch.bfloat16))
     assert found != evaluated(nullcontext())  # bf16 forward passes give other numbers than fp32 ones
+
+
+def test_hyperparameters_from_before_augmentation_and_precision_existed_train_plainly_in_fp32(
+        cached: tuple[CachedDataset, dict[str, Any]]) -> None:
+    data, hp = cached
+    older = {k: v for k, v in hp.items() if k not in ("augment", "precision")}  # a study saved before those fields
+    trainer = Trainer(older, LoopSettings("multitask", str(data.directory), 1, 0), Recorder())
+    assert trainer.augmentation is None and trainer.precision.name == "fp32"

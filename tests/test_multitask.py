@@ -87,6 +87,13 @@ def test_baseline_apd_is_the_mean_polygon_error() -> None:
     data = CachedDataset(None, None, None, np.zeros(4), polygons, np.array([0, 0, 1, 1]), [], [])  # type: ignore[arg-type]
     # mean training polygon is 0.3 everywhere; the one validation polygon is 0.2 away per coordinate
     assert baseline_apd(data, np.array([0, 1]), np.array([2, 3])) == pytest.approx(math.hypot(0.2, 0.2), rel=1e-5)
+    # the mean is taken per coordinate: x at 0.1, y at 0.5 in training; the validation polygon sits at (0.1, 0.2)
+    corners = np.array([[0.1, 0.5] * 4, [0.1, 0.5] * 4, [0.1, 0.2] * 4, [np.nan] * 8], dtype=np.float32)
+    shifted = CachedDataset(None, None, None, np.zeros(4), corners, np.array([0, 0, 1, 1]), [], [])  # type: ignore[arg-type]
+    assert baseline_apd(shifted, np.array([0, 1]), np.array([2, 3])) == pytest.approx(0.3, rel=1e-5)
+    # no polygon in training, or none to validate on: no baseline (0)
+    assert baseline_apd(data, np.array([3]), np.array([2])) == 0.0
+    assert baseline_apd(data, np.array([0, 1]), np.array([3])) == 0.0
 
 
 def test_train_batches_split_global_batch_over_workers() -> None:

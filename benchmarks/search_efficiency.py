@@ -16,7 +16,7 @@ repetitions of the fraction of (a)'s compute that (c) needed to reach (a)'s fina
 
 Neither the searchers nor ASHA know the budget (it only stops sampling), so the first b trial-epochs of a
 run are the run a budget of b would have made: before the last line the script also prints that fraction
-for smaller budgets, which shows the budget from which TPE + ASHA pays. `--report` prints all of it again
+for smaller budgets, for (b) and (c), which shows the budget from which each pays. `--report` prints all of it again
 from a saved Parquet file without training anything.
 
     python benchmarks/search_efficiency.py [--task classification] [--data DIR] [--repetitions 3]
@@ -118,14 +118,14 @@ def write_curves(curves: list[pd.DataFrame], path: Path) -> pd.DataFrame:
     return table
 
 
-def fraction_to_reach_random(table: pd.DataFrame, budget: int) -> list[float]:
-    """Per repetition, the share of `budget` trial-epochs that TPE + ASHA needed to reach the best that random
-    search found within them (inf when it never did), both runs cut at `budget`."""
+def fraction_to_reach_random(table: pd.DataFrame, budget: int, arm: str = "tpe+asha") -> list[float]:
+    """Per repetition, the share of `budget` trial-epochs that `arm` needed to reach the best that random search
+    found within them (inf when it never did), both runs cut at `budget`."""
     fractions = []
     for _, runs in table.groupby("repetition"):
         within = runs[runs["trial_epochs"] <= budget]
-        random, tpe = within[within["arm"] == "random"], within[within["arm"] == "tpe+asha"]
-        needed = compute_to_reach(tpe, random["best_so_far"].iloc[-1], "max")
+        random, searched = within[within["arm"] == "random"], within[within["arm"] == arm]
+        needed = compute_to_reach(searched, random["best_so_far"].iloc[-1], "max")
         fractions.append(float("inf") if needed is None else needed / random["trial_epochs"].max())
     return fractions
 
@@ -143,11 +143,12 @@ def report(table: pd.DataFrame) -> None:
         print(f"  {arm:12s} test score of its pick: {statistics.mean(scores):.4f} ± {spread:.4f} "
               f"(best val {table[table['arm'] == arm].groupby('repetition')['best_so_far'].last().mean():.4f})")
     budget = int(table[table["arm"] == "random"].groupby("repetition")["trial_epochs"].max().min())
-    for share in (4, 2, 4 / 3):
+    for share in (4, 2, 4 / 3, 1):
         smaller = round(budget / share)
-        fractions = fraction_to_reach_random(table, smaller)
-        print(f"  at a budget of {smaller:3d} trial-epochs: TPE + ASHA needs {statistics.median(fractions):.2f} "
-              f"of random's compute ({', '.join(f'{f:.2f}' for f in fractions)})")
+        for arm in ("random+asha", "tpe+asha"):
+            fractions = fraction_to_reach_random(table, smaller, arm)
+            print(f"  at a budget of {smaller:3d} trial-epochs: {arm} needs {statistics.median(fractions):.2f} "
+                  f"of random's compute ({', '.join(f'{f:.2f}' for f in fractions)})")
     fractions = fraction_to_reach_random(table, budget)
     print(f"  fraction per repetition: {', '.join(f'{f:.2f}' for f in fractions)}")
     print(f"compute to reach random's best: {statistics.median(fractions):.2f}")

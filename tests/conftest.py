@@ -3,8 +3,9 @@
 `tiny_study`: ONE real results folder, made once per test session by running `raysearch run multitask` as
 a user would (subprocess, local Ray) on a tiny phantom dataset, for the tests that read finished results
 (evaluation, export, dashboard, Ray's result tools, MLflow tracking: it runs with `--log mlflow,tensorboard`).
-Tests that change the folder work on `tiny_study_copy`. `two_worker_study`: the same study with 2-worker trials
-and `--log wandb` (offline), for Ray's result tools on multi-worker trials and W&B tracking.
+Tests that change the folder work on `tiny_study_copy`. `two_worker_study`: the same study with 3 2-worker trials
+under ASHA and `--log wandb` (offline), for Ray's result tools on multi-worker trials, their epochs against Tune's,
+and W&B tracking.
 
 Suite rules kept by the hooks below: a test that runs a Ray study (a study fixture, or `ray.init` in this
 process) must be marked `slow`, so that `pytest -m "not slow"` stays fast; `gpu` tests are deselected, not
@@ -146,12 +147,13 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> TinyStudy:
 
 @pytest.fixture(scope="session")
 def two_worker_study(tmp_path_factory: pytest.TempPathFactory) -> TinyStudy:
-    """The tiny study again with each trial on 2 Ray Train workers (half a CPU each: both trials at once), tracked
-    in W&B's offline mode (W&B's folders under the test's temporary folder): read it, never change it. No scheduler:
-    both trials run every epoch, so Tune and W&B receive each epoch that epochs.parquet records (a scheduler's stop
-    reaches a multi-worker trial's workers seconds later, after they may have trained more epochs: see README)."""
+    """The tiny study again with 3 trials, each on 2 Ray Train workers (half a CPU each: two trials at once), under
+    ASHA (grace period 1, reduction factor 4: a trial reaching epoch 1 below 3/4 of the way between the others'
+    scores is stopped), tracked in W&B's offline mode (W&B's folders under the test's temporary folder): read it,
+    never change it."""
     root = tmp_path_factory.mktemp("two-worker-study")
-    return _run_tiny_study(root, "--workers-per-trial", "2", "--cpus-per-worker", "0.5", "--scheduler", "none",
+    return _run_tiny_study(root, "--trials", "3", "--workers-per-trial", "2", "--cpus-per-worker", "0.5",
+                           "--scheduler", "asha", "--grace-period", "1", "--reduction-factor", "4",
                            "--log", "wandb", environment=wandb_offline_environment(root))
 
 

@@ -1,8 +1,10 @@
 """Ray Tune's own result tools on a raysearch study: `ExperimentAnalysis` and `ResultGrid` find each trial's
 best checkpoint (its best weights), for one-worker and 2-worker trials alike, and Ray's TensorBoard, JSON and
-CSV logs sit inside the study folder."""
+CSV logs sit inside the study folder; a 2-worker trial records exactly the epochs Tune got."""
 
 from __future__ import annotations
+
+import json
 
 import pyarrow.parquet as pq
 import pytest
@@ -10,7 +12,7 @@ import torch
 import yaml
 from conftest import TinyStudy
 
-from raysearch.layout import BEST_FILE, rank_trials
+from raysearch.layout import BEST_FILE, STOPPED_MARKER, TRAIN_DIR, rank_trials
 from raysearch.training.session import BEST_ONLY_PREFIX
 
 
@@ -65,3 +67,19 @@ def test_ray_logs_are_inside_the_study_folder(tiny_study: TinyStudy) -> None:
         folder = experiment / trial_id
         assert list(folder.glob("events.out.tfevents.*")), f"no TensorBoard events for {trial_id}"
         assert (folder / "result.json").is_file() and (folder / "progress.csv").is_file()
+
+
+@pytest.mark.slow
+def test_two_worker_trials_record_exactly_the_epochs_tune_got(two_worker_study: TinyStudy) -> None:
+    """Ray Train workers wait for Tune's verdict on each epoch: a trial that ASHA stopped trained no further epoch
+    (PRUNED, its record Tune's), and every trial's epochs.parquet rows are the epochs in Tune's result log."""
+    study = two_worker_study.study
+    trials = pq.read_table(study / "trials.parquet").to_pandas().set_index("trial_id")
+    epochs = pq.read_table(study / "epochs.parquet").to_pandas()
+    assert len(trials) == 3
+    for trial_id, trial in trials.iterrows():
+        log = (study / "ray" / study.name / trial_id / "result.json").read_text().splitlines()
+        tune_got = [json.loads(line)["epoch"] for line in log]
+        assert epochs.loc[epochs["trial_id"] == trial_id, "epoch"].tolist() == tune_got, trial_id
+        if (study / TRAIN_DIR / trial_id / STOPPED_MARKER).is_file() and tune_got[-1] < 2:
+            assert trial["status"] == "PRUNED", (trial_id, tune_got)

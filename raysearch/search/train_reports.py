@@ -10,6 +10,12 @@ Train checkpoint is still the newest (Ray Train deletes it when it registers the
 `TorchTrainer.fit()` in a thread and reports each epoch from its own thread with `ray.tune.report`, the folder
 as a `ray.tune.Checkpoint` (Tune copies it into `ray/<study>/<trial>/checkpoint_<N>`, as for a one-worker
 trial), then removes the folder.
+
+Ray Train workers do not wait for what their controller passes on: left alone they would train on while Tune
+decides, and a trial that Tune stopped after epoch N would record epochs it never reported. So once
+`ray.tune.report` for epoch N returns (Tune lets the trial go on), `TrainToTune.fit` puts N into `acks`, a queue
+whose handle the workers get in their loop config; each worker's TrainSession waits for it after reporting epoch
+N (raysearch.training.session), the contract of a one-worker trial, whose `tune.report` blocks the same way.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ class Epoch:
     best_weights: str | None
 
     def report(self) -> None:
-        """Report to Tune (from the trial function's process), with the best weights as a checkpoint."""
+        """Report to Tune (from the trial function's thread, where Tune holds the trial until it decided), with the
+        best weights as a checkpoint."""
         from ray import tune
 
         if self.best_weights is None:
@@ -69,17 +76,19 @@ class ReportToTune(UserCallback):
 
 class TrainToTune:
     """What connects one multi-worker trial's TorchTrainer to its Tune trial: `callback` goes into the trainer's
-    RunConfig, then `fit(trainer)` trains and reports."""
+    RunConfig and `acks` to its workers (TrainSession), then `fit(trainer)` trains and reports."""
 
     def __init__(self) -> None:
         from ray.util.queue import Queue
 
         self.queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
+        self.acks = Queue(actor_options={"num_cpus": 0})
         self.callback = ReportToTune(self.queue)
 
     def fit(self, trainer: Any) -> None:
         """Run `trainer.fit()` in a thread and report every epoch it passes on from this one (the trial's own
-        thread, where Tune stops a trial at a report); re-raise what `fit` raised."""
+        thread, where Tune stops a trial at a report), acknowledging each epoch to the workers once Tune let the
+        trial go on; re-raise what `fit` raised."""
         failures: list[BaseException] = []
 
         def fit() -> None:
@@ -94,6 +103,7 @@ class TrainToTune:
         thread.start()
         while (epoch := self.queue.get()) is not None:
             epoch.report()
+            self.acks.put(epoch.metrics["epoch"])
         thread.join()
         if failures:
             raise failures[0]

@@ -48,10 +48,11 @@ def is_reported_metric(name: str) -> bool:
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """What each Ray Train worker runs: the training loop on {"hp": ..., "loop": LoopSettings}."""
+    """What each Ray Train worker runs: the training loop on {"hp": ..., "loop": LoopSettings, "acks": the trial's
+    TrainToTune.acks}."""
     from raysearch.training.session import TrainSession
 
-    train(config["hp"], config["loop"], TrainSession())
+    train(config["hp"], config["loop"], TrainSession(config["acks"]))
 
 
 def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
@@ -86,7 +87,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     to_tune = TrainToTune()
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"hp": hp, "loop": loop},
+        train_loop_config={"hp": hp, "loop": loop, "acks": to_tune.acks},
         scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu,
                                      resources_per_worker=settings.shape.worker()),
         run_config=RunConfig(

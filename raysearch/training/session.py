@@ -172,9 +172,11 @@ class TuneSession:
 
 
 class TrainSession:
-    """The loop running in one worker of a Ray Train TorchTrainer (DDP over the worker group)."""
+    """The loop running in one worker of a Ray Train TorchTrainer (DDP over the worker group); `acks`: the queue
+    into which the trial puts each epoch's number once Tune let the trial go on after it
+    (raysearch.search.train_reports.TrainToTune)."""
 
-    def __init__(self) -> None:
+    def __init__(self, acks: Any) -> None:
         import ray.train
         import ray.train.torch
 
@@ -182,6 +184,7 @@ class TrainSession:
         self.world_rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.device = ray.train.torch.get_device()
+        self.acks = acks
         self.history: list[dict[str, Any]] = []
 
     def restored(self) -> AbstractContextManager[Path | None]:
@@ -193,10 +196,23 @@ class TrainSession:
     def report(self, metrics: dict[str, Any], checkpoint: Path | None, *, improved: bool = False) -> None:
         """Report from every worker (a barrier); Ray Train copies rank 0's checkpoint to the run's storage
         as `checkpoint_<N>` (not named by timestamp) and records it only once the copy is complete. The metrics
-        carry `improved` (as IMPROVED_KEY) to the trial's ReportToTune callback, which takes it out again."""
+        carry `improved` (as IMPROVED_KEY) to the trial's ReportToTune callback, which takes it out again. Then
+        every worker waits until Tune let the trial go on after this epoch (`wait_for_tune`)."""
         import ray.train
 
         _record(self.history, metrics, checkpoint)
         ray.train.report({**metrics, IMPROVED_KEY: improved},
                          checkpoint=ray.train.Checkpoint.from_directory(checkpoint) if checkpoint else None,
                          checkpoint_dir_name=checkpoint_name(metrics["epoch"]))
+        self.wait_for_tune(metrics["epoch"])
+
+    def wait_for_tune(self, epoch: int) -> None:
+        """Rank 0 waits for the acknowledgement of `epoch` (skipping those of epochs that a replaced worker group
+        reported before), then all ranks meet at Ray Train's barrier: no worker trains the next epoch before Tune
+        decided on this one. If Tune stops the trial, the trial's actor and its workers are torn down here."""
+        from ray.train.collective import barrier
+
+        if self.world_rank == 0:
+            while self.acks.get() < epoch:
+                pass
+        barrier()

@@ -136,10 +136,12 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, HParams]
 def test_two_worker_ddp_matches_one_worker(tiny_cache: tuple[Path, HParams], tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Without batch norm or dropout, each step of 2 workers × 8 images averages the same gradient as 1 worker
-    × 16 images, and validation sums over both workers' shards: the metrics agree up to float rounding."""
+    × 16 images, and validation sums over both workers' shards: the metrics agree up to float rounding. (No Tune
+    trial here: both epochs are acknowledged up front, as a trial does once Tune lets it go on.)"""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
 
     from raysearch.search.trial import train_worker
 
@@ -151,8 +153,11 @@ def test_two_worker_ddp_matches_one_worker(tiny_cache: tuple[Path, HParams], tmp
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
     try:
+        acks = Queue()
+        for epoch in range(1, loop.max_epochs + 1):
+            acks.put(epoch)
         result = TorchTrainer(
-            train_worker, train_loop_config={"hp": hp, "loop": loop},
+            train_worker, train_loop_config={"hp": hp, "loop": loop, "acks": acks},
             scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
             run_config=RunConfig(name="ddp", storage_path=str(tmp_path)),
         ).fit()

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +97,15 @@ def _fast_tests_start_no_ray(request: pytest.FixtureRequest, monkeypatch: pytest
         raise AssertionError(f"{request.node.nodeid} starts Ray (ray.init) but is not marked slow")
 
     monkeypatch.setattr(ray, "init", refuse)
+
+
+@pytest.fixture(autouse=True)
+def _main_module_kept() -> Iterator[None]:
+    """Streamlit's AppTest runs the dashboard script as `__main__` and leaves it in `sys.modules`; a process that
+    multiprocessing spawns afterwards would run that script instead of the test runner. Put the real one back."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 API_SERVER_VARIABLE = "RAY_API_SERVER_ADDRESS"
+LOWEST_PORT = 20000   # Ray's worker processes listen on 10002-19999 by default
+PORT_TRIES = 200
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
 @contextmanager
@@ -45,9 +49,29 @@ def connected(address: str | None) -> Iterator[None]:
 
 
 def _free_local_port() -> int:
-    """A TCP port on loopback that nothing listens on now."""
+    """A TCP port on loopback that nothing listens on now, above Ray's worker ports and below the kernel's
+    ephemeral range: outgoing connections (Ray's own processes open many while the instance starts) draw their
+    local ports from that range, so a free port taken from it can be in use again by the time the dashboard
+    binds it, and the instance fails to start."""
+    import random
     import socket
 
-    with socket.socket() as probe:
+    candidates = list(range(LOWEST_PORT, _ephemeral_ports_start()))
+    for port in random.sample(candidates, min(PORT_TRIES, len(candidates))):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as probe:   # no free port there: any the kernel gives
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def _ephemeral_ports_start() -> int:
+    """The first port of the kernel's ephemeral range (Linux's default where /proc does not say)."""
+    try:
+        return int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768

@@ -24,23 +24,37 @@ import tempfile
 from collections import Counter
 from datetime import date
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("raysearch", "tests", "search_spaces", "dashboard", "pyproject.toml", "README.md")
-# module short name → (files mutated, fast tests that cover them)
-MODULES: dict[str, tuple[list[str], list[str]]] = {
-    "polygons": (["raysearch/data/polygons.py"], ["tests/test_polygons.py"]),
-    "metrics": (["raysearch/metrics.py"], ["tests/test_losses_metrics.py", "tests/test_multitask.py"]),
-    "losses": (["raysearch/losses.py"], ["tests/test_losses_metrics.py", "tests/test_multitask.py"]),
-    "results": (["raysearch/results.py"], ["tests/test_results.py", "tests/test_loop_behaviour.py"]),
-    "cache": (["raysearch/data/cache.py"], ["tests/test_cache.py", "tests/test_readers.py"]),
-    "optim": (["raysearch/training/optim.py", "raysearch/training/hparams.py"],
-              ["tests/test_optim.py", "tests/test_loop_behaviour.py", "tests/test_space.py"]),
-    "session": (["raysearch/training/session.py"], ["tests/test_checkpoints.py", "tests/test_session.py"]),
-    "loop": (["raysearch/training/loop.py", "raysearch/training/trainer.py", "raysearch/training/callbacks.py",
-              "raysearch/training/precision.py"],
-             ["tests/test_loop_behaviour.py", "tests/test_checkpoints.py", "tests/test_trainer.py",
-              "tests/test_augment.py", "tests/test_multitask.py"]),
+
+
+class Target(NamedTuple):
+    """One module's mutation run: the files mutated, the test files that cover them, and the pytest marker
+    expression choosing among those tests ("" for all of them)."""
+
+    files: list[str]
+    tests: list[str]
+    markers: str = "not slow"
+
+
+MODULES: dict[str, Target] = {
+    "polygons": Target(["raysearch/data/polygons.py"], ["tests/test_polygons.py"]),
+    "metrics": Target(["raysearch/metrics.py"], ["tests/test_losses_metrics.py", "tests/test_multitask.py"]),
+    "losses": Target(["raysearch/losses.py"], ["tests/test_losses_metrics.py", "tests/test_multitask.py"]),
+    "results": Target(["raysearch/results.py"], ["tests/test_results.py", "tests/test_loop_behaviour.py"]),
+    "cache": Target(["raysearch/data/cache.py"], ["tests/test_cache.py", "tests/test_readers.py"]),
+    "optim": Target(["raysearch/training/optim.py", "raysearch/training/hparams.py"],
+                    ["tests/test_optim.py", "tests/test_loop_behaviour.py", "tests/test_space.py"]),
+    # all of these files' tests: the one marked slow runs Tune's function trainable in the test's own process
+    # (a Ray instance, no study), where mutmut sees which mutants it reaches
+    "session": Target(["raysearch/training/session.py"],
+                      ["tests/test_checkpoints.py", "tests/test_session.py", "tests/test_train_session.py"], ""),
+    "loop": Target(["raysearch/training/loop.py", "raysearch/training/trainer.py", "raysearch/training/callbacks.py",
+                    "raysearch/training/precision.py"],
+                   ["tests/test_loop_behaviour.py", "tests/test_checkpoints.py", "tests/test_trainer.py",
+                    "tests/test_augment.py", "tests/test_multitask.py"]),
 }
 DETECTED = ("killed", "timeout")  # a mutant that makes a test fail or hang is caught
 MISSED = ("survived", "no tests")  # one that every covering test passes, or that no test runs
@@ -50,13 +64,15 @@ def _toml_list(values: list[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
-def _configure(pyproject: Path, files: list[str], tests: list[str]) -> None:
-    """Add this module's `only_mutate` and test selection to the copied `[tool.mutmut]` table."""
+def _configure(pyproject: Path, target: Target) -> None:
+    """Add this module's `only_mutate` and test selection to the copied `[tool.mutmut]` table (mutmut runs each
+    mutant with the tests that its statistics run, over this selection, found reaching it)."""
     text = pyproject.read_text()
     header = "[tool.mutmut]\n"
     if header not in text:
         raise SystemExit(f"{pyproject}: no [tool.mutmut] table")
-    chosen = f"only_mutate = {_toml_list(files)}\npytest_add_cli_args_test_selection = {_toml_list(tests)}\n"
+    selection = target.tests + (["-m", target.markers] if target.markers else [])
+    chosen = f"only_mutate = {_toml_list(target.files)}\npytest_add_cli_args_test_selection = {_toml_list(selection)}\n"
     pyproject.write_text(text.replace(header, header + chosen, 1))
 
 
@@ -71,7 +87,7 @@ def _statuses(work: Path) -> dict[str, str]:
     return found
 
 
-def _copy_project(work: Path, files: list[str], tests: list[str]) -> None:
+def _copy_project(work: Path, target: Target) -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     for item in COPIED:
@@ -80,7 +96,7 @@ def _copy_project(work: Path, files: list[str], tests: list[str]) -> None:
             shutil.copytree(source, work / item, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(source, work / item)
-    _configure(work / "pyproject.toml", files, tests)
+    _configure(work / "pyproject.toml", target)
 
 
 def run_module(name: str, work: Path, children: int, minutes: float | None, only: list[str],
@@ -88,7 +104,6 @@ def run_module(name: str, work: Path, children: int, minutes: float | None, only
     """Run mutmut over one module in a fresh copy of the project at `work`, for at most `minutes` (the
     mutants not reached by then stay "not checked"); `only` restricts it to mutant names matching globs.
     With `missed_only`, keep `work` and run only its missed and unchecked mutants against the current tests."""
-    files, tests = MODULES[name]
     if missed_only:
         only = [m for m, status in _statuses(work).items() if status in (*MISSED, "not checked")]
         shutil.copytree(ROOT / "tests", work / "tests", dirs_exist_ok=True,
@@ -96,7 +111,7 @@ def run_module(name: str, work: Path, children: int, minutes: float | None, only
         if not only:
             return
     else:
-        _copy_project(work, files, tests)
+        _copy_project(work, MODULES[name])
     environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"RAY_USAGE_STATS_ENABLED": "0"}
     mutmut = Path(sys.executable).with_name("mutmut")
     process = subprocess.Popen([str(mutmut), "run", "--max-children", str(children), *only], cwd=work,

@@ -1,9 +1,13 @@
 """A one-worker trial's checkpoints (`TuneSession`): named by epoch, published with the epoch history, the newest
-found again on restore. Outside a Tune trial `ray.tune.report` only warns, so this runs without Ray."""
+found again on restore. Outside a Tune trial `ray.tune.report` only warns, so most of this runs without Ray; what
+Tune receives is checked in Tune's own function trainable, run in this process."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -99,6 +103,31 @@ def test_the_best_weights_link_holds_that_file_alone_and_replaces_an_older_link(
     assert not checkpoint.exists() and (folder / BEST_FILE).read_text() == "best weights up to epoch 3"
 
 
+def test_where_hard_links_fail_the_best_weights_are_copied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a file system without hard links (os.link raises, as on some network mounts) the file is copied."""
+    checkpoint = _checkpoint_with_best(tmp_path / "trial" / "checkpoint_000000", 1)
+
+    def no_hard_links(source: object, target: object) -> None:
+        raise OSError(errno.EPERM, "hard links not supported here")
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    folder = link_best_weights(checkpoint / BEST_FILE)
+    assert [p.name for p in folder.iterdir()] == [BEST_FILE]
+    copied = folder / BEST_FILE
+    assert copied.read_text() == "best weights up to epoch 1"
+    assert copied.stat().st_ino != (checkpoint / BEST_FILE).stat().st_ino
+
+
+@pytest.mark.parametrize(("use_gpu", "cuda_available", "device"), [
+    (True, True, torch.device("cuda", 0)), (True, False, torch.device("cpu")),
+    (False, True, torch.device("cpu")), (False, False, torch.device("cpu"))])
+def test_a_one_worker_trial_trains_on_the_first_gpu_only_when_asked_and_present(
+        use_gpu: bool, cuda_available: bool, device: torch.device, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The device choice, with CUDA's presence set (this machine has no GPU; the gpu-marked tests train on one)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_available)
+    assert TuneSession(use_gpu=use_gpu, directory=Path("unused")).device == device
+
+
 def test_leftover_best_weights_links_are_discarded_and_nothing_else(tmp_path: Path) -> None:
     discard_best_weights_links(tmp_path / "absent")  # a trial's first start: no folder yet
     trial = tmp_path / "trial"
@@ -118,3 +147,53 @@ def test_an_improved_epoch_is_published_whole_and_leaves_no_best_weights_link(tm
     session.report({"epoch": 2, "val_score": 0.4}, _checkpoint_with_best(tmp_path / "tmp2", 2), improved=False)
     assert [p.name for p in trial.iterdir()] == ["checkpoint_000001"]  # the link for Tune went with its report
     assert sorted(p.name for p in (trial / "checkpoint_000001").iterdir()) == [BEST_FILE, HISTORY_FILE, STATE_FILE]
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """A Ray instance of this process (Tune's function trainable needs one for its session folders)."""
+    import ray
+
+    ray.init(num_cpus=1, include_dashboard=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def run_as_tune_trial(train_fn: Callable[[dict], None], storage: Path, epochs: int) -> tuple[list[dict], Path]:
+    """Run `train_fn` as Ray Tune's function trainable does, in this process, for `epochs` results (one `train()`
+    each): those results and the trial's folder, where Tune keeps the checkpoints that came with them."""
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    context = StorageContext(storage_path=str(storage), experiment_dir_name="study", trial_dir_name="trial")
+    trainable = wrap_function(train_fn)(config={}, storage=context)
+    try:
+        return [trainable.train() for _ in range(epochs)], Path(context.trial_fs_path)
+    finally:
+        trainable.stop()
+
+
+@pytest.mark.slow
+def test_tune_gets_each_epoch_with_its_checkpoint_path_and_the_best_weights_alone_of_improved_epochs(
+        local_ray: None, tmp_path: Path) -> None:
+    trial = tmp_path / "train" / "t"
+
+    def train(config: dict) -> None:
+        session = TuneSession(use_gpu=False, directory=trial)
+        session.report({"epoch": 1, "val_score": 0.5}, _checkpoint_with_best(tmp_path / "tmp1", 1), improved=True)
+        session.report({"epoch": 2, "val_score": 0.4}, _checkpoint_with_best(tmp_path / "tmp2", 2))  # not improved
+        session.report({"epoch": 3, "val_score": 0.7}, _checkpoint_with_best(tmp_path / "tmp3", 3), improved=True)
+        session.report({"epoch": 4, "val_score": 0.6}, None, improved=True)  # a worker without a checkpoint
+
+    results, tune_trial = run_as_tune_trial(train, tmp_path / "ray", epochs=4)
+    assert [(r["epoch"], r["val_score"]) for r in results] == [(1, 0.5), (2, 0.4), (3, 0.7), (4, 0.6)]
+    assert [r.get("checkpoint_path") for r in results] == [
+        str(trial / "checkpoint_000000"), str(trial / "checkpoint_000001"), str(trial / "checkpoint_000002"), None]
+    # Tune got a checkpoint from the two improved epochs with weights only: their best weights, nothing else
+    kept = sorted(tune_trial.glob("checkpoint_*"))
+    assert [[p.name for p in folder.iterdir()] for folder in kept] == [[BEST_FILE], [BEST_FILE]]
+    assert [(folder / BEST_FILE).read_text() for folder in kept] == [
+        "best weights up to epoch 1", "best weights up to epoch 3"]
+    assert not list(trial.glob(f".{BEST_ONLY_PREFIX}*"))  # the links handed to Tune are gone

@@ -103,11 +103,14 @@ def run_module(name: str, work: Path, children: int, minutes: float | None, only
                missed_only: bool = False) -> None:
     """Run mutmut over one module in a fresh copy of the project at `work`, for at most `minutes` (the
     mutants not reached by then stay "not checked"); `only` restricts it to mutant names matching globs.
-    With `missed_only`, keep `work` and run only its missed and unchecked mutants against the current tests."""
+    With `missed_only`, keep `work` and run only its missed and unchecked mutants against the current tests and
+    test selection."""
     if missed_only:
         only = [m for m, status in _statuses(work).items() if status in (*MISSED, "not checked")]
         shutil.copytree(ROOT / "tests", work / "tests", dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copy2(ROOT / "pyproject.toml", work / "pyproject.toml")  # the module's current test selection
+        _configure(work / "pyproject.toml", MODULES[name])
         if not only:
             return
     else:

@@ -1,11 +1,11 @@
 """Mutation testing of the core modules with mutmut: the share of mutants each module's tests kill.
 
 Not part of CI (it takes minutes to hours). For each module it copies the project into a work folder, points
-mutmut (settings in pyproject.toml `[tool.mutmut]`) at that module and the tests that cover it (fast ones, unless its Target says otherwise), runs it,
-and prints caught / missed / other mutants per module with the score: caught = killed (a test failed) or
-timed out; missed = survived (every covering test passed) or run by no test; score = caught / (caught +
-missed). `--show-survivors` lists the missed ones; `mutmut show <name>` in the module's work folder shows
-a mutant's diff.
+mutmut (settings in pyproject.toml `[tool.mutmut]`) at that module and the tests that cover it (fast ones, unless
+its Target says otherwise), runs it, and prints caught / missed / other mutants per module with the score:
+caught = killed (a test failed) or timed out; missed = survived (every covering test passed) or run by no test;
+score = caught / (caught + missed). `--show-survivors` lists the missed ones; `mutmut show <name>` in the module's
+work folder shows a mutant's diff.
 
     nice python benchmarks/mutation.py                      # every module (long)
     nice python benchmarks/mutation.py polygons metrics     # some modules, by short name

@@ -46,7 +46,8 @@ MODULES: dict[str, Target] = {
     "results": Target(["raysearch/results.py"], ["tests/test_results.py", "tests/test_loop_behaviour.py"]),
     "cache": Target(["raysearch/data/cache.py"], ["tests/test_cache.py", "tests/test_readers.py"]),
     "optim": Target(["raysearch/training/optim.py", "raysearch/training/hparams.py"],
-                    ["tests/test_optim.py", "tests/test_loop_behaviour.py", "tests/test_space.py"]),
+                    ["tests/test_optim.py", "tests/test_loop_behaviour.py", "tests/test_space.py",
+                     "tests/test_pretrained.py"]),
     # all of these files' tests: the one marked slow runs Tune's function trainable in the test's own process
     # (a Ray instance, no study), where mutmut sees which mutants it reaches
     "session": Target(["raysearch/training/session.py"],

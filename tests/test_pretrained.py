@@ -18,7 +18,7 @@ from raysearch.bundled import search_spaces_dir
 from raysearch.data.preprocess import Preprocessing, normalise
 from raysearch.models import create_backbone
 from raysearch.space import load_space
-from raysearch.training.hparams import preprocessing_of
+from raysearch.training.hparams import preprocessing_of, pretrained_weights_of
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -75,6 +75,17 @@ def test_pretrained_normalisation_follows_the_weights_statistics() -> None:
     assert grey[0, 0, 0, 0].item() == pytest.approx((0.2 - sum(mean) / 3) / (sum(std) / 3), abs=1e-6)
     assert preprocessing_of({**hp, "pretrained": False}).normalisation == "minus_one_one"
     assert preprocessing_of(hp).cache_fields() == preprocessing_of({**hp, "pretrained": False}).cache_fields()
+
+
+@pytest.mark.parametrize(("hp", "weights"), [
+    ({"model": "resnet18", "pretrained": True}, ("resnet18", False)),
+    ({"model": "unet", "encoder": "resnet34", "pretrained": True}, ("resnet34", True)),  # the encoder's weights
+    ({"model": "vgg", "pretrained": True}, None),  # the from-scratch family has none
+    ({"model": "resnet18", "pretrained": False}, None),
+    ({"model": "resnet18"}, None),  # a space without the dimension
+])
+def test_the_weights_a_trial_loads(hp: dict, weights: tuple[str, bool] | None) -> None:
+    assert pretrained_weights_of(hp) == weights
 
 
 def _fetch(*models: str, hf_home: Path) -> subprocess.CompletedProcess:

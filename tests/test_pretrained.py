@@ -5,6 +5,7 @@ network, which these machines do not reach.)"""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -75,6 +76,22 @@ def test_pretrained_normalisation_follows_the_weights_statistics() -> None:
     assert grey[0, 0, 0, 0].item() == pytest.approx((0.2 - sum(mean) / 3) / (sum(std) / 3), abs=1e-6)
     assert preprocessing_of({**hp, "pretrained": False}).normalisation == "minus_one_one"
     assert preprocessing_of(hp).cache_fields() == preprocessing_of({**hp, "pretrained": False}).cache_fields()
+
+
+def test_an_smp_encoders_normalisation_comes_with_its_weights_files(offline_hub: Path) -> None:
+    """smp's own encoders (not timm's) keep their mean and std in the `config.json` beside their weights."""
+    import segmentation_models_pytorch as smp
+
+    from raysearch.models.hub import pretrained_statistics
+
+    hub_entry = smp.encoders.encoders["mobilenet_v2"]["pretrained_settings"]["imagenet"]
+    snapshot = offline_hub / f"models--{hub_entry['repo_id'].replace('/', '--')}" / "snapshots" / hub_entry["revision"]
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps({"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}))
+    pretrained_statistics.cache_clear()
+    hp = {**vars(Preprocessing(channels=3)), "model": "unet", "encoder": "mobilenet_v2", "pretrained": True}
+    config = preprocessing_of(hp)
+    assert (config.normalisation, config.mean, config.std) == ("pretrained", (0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
 
 
 @pytest.mark.parametrize(("hp", "weights"), [

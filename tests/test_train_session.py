@@ -42,8 +42,11 @@ def checkpoint_folder(root: Path, epoch: int) -> Path:
 
 
 def test_a_worker_knows_its_rank_world_and_device() -> None:
-    seen = in_ray_train(lambda: (lambda s: (s.world_rank, s.world_size, s.device))(TrainSession(acknowledged())))
-    assert seen.return_value == (0, 1, torch.device("cpu"))
+    def train() -> tuple[int, int, torch.device]:
+        session = TrainSession(acknowledged())
+        return session.world_rank, session.world_size, session.device
+
+    assert in_ray_train(train).return_value == (0, 1, torch.device("cpu"))
 
 
 def test_each_epoch_reaches_ray_train_with_its_checkpoint_history_and_whether_it_improved(tmp_path: Path) -> None:
@@ -70,11 +73,11 @@ def test_each_epoch_reaches_ray_train_with_its_checkpoint_history_and_whether_it
     assert IMPROVED_KEY not in epochs[0]  # the caller's metrics are not changed
 
 
-def test_an_improvement_flag_is_reported_as_it_was_given(tmp_path: Path) -> None:
+def test_an_epoch_is_not_reported_improved_unless_said(tmp_path: Path) -> None:
     def train() -> None:
         TrainSession(acknowledged(0)).report({"epoch": 0, "val_score": 0.1}, checkpoint_folder(tmp_path, 0))
 
-    assert in_ray_train(train).metrics[IMPROVED_KEY] is False  # not improved unless said
+    assert in_ray_train(train).metrics[IMPROVED_KEY] is False
 
 
 def test_a_restarted_worker_resumes_from_the_last_reported_checkpoint_and_its_history(tmp_path: Path) -> None:

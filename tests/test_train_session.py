@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -112,8 +113,11 @@ def test_a_worker_waits_for_tunes_verdict_on_its_epoch_and_skips_older_acknowled
 
     worker = threading.Thread(target=in_ray_train, args=(train,), daemon=True)
     worker.start()
-    assert not returned.wait(timeout=3), "the epoch's report returned before Tune acknowledged it"
-    assert acks.empty()  # it read past the stale acknowledgements while waiting
+    deadline = time.monotonic() + 120
+    while not acks.empty() and not returned.is_set() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not returned.wait(timeout=2), "the epoch's report returned before Tune acknowledged it"
+    assert acks.empty(), "the worker did not read past the stale acknowledgements"
     acks.put(2)
     acks.put(3)
     assert returned.wait(timeout=60), "the acknowledged epoch's report did not return"

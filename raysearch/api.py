@@ -116,6 +116,9 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
     task = create_task(spec.task)
     hp_defaults = {**defaults(task.hyperparameters), "image_size": spec.image_size}
     space, space_text = _space_for(spec, schema(task.hyperparameters))
+    searcher, scheduler = spec.searcher or space.searcher or "tpe", spec.scheduler or space.scheduler or "asha"
+    if spec.startup_trials is not None and searcher != "tpe":
+        raise ConfigError(f"--startup-trials: only the tpe searcher has start-up trials; this study uses {searcher}")
     name = spec.study_name(space_text)
     results_root = Path(spec.results).resolve()
     study_dir = results_root / name
@@ -136,11 +139,11 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
         max_epochs=spec.max_epochs, seed=spec.seed, workers=spec.workers_per_trial,
         cpus_per_worker=spec.cpus_per_worker, gpus_per_worker=0.0, max_failures=spec.max_failures,
     )
-    searcher, scheduler = spec.searcher or space.searcher or "tpe", spec.scheduler or space.scheduler or "asha"
     search = SearchSettings(
         name=name, results_dir=study_dir, trials=spec.trials, metric=metric, mode=mode,
         concurrency=spec.concurrency, max_failures=spec.max_failures,
-        searcher=searcher, searcher_settings=sampler_settings(searcher, seed=spec.seed, trials=spec.trials),
+        searcher=searcher, searcher_settings=sampler_settings(searcher, seed=spec.seed, trials=spec.trials,
+                                                            startup_trials=spec.startup_trials),
         scheduler=scheduler, scheduler_settings=scheduler_settings(
             scheduler, max_epochs=spec.max_epochs, grace_period=spec.grace_period,
             reduction_factor=spec.reduction_factor),

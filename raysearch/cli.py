@@ -55,6 +55,9 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
                      help="ASHA: keep the best 1/N of trials at each rung (default: %(default)s)")
     run.add_argument("--searcher", choices=SEARCHERS,
                      help="Optuna sampler: tpe, random or qmc (default: the space's `searcher:`, else tpe)")
+    run.add_argument("--startup-trials", type=int, metavar="N",
+                     help="tpe: trials sampled at random before TPE models the results "
+                     "(default: a third of --trials, 2 to 10)")
     run.add_argument("--scheduler", choices=SCHEDULERS,
                      help="Ray Tune scheduler that stops trials early: asha, hyperband, median or none "
                      "(default: the space's `scheduler:`, else asha)")
@@ -206,7 +209,8 @@ def _run(args: argparse.Namespace) -> None:
         on_error=args.on_error, empty_labels=args.empty_labels, split_ratios=args.split_ratios,
         binarise_masks=args.binarise_masks, log=tuple(args.log),
         splits_policy=args.splits, test_split=not args.no_test_split,
-        searcher=args.searcher, scheduler=args.scheduler, time_budget=args.time_budget, epoch_budget=args.epoch_budget,
+        searcher=args.searcher, startup_trials=args.startup_trials, scheduler=args.scheduler,
+        time_budget=args.time_budget, epoch_budget=args.epoch_budget,
     )
     run_study(spec, progress=not args.quiet)
 

@@ -58,6 +58,7 @@ class StudySpec:
     splits_policy: str | None = None  # None: published for a dataset that ships splits, else grouped
     test_split: bool = True
     searcher: str | None = None
+    startup_trials: int | None = None  # None: raysearch.search.searcher.default_startup_trials
     scheduler: str | None = None
     time_budget: str | None = None
     epoch_budget: int | None = None
@@ -100,6 +101,8 @@ class StudySpec:
                                                                                  SCHEDULERS)):
             if value is not None and value not in allowed:
                 raise ConfigError(f"{flag}: must be one of {', '.join(allowed)}, got {value!r}")
+        if self.startup_trials is not None and self.startup_trials < 1:
+            raise ConfigError(f"--startup-trials: must be at least 1, got {self.startup_trials}")
         if self.epoch_budget is not None and self.epoch_budget < 1:
             raise ConfigError(f"--epoch-budget: must be at least 1, got {self.epoch_budget}")
         self.budget_seconds()

@@ -202,3 +202,16 @@ def test_phantom_into_an_unwritable_folder_is_one_line(capsys: pytest.CaptureFix
     assert len(lines) == 1 and "Traceback" not in err
     assert lines[0].startswith(f"raysearch: error: {blocker / 'phantom'}: cannot write the phantom dataset (")
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(("space_searcher", "flags", "searcher"), [
+    ("", ("--searcher", "qmc"), "qmc"), ("searcher: random\n", (), "random")])
+def test_startup_trials_are_refused_for_a_searcher_without_them(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                                 phantom: Path, space_searcher: str,
+                                                                 flags: tuple[str, ...], searcher: str) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text(f"task: multitask\n{space_searcher}"
+                     "parameters:\n  lr: {type: float, low: 1.0e-3, high: 1.0e-2}\n")
+    line = refused(capsys, tmp_path / "results", "multitask", "--data", str(phantom), "--space", str(space),
+                   "--startup-trials", "3", *flags)
+    assert line == f"--startup-trials: only the tpe searcher has start-up trials; this study uses {searcher}"

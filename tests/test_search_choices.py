@@ -18,7 +18,7 @@ from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.errors import ConfigError
 from raysearch.search.choices import SCHEDULERS, SEARCHERS
 from raysearch.search.scheduler import SCHEDULER_CLASSES
-from raysearch.search.searcher import SAMPLER_CLASSES
+from raysearch.search.searcher import SAMPLER_CLASSES, create_sampler, sampler_settings
 from raysearch.space import parse_space
 from raysearch.study import StudySpec
 
@@ -74,11 +74,13 @@ def assert_optuna_matches_parquet(study: Path) -> None:
 @pytest.mark.parametrize(("searcher", "scheduler"), [("tpe", "asha"), ("random", "hyperband"), ("qmc", "median")])
 def test_each_searcher_and_scheduler_runs_a_study(inputs: tuple[Path, Path], tmp_path: Path, searcher: str,
                                                   scheduler: str) -> None:
-    done = run_study(inputs, tmp_path, "--trials", "2", "--searcher", searcher, "--scheduler", scheduler)
+    startup = ("--startup-trials", "3") if searcher == "tpe" else ()  # 3 > --trials: both trials sampled at random
+    done = run_study(inputs, tmp_path, "--trials", "2", "--searcher", searcher, "--scheduler", scheduler, *startup)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     study = tmp_path / "study"
     recorded = yaml.safe_load((study / "study.yaml").read_text())
     assert recorded["searcher"]["name"] == searcher and recorded["scheduler"]["name"] == scheduler
+    assert recorded["searcher"].get("n_startup_trials") == (3 if searcher == "tpe" else None)
     assert recorded["searcher"]["sampler"] == SAMPLER_CLASSES[searcher].__name__
     trials = pq.read_table(study / "trials.parquet").to_pandas()
     assert len(trials) == 2 and set(trials["status"]) <= {"COMPLETED", "PRUNED"}
@@ -116,6 +118,26 @@ def test_space_keys_choose_searcher_and_scheduler() -> None:
         parse_space({"task": "multitask", "scheduler": "pbt"}, source="s.yaml")
 
 
+@pytest.mark.parametrize(("trials", "startup_trials", "expected"), [
+    (96, None, 10), (12, None, 4), (4, None, 2), (96, 4, 4), (4, 7, 7)])
+def test_tpe_starts_with_the_random_trials_asked_for_else_a_third_of_the_cap(
+        trials: int, startup_trials: int | None, expected: int) -> None:
+    settings = sampler_settings("tpe", seed=0, trials=trials, startup_trials=startup_trials)
+    assert settings["n_startup_trials"] == expected
+    tpe, random = (sampled(create_sampler(name, sampler_settings(name, seed=0, trials=trials,
+                                                                startup_trials=startup_trials)), expected + 1)
+                   for name in ("tpe", "random"))
+    assert tpe[:expected] == random[:expected]  # the start-up trials: random search's own
+    assert tpe[expected] != random[expected]  # then TPE's proposal
+
+
+def sampled(sampler: optuna.samplers.BaseSampler, trials: int) -> list[float]:
+    """The values `sampler` proposes for x in [0, 1] over `trials` trials whose objective is x."""
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=trials)
+    return [trial.params["x"] for trial in study.trials]
+
+
 @pytest.mark.parametrize(("text", "seconds"), [("2h", 7200.0), ("30m", 1800.0), ("90s", 90.0), ("1.5h", 5400.0),
                                                ("45", 45.0)])
 def test_time_budget_durations(text: str, seconds: float) -> None:
@@ -127,6 +149,7 @@ def test_time_budget_durations(text: str, seconds: float) -> None:
     ("time_budget", "0s", "--time-budget: expected a positive duration"),
     ("epoch_budget", 0, "--epoch-budget: must be at least 1"),
     ("searcher", "grid", "--searcher: must be one of"),
+    ("startup_trials", 0, "--startup-trials: must be at least 1"),
     ("scheduler", "pbt", "--scheduler: must be one of"),
 ])
 def test_bad_budgets_and_choices_are_refused(field: str, value: object, message: str) -> None:

@@ -54,12 +54,19 @@ SAMPLER_CLASSES: dict[str, type[optuna.samplers.BaseSampler]] = {
 }
 
 
-def sampler_settings(name: str, *, seed: int, trials: int) -> dict[str, Any]:
+def default_startup_trials(trials: int) -> int:
+    """TPE's random start-up trials when `--startup-trials` is not given: a third of the `--trials` cap, 2 to 10."""
+    return max(2, min(10, trials // 3))
+
+
+def sampler_settings(name: str, *, seed: int, trials: int, startup_trials: int | None = None) -> dict[str, Any]:
     """The options of the Optuna sampler named `name` (one of raysearch.search.choices.SEARCHERS), as study.yaml
     records them. TPE: `multivariate` and `group` model parameters jointly within each group that occurs
-    together (raysearch spaces are conditional); `constant_liar` keeps concurrent trials apart."""
+    together (raysearch spaces are conditional); `constant_liar` keeps concurrent trials apart; `startup_trials`
+    (None: `default_startup_trials`) are sampled at random before TPE models the results."""
+    startup = default_startup_trials(trials) if startup_trials is None else startup_trials
     return {
-        "tpe": {"seed": seed, "n_startup_trials": max(2, min(10, trials // 3)), "multivariate": True, "group": True,
+        "tpe": {"seed": seed, "n_startup_trials": startup, "multivariate": True, "group": True,
                 "constant_liar": True},
         "random": {"seed": seed},
         "qmc": {"seed": seed, "scramble": True, "warn_independent_sampling": False},

@@ -17,10 +17,12 @@ repetitions of the fraction of (a)'s compute that (c) needed to reach (a)'s fina
 Neither the searchers nor ASHA know the budget (it only stops sampling), so the first b trial-epochs of a
 run are the run a budget of b would have made: before the last line the script also prints that fraction
 for smaller budgets, for (b) and (c), which shows the budget from which each pays. `--report` prints all of it again
-from a saved Parquet file without training anything.
+from saved Parquet files without training anything. `--arms` runs some arms only and `--startup-trials N` gives
+(c) N random start-up trials (its curves are then labelled `tpe+asha-sN`), so that a variant can be run later and
+reported beside the saved arms of the same repetitions.
 
     python benchmarks/search_efficiency.py [--task classification] [--data DIR] [--repetitions 3]
-        [--budget 48] [--max-epochs 8] [--recipe-seeds 3] [--image-size 32]
+        [--budget 48] [--max-epochs 8] [--recipe-seeds 3] [--image-size 32] [--arms ARM...] [--startup-trials N]
     python benchmarks/search_efficiency.py --report benchmarks/results/search_efficiency.parquet
 """
 
@@ -46,6 +48,7 @@ from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.study import StudySpec
 
 ARMS = {"random": ("random", "none"), "random+asha": ("random", "asha"), "tpe+asha": ("tpe", "asha")}
+DEFAULT_ARM = "tpe+asha"  # raysearch's default search: the arm of the last line
 RECIPE = "recipe"
 ORDER = (RECIPE, *ARMS)   # the recipe first: the fixed configuration fails fastest if anything is amiss
 
@@ -63,6 +66,11 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recipe-seeds", type=int, default=3,
                         help="seeds the recipe is trained with; each gets budget / seeds epochs")
     parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--arms", nargs="+", choices=ORDER, default=list(ORDER),
+                        help="the arms to run (default: all; --report combines runs of different arms)")
+    parser.add_argument("--startup-trials", type=int, metavar="N",
+                        help=f"TPE's random start-up trials in {DEFAULT_ARM} (default: raysearch's); the arm is then "
+                             f"labelled {DEFAULT_ARM}-sN")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/search_efficiency.parquet"))
     parser.add_argument("--workdir", type=Path, help="where the studies go (default: a temporary folder)")
     parser.add_argument("--report", type=Path, nargs="+", metavar="PARQUET",
@@ -85,12 +93,18 @@ def final_pick(trials: pd.DataFrame, metric: str) -> pd.Series:
     return trials.sort_values(f"metric.{metric}.best", ascending=False).iloc[0]
 
 
+def arm_label(arm: str, startup_trials: int | None) -> str:
+    """The name an arm's curves carry: the arm, or for TPE with its own start-up trials `<arm>-s<N>`."""
+    return f"{arm}-s{startup_trials}" if startup_trials is not None and ARMS[arm][0] == "tpe" else arm
+
+
 def search_arm(args: argparse.Namespace, root: Path, arm: str, repetition: int) -> tuple[pd.DataFrame, float]:
     """One search arm: its best-so-far curve and the test score of its pick."""
     searcher, scheduler = ARMS[arm]
-    trials, epochs = study(args, root, f"{arm.replace('+', '-')}-{repetition}", space=args.space,
-                           searcher=searcher, scheduler=scheduler, seed=repetition, max_epochs=args.max_epochs,
-                           trials=args.budget, epoch_budget=args.budget)
+    startup = args.startup_trials if searcher == "tpe" else None
+    trials, epochs = study(args, root, f"{arm_label(arm, startup).replace('+', '-')}-{repetition}", space=args.space,
+                           searcher=searcher, startup_trials=startup, scheduler=scheduler, seed=repetition,
+                           max_epochs=args.max_epochs, trials=args.budget, epoch_budget=args.budget)
     return search_progress(trials, epochs, "val_score", "max"), float(final_pick(trials, "val_score")["test.score"])
 
 
@@ -118,7 +132,7 @@ def write_curves(curves: list[pd.DataFrame], path: Path) -> pd.DataFrame:
     return table
 
 
-def fraction_to_reach_random(table: pd.DataFrame, budget: int, arm: str = "tpe+asha") -> list[float]:
+def fraction_to_reach_random(table: pd.DataFrame, budget: int, arm: str = DEFAULT_ARM) -> list[float]:
     """Per repetition, the share of `budget` trial-epochs that `arm` needed to reach the best that random search
     found within them (inf when it never did), both runs cut at `budget`."""
     fractions = []
@@ -131,27 +145,31 @@ def fraction_to_reach_random(table: pd.DataFrame, budget: int, arm: str = "tpe+a
 
 
 def report(table: pd.DataFrame) -> None:
-    """Each arm's test score of its final pick, the fraction at smaller budgets, and the last line, over the
-    repetitions whose four arms all finished."""
-    arms = table.groupby("repetition")["arm"].agg(set)
-    table = table[table["repetition"].isin(arms[arms == set(ORDER)].index)]
+    """Each arm's test score of its final pick, the fraction at smaller budgets for every searched arm, and the
+    last line (for DEFAULT_ARM), over the repetitions in which every arm of `table` finished."""
+    present = set(table["arm"])
+    arms = [arm for arm in ORDER if arm in present] + sorted(present - set(ORDER))
+    per_repetition = table.groupby("repetition")["arm"].agg(set)
+    table = table[table["repetition"].isin(per_repetition[per_repetition == set(arms)].index)]
     print(f"  {table['repetition'].nunique()} repetitions with every arm finished")
     picks = table.groupby(["arm", "repetition"])["test_score"].first()
-    for arm in ORDER:
+    for arm in arms:
         scores = picks[arm].tolist()
         spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
-        print(f"  {arm:12s} test score of its pick: {statistics.mean(scores):.4f} ± {spread:.4f} "
+        print(f"  {arm:14s} test score of its pick: {statistics.mean(scores):.4f} ± {spread:.4f} "
               f"(best val {table[table['arm'] == arm].groupby('repetition')['best_so_far'].last().mean():.4f})")
     budget = int(table[table["arm"] == "random"].groupby("repetition")["trial_epochs"].max().min())
+    searched = [arm for arm in arms if arm not in ("random", RECIPE)]
     for share in (4, 2, 4 / 3, 1):
         smaller = round(budget / share)
-        for arm in ("random+asha", "tpe+asha"):
+        for arm in searched:
             fractions = fraction_to_reach_random(table, smaller, arm)
             print(f"  at a budget of {smaller:3d} trial-epochs: {arm} needs {statistics.median(fractions):.2f} "
                   f"of random's compute ({', '.join(f'{f:.2f}' for f in fractions)})")
-    fractions = fraction_to_reach_random(table, budget)
-    print(f"  fraction per repetition: {', '.join(f'{f:.2f}' for f in fractions)}")
-    print(f"compute to reach random's best: {statistics.median(fractions):.2f}")
+    if DEFAULT_ARM in arms:
+        fractions = fraction_to_reach_random(table, budget)
+        print(f"  fraction per repetition: {', '.join(f'{f:.2f}' for f in fractions)}")
+        print(f"compute to reach random's best: {statistics.median(fractions):.2f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -171,12 +189,13 @@ def main(argv: list[str] | None = None) -> None:
     curves = []
     try:
         for repetition in range(args.first_repetition, args.first_repetition + args.repetitions):
-            for arm in ORDER:
+            for arm in (arm for arm in ORDER if arm in args.arms):
                 curve, test = (recipe_arm(args, root, repetition) if arm == RECIPE
                                else search_arm(args, root, arm, repetition))
-                curves.append(curve.assign(arm=arm, repetition=repetition, test_score=test))
+                label = RECIPE if arm == RECIPE else arm_label(arm, args.startup_trials)
+                curves.append(curve.assign(arm=label, repetition=repetition, test_score=test))
                 write_curves(curves, args.out)   # after every run, so that a stopped benchmark keeps its runs
-                print(f"repetition {repetition} {arm}: {curve['trial_epochs'].max()} trial-epochs, "
+                print(f"repetition {repetition} {label}: {curve['trial_epochs'].max()} trial-epochs, "
                       f"best val {curve['best_so_far'].iloc[-1]:.4f}, test {test:.4f}", file=sys.stderr, flush=True)
     finally:
         ray.shutdown()

@@ -34,8 +34,8 @@ from raysearch.data.preprocess import normalise
 from raysearch.data.samples import Sample
 from raysearch.tasks import create_task
 from raysearch.tasks.base import Batch, TaskContext
+from raysearch.training.batches import make_batch, train_batches
 from raysearch.training.hparams import defaults, preprocessing_of
-from raysearch.training.loop import make_batch, train_batches
 
 REAL_DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "bone-fracture-yolo"
 

@@ -33,13 +33,14 @@ import torch
 from raysearch.data.cache import CachedDataset, dataset_fingerprint, ensure_cache, load_cache
 from raysearch.data.formats import load_dataset
 from raysearch.data.phantom import PhantomSpec, write_phantom
-from raysearch.evaluate import EvaluationSession
+from raysearch.study.evaluate import EvaluationSession
 from raysearch.tasks import create_task
 from raysearch.tasks.base import TaskContext
+from raysearch.training.batches import make_batch
 from raysearch.training.hparams import defaults, preprocessing_of
-from raysearch.training.loop import LoopSettings, baseline_apd, make_batch
 from raysearch.training.precision import AUTOCAST_DTYPES, resolve_precision
-from raysearch.training.trainer import Trainer
+from raysearch.training.trainer import LoopSettings, Trainer
+from raysearch.training.validation import baseline_apd
 
 REAL_DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "bone-fracture-yolo"
 TASK = "multitask"

@@ -41,9 +41,9 @@ class Target(NamedTuple):
 
 MODULES: dict[str, Target] = {
     "polygons": Target(["raysearch/data/polygons.py"], ["tests/test_polygons.py"]),
-    "metrics": Target(["raysearch/metrics.py"], ["tests/test_losses_metrics.py", "tests/test_multitask.py"]),
-    "losses": Target(["raysearch/losses.py"], ["tests/test_losses_metrics.py", "tests/test_multitask.py"]),
-    "results": Target(["raysearch/results.py"], ["tests/test_results.py", "tests/test_loop_behaviour.py"]),
+    "metrics": Target(["raysearch/tasks/metrics.py"], ["tests/test_losses_metrics.py", "tests/test_multitask.py"]),
+    "losses": Target(["raysearch/tasks/losses.py"], ["tests/test_losses_metrics.py", "tests/test_multitask.py"]),
+    "results": Target(["raysearch/search/results.py"], ["tests/test_results.py", "tests/test_loop_behaviour.py"]),
     "cache": Target(["raysearch/data/cache.py"], ["tests/test_cache.py", "tests/test_readers.py"]),
     "optim": Target(["raysearch/training/optim.py", "raysearch/training/hparams.py"],
                     ["tests/test_optim.py", "tests/test_loop_behaviour.py", "tests/test_space.py",
@@ -52,8 +52,9 @@ MODULES: dict[str, Target] = {
     # (a Ray instance, no study), where mutmut sees which mutants it reaches
     "session": Target(["raysearch/training/session.py"],
                       ["tests/test_checkpoints.py", "tests/test_session.py", "tests/test_train_session.py"], ""),
-    "loop": Target(["raysearch/training/loop.py", "raysearch/training/trainer.py", "raysearch/training/callbacks.py",
-                    "raysearch/training/precision.py"],
+    "loop": Target(["raysearch/training/batches.py", "raysearch/training/validation.py",
+                    "raysearch/training/trainer.py",
+                    "raysearch/training/callbacks.py", "raysearch/training/precision.py"],
                    ["tests/test_loop_behaviour.py", "tests/test_checkpoints.py", "tests/test_trainer.py",
                     "tests/test_augment.py", "tests/test_multitask.py"]),
 }

@@ -24,12 +24,12 @@ import torch
 import yaml
 from torch.nn import functional as F
 
-from raysearch.api import run_study
 from raysearch.data.cache import dataset_fingerprint, ensure_cache, load_cache
 from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.data.preprocess import Preprocessing, normalise
 from raysearch.data.yolo import read_yolo
-from raysearch.study import StudySpec
+from raysearch.study.run import run_study
+from raysearch.study.spec import StudySpec
 from raysearch.tasks import create_task
 from raysearch.tasks.base import TaskContext
 from raysearch.training.hparams import defaults

@@ -20,10 +20,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
-from raysearch.api import StudyOutcome, run_study
 from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.data.yolo import read_yolo
-from raysearch.study import StudySpec
+from raysearch.study.run import StudyOutcome, run_study
+from raysearch.study.spec import StudySpec
 
 FIXED = {"model": "vgg", "conv_layers": 4, "pool_every": 1, "width": 16, "batch_norm": True, "dropout": 0.2,
          "lr": 1e-3, "batch_size": 32, "scheduler": "none", "optimizer": "adam", "patience": 0}

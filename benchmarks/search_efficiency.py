@@ -40,12 +40,12 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
+from raysearch.dashboard.logic import compute_to_reach, search_progress
 
-from raysearch.api import run_study
-from raysearch.bundled import search_spaces_dir
-from raysearch.dashboard_logic import compute_to_reach, search_progress
+from raysearch.core.bundled import search_spaces_dir
 from raysearch.data.phantom import PhantomSpec, write_phantom
-from raysearch.study import StudySpec
+from raysearch.study.run import run_study
+from raysearch.study.spec import StudySpec
 
 ARMS = {"random": ("random", "none"), "random+asha": ("random", "asha"), "tpe+asha": ("tpe", "asha")}
 DEFAULT_ARM = "tpe+asha"  # raysearch's default search: the arm of the last line

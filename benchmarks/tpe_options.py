@@ -18,8 +18,8 @@ from typing import Any
 
 import optuna
 
-from raysearch.bundled import search_spaces_dir
-from raysearch.space import load_space
+from raysearch.core.bundled import search_spaces_dir
+from raysearch.search.space import load_space
 
 BEST_LR = {"adam": 1e-3, "adamw": 2e-3, "sgd": 2e-2}
 CONFIGURATIONS = {

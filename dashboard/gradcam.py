@@ -14,13 +14,14 @@ import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from raysearch.dashboard.logic import safe_path, study_distributions, typed_params
 from torch import nn
 
-from raysearch.dashboard_logic import safe_path, study_distributions, typed_params
+from raysearch.core.layout import StudyFolder
 from raysearch.errors import DataError
-from raysearch.layout import StudyFolder
+from raysearch.inference.restore import build_model, model_input, trial_hyperparameters
 from raysearch.tasks import create_task
-from raysearch.trained import build_model, load_weights, model_input, trial_hyperparameters
+from raysearch.training.checkpoints import load_weights
 from raysearch.training.hparams import preprocessing_of
 
 MIN_CAM_SIDE = 4

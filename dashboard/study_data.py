@@ -15,18 +15,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 import yaml
+from raysearch.dashboard.logic import audit_locations, safe_path
 
-from raysearch.dashboard_logic import audit_locations, safe_path
+from raysearch.core.columns import score_column
+from raysearch.core.layout import DEFAULT_RESULTS, EPOCHS_FILE, PREDICTIONS_FILE, STUDY_FILE, TRIALS_FILE, find_studies
 from raysearch.errors import RaysearchError
-from raysearch.layout import (
-    DEFAULT_RESULTS,
-    EPOCHS_FILE,
-    PREDICTIONS_FILE,
-    STUDY_FILE,
-    TRIALS_FILE,
-    find_studies,
-    score_column,
-)
 
 
 def _app_arguments() -> argparse.Namespace:

@@ -18,21 +18,23 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+_STUDY, _NOTEBOOK, _ERRORS = "raysearch.study.run", "raysearch.study.notebook", "raysearch.errors"
+_PREDICT = "raysearch.inference.predict"
 _EXPORTS = {
-    "run": "raysearch.analysis", "load_study": "raysearch.analysis", "Study": "raysearch.analysis",
-    "load_model": "raysearch.predict", "Model": "raysearch.predict", "Prediction": "raysearch.predict",
-    "StudySpec": "raysearch.study", "run_study": "raysearch.api", "resume_study": "raysearch.api",
-    "RaysearchError": "raysearch.errors", "ConfigError": "raysearch.errors", "DataError": "raysearch.errors",
+    "run": _NOTEBOOK, "load_study": _NOTEBOOK, "Study": _NOTEBOOK,
+    "load_model": _PREDICT, "Model": _PREDICT, "Prediction": _PREDICT,
+    "StudySpec": "raysearch.study.spec", "run_study": _STUDY, "resume_study": _STUDY,
+    "RaysearchError": _ERRORS, "ConfigError": _ERRORS, "DataError": _ERRORS,
 }
 __all__ = ["ConfigError", "DataError", "Model", "Prediction", "RaysearchError", "Study", "StudySpec", "load_model",
            "load_study", "resume_study", "run", "run_study"]
 
 if TYPE_CHECKING:
-    from raysearch.analysis import Study, load_study, run
-    from raysearch.api import resume_study, run_study
     from raysearch.errors import ConfigError, DataError, RaysearchError
-    from raysearch.predict import Model, Prediction, load_model
-    from raysearch.study import StudySpec
+    from raysearch.inference.predict import Model, Prediction, load_model
+    from raysearch.study.notebook import Study, load_study, run
+    from raysearch.study.run import resume_study, run_study
+    from raysearch.study.spec import StudySpec
 
 
 def __getattr__(name: str) -> Any:

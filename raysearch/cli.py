@@ -1,4 +1,4 @@
-"""`raysearch` command line: a thin layer over raysearch.api. Errors are one line and exit code 2."""
+"""`raysearch` command line: a thin layer over raysearch.study.run. Errors are one line and exit code 2."""
 
 from __future__ import annotations
 
@@ -196,8 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from raysearch.api import run_study
-    from raysearch.study import StudySpec
+    from raysearch.study.run import run_study
+    from raysearch.study.spec import StudySpec
 
     spec = StudySpec(
         task=args.task, data=args.data, space=args.space, name=args.name, results=args.results, trials=args.trials,
@@ -216,7 +216,7 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _resume(args: argparse.Namespace) -> None:
-    from raysearch.api import resume_study
+    from raysearch.study.run import resume_study
 
     resume_study(args.study, address=args.address, wait_for_nodes=args.wait_for_nodes, trust=args.trust,
                  progress=not args.quiet)
@@ -233,10 +233,10 @@ def _data(args: argparse.Namespace) -> None:
 
 
 def _audit(args: argparse.Namespace) -> None:
+    from raysearch.core.layout import AUDIT_DIR, DEFAULT_RESULTS
     from raysearch.data.audit import audit_dataset, format_audit, write_audit
     from raysearch.data.records import SplitRatios
     from raysearch.errors import DataError
-    from raysearch.layout import AUDIT_DIR, DEFAULT_RESULTS
 
     audit = audit_dataset(args.path, args.format, split_ratios=SplitRatios.parse(args.split_ratios),
                           progress=not args.quiet)
@@ -248,7 +248,7 @@ def _audit(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from raysearch.evaluate import evaluate_study
+    from raysearch.study.evaluate import evaluate_study
 
     evaluate_study(args.study, top=args.top, repeats=args.repeats, max_epochs=args.max_epochs, address=args.address,
                    progress=not args.quiet)
@@ -257,9 +257,9 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> int:
     """Label every image; unreadable ones are listed on stderr and the others go on. Exit code 0 when every
     image was labelled, 1 when some could not be read, 2 (an error) when none could."""
+    from raysearch.core.layout import MODEL_DIR
     from raysearch.errors import DataError
-    from raysearch.layout import MODEL_DIR
-    from raysearch.predict import PREDICTIONS_JSON, load_model
+    from raysearch.inference.predict import PREDICTIONS_JSON, load_model
 
     model = args.model / MODEL_DIR if (args.model / MODEL_DIR).is_dir() else args.model
     found = load_model(model).predict(args.images, out=args.out)
@@ -279,7 +279,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from raysearch.export import export_study, parse_formats
+    from raysearch.inference.export import export_study, parse_formats
 
     for name, path in export_study(args.study, parse_formats(args.format), trial_id=args.trial).items():
         print(f"{name}: {path}")
@@ -298,7 +298,7 @@ def _weights(args: argparse.Namespace) -> None:
 def _dashboard(args: argparse.Namespace) -> None:
     """Replace this process with the Streamlit server (so stopping `raysearch dashboard` stops the server),
     private by default: bound to --host (localhost) and with Streamlit's usage statistics off."""
-    from raysearch.bundled import dashboard_app
+    from raysearch.core.bundled import dashboard_app
     from raysearch.errors import ConfigError
 
     if not args.results.is_dir():

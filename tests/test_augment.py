@@ -19,8 +19,9 @@ from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.data.polygons import canonical_order, signed_area
 from raysearch.errors import ConfigError
 from raysearch.tasks import create_task
+from raysearch.training.batches import class_weights, make_batch, train_batches
 from raysearch.training.hparams import defaults, preprocessing_of
-from raysearch.training.loop import LoopSettings, class_weights, make_batch, train, train_batches
+from raysearch.training.trainer import LoopSettings, train
 
 SIZE, SUPERSAMPLE = 96, 8
 QUAD = canonical_order(np.array([[0.3, 0.2], [0.75, 0.3], [0.7, 0.8], [0.2, 0.65]], dtype=np.float32))

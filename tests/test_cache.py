@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import json
 import multiprocessing
-import os
 import re
 import shutil
 import time
@@ -18,6 +17,7 @@ import numpy as np
 import optuna
 import pytest
 
+from raysearch.core.files import staging_name
 from raysearch.data.cache import (
     META_FILE,
     build_cache,
@@ -33,7 +33,7 @@ from raysearch.data.preprocess import Preprocessing
 from raysearch.data.records import issues_table
 from raysearch.data.samples import DatasetIndex, Sample
 from raysearch.errors import DataError
-from raysearch.space import parse_space
+from raysearch.search.space import parse_space
 from raysearch.tasks import create_task
 from raysearch.training.hparams import defaults, preprocessing_of, schema
 
@@ -385,7 +385,7 @@ def test_a_build_creates_missing_parent_folders_and_reuses_a_staging_folder_left
     build_cache(index, config, nested, progress=False)
     assert len(load_cache(nested).images) == len(index.samples)
     directory = tmp_path / "entry"
-    left = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")  # a builder with this pid crashed mid-build
+    left = staging_name(directory)  # a builder with this pid crashed mid-build
     left.mkdir()
     build_cache(index, config, directory, progress=False)
     assert len(load_cache(directory).images) == len(index.samples)

@@ -12,16 +12,17 @@ import pytest
 import torch
 from recording_session import RecordingSession
 
+from raysearch.core.layout import STATE_FILE
 from raysearch.data.cache import dataset_fingerprint, ensure_cache
 from raysearch.data.formats import load_dataset
 from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.errors import DataError
-from raysearch.layout import STATE_FILE
+from raysearch.inference.restore import build_model
 from raysearch.tasks import create_task
-from raysearch.trained import build_model, load_weights
+from raysearch.training.checkpoints import load_weights
 from raysearch.training.hparams import defaults, preprocessing_of
-from raysearch.training.loop import LoopSettings, train
 from raysearch.training.session import latest_checkpoint, publish_checkpoint
+from raysearch.training.trainer import LoopSettings, train
 
 
 class _Payload:

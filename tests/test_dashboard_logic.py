@@ -9,8 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from raysearch.dashboard_logic import (
+from raysearch.dashboard.logic import (
     BONE_FRACTURE_ATTRIBUTION,
     audit_locations,
     confusion_from_metrics,
@@ -25,7 +24,6 @@ from raysearch.dashboard_logic import (
     importance_study,
     log_grid,
     log_parameters,
-    lower_is_better,
     metric_columns,
     model_names,
     parallel_dimensions,
@@ -39,8 +37,10 @@ from raysearch.dashboard_logic import (
     top_parameters,
     unranked_parameters,
 )
+
+from raysearch.core.columns import lower_is_better
 from raysearch.errors import DataError
-from raysearch.space import parse_space
+from raysearch.search.space import parse_space
 
 SPACE = parse_space({
     "task": "multitask",

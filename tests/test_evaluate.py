@@ -18,8 +18,8 @@ from ray_processes import wait_for
 from raysearch.cli import main
 from raysearch.data.preprocess import placement
 from raysearch.errors import ConfigError, DataError
-from raysearch.evaluate import evaluate_study
-from raysearch.predict import polygon_to_source
+from raysearch.inference.predict import polygon_to_source
+from raysearch.study.evaluate import evaluate_study
 
 TEST_IMAGES = 16
 

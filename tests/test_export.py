@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from raysearch.cli import main
-from raysearch.export import INPUT_NAME, export_onnx, export_torchscript
-from raysearch.predict import load_model
+from raysearch.inference.export import INPUT_NAME, export_onnx, export_torchscript
+from raysearch.inference.predict import load_model
+from raysearch.inference.restore import build_model, model_input
 from raysearch.tasks import create_task
-from raysearch.trained import build_model, model_input
 from raysearch.training.hparams import defaults
 
 ATOL, RTOL = 1e-4, 1e-3

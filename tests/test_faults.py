@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from ray_processes import titled, wait_for
 
-from raysearch.api import run_study
 from raysearch.data.phantom import PhantomSpec, write_phantom
-from raysearch.study import StudySpec
+from raysearch.study.run import run_study
+from raysearch.study.spec import StudySpec
 
 WORKER = "ray::RayTrainWorker"
 

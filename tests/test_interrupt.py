@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from ray_processes import wait_for
 
+from raysearch.core.layout import TRAIN_DIR, TRIALS_FILE
 from raysearch.data.phantom import PhantomSpec, write_phantom
-from raysearch.layout import TRAIN_DIR, TRIALS_FILE
 
 pytestmark = pytest.mark.slow
 

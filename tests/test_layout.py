@@ -10,16 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from raysearch.core.columns import rank_trials
+from raysearch.core.layout import BEST_FILE, STUDY_KEYS, StudyFolder, checkpoint_name, describe_study, find_studies
 from raysearch.errors import DataError
-from raysearch.layout import (
-    BEST_FILE,
-    STUDY_KEYS,
-    StudyFolder,
-    checkpoint_name,
-    describe_study,
-    find_studies,
-    rank_trials,
-)
 
 PACKAGE = Path(__file__).resolve().parents[1]
 LAYOUT_NAMES = ("trials.parquet", "epochs.parquet", "study.yaml", "optuna.db", "predictions.parquet",

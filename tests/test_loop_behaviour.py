@@ -14,17 +14,18 @@ import torch
 from recording_session import RecordingSession
 from torch.nn import functional as F
 
+from raysearch.core.layout import BEST_FILE, STATE_FILE, WEIGHTS_KEY
 from raysearch.data.cache import CachedDataset, dataset_fingerprint, ensure_cache, load_cache
 from raysearch.data.formats import load_dataset
 from raysearch.data.phantom import PhantomSpec, write_phantom
-from raysearch.layout import BEST_FILE, STATE_FILE, WEIGHTS_KEY
-from raysearch.results import TrialRecord, trial_status
+from raysearch.inference.restore import build_model
+from raysearch.search.results import TrialRecord, trial_status
 from raysearch.tasks import create_task
-from raysearch.trained import build_model, load_weights
+from raysearch.training.batches import make_batch
 from raysearch.training.callbacks import Callback, Checkpointing, EarlyStopping, EpochEnd, Reporting
+from raysearch.training.checkpoints import load_weights
 from raysearch.training.hparams import defaults, preprocessing_of
-from raysearch.training.loop import LoopSettings, make_batch, train
-from raysearch.training.trainer import Trainer
+from raysearch.training.trainer import LoopSettings, Trainer, train
 
 TRAIN_IMAGES = 16  # phantom classes 3, 3, 3, 3, 2, 2: unequal, so inverse-frequency weights are not all 1
 

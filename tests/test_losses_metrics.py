@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from raysearch.errors import ConfigError
-from raysearch.losses import SEGMENTATION_LOSSES, regression_loss, segmentation_loss
-from raysearch.metrics import (
+from raysearch.tasks.losses import SEGMENTATION_LOSSES, regression_loss, segmentation_loss
+from raysearch.tasks.metrics import (
     class_details,
     classification_metrics,
     classification_summary,

@@ -9,17 +9,18 @@ import pytest
 import torch
 
 from raysearch.data.cache import CachedDataset
-from raysearch.metrics import (
+from raysearch.tasks import create_task
+from raysearch.tasks.base import TaskContext
+from raysearch.tasks.metrics import (
     average_point_distance,
     classification_summary,
     confusion_matrix,
     point_distances,
     polygon_skill,
 )
-from raysearch.tasks import create_task
-from raysearch.tasks.base import TaskContext
+from raysearch.training.batches import train_batches
 from raysearch.training.hparams import defaults
-from raysearch.training.loop import baseline_apd, train_batches
+from raysearch.training.validation import baseline_apd
 
 CONTEXT = TaskContext(num_classes=6, in_channels=1, baseline_apd=0.2)
 

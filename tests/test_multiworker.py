@@ -9,12 +9,11 @@ import pytest
 import torch
 from ray.tune.search.optuna import OptunaSearch
 
+from raysearch.core.schema import HParams
 from raysearch.data.cache import dataset_fingerprint, ensure_cache
 from raysearch.data.loading import load_dataset
 from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.errors import ConfigError
-from raysearch.evaluate import EvaluationSession
-from raysearch.schema import HParams
 from raysearch.search.autoscaling import trial_bundles, wait_for_first_trial
 from raysearch.search.resources import (
     TRIAL_FUNCTION_MEMORY,
@@ -25,9 +24,10 @@ from raysearch.search.resources import (
     resolve_gpus_per_worker,
     trials_that_fit,
 )
+from raysearch.study.evaluate import EvaluationSession
 from raysearch.tasks import create_task
 from raysearch.training.hparams import preprocessing_of, schema
-from raysearch.training.loop import LoopSettings, train
+from raysearch.training.trainer import LoopSettings, train
 
 CPU_NODE = {"CPU": 4.0, "memory": 8e9}
 GPU_NODE = {"CPU": 8.0, "GPU": 1.0, "memory": 32e9}

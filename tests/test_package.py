@@ -40,8 +40,8 @@ def _imported_modules(path: Path) -> set[str]:
 
 
 def test_evaluate_does_not_import_the_api() -> None:
-    assert "raysearch.evaluate" in _imported_modules(ROOT / "raysearch" / "api.py")
-    assert "raysearch.api" not in _imported_modules(ROOT / "raysearch" / "evaluate.py")
+    assert "raysearch.study.evaluate" in _imported_modules(ROOT / "raysearch" / "api.py")
+    assert "raysearch.study.run" not in _imported_modules(ROOT / "raysearch" / "evaluate.py")
 
 
 def test_import_raysearch_is_light() -> None:
@@ -100,12 +100,12 @@ def _serves(url: str) -> bool:
         return False
 
 
-WHERE = ("import json, raysearch, raysearch.bundled as b, importlib.metadata as m; print(json.dumps("
+WHERE = ("import json, raysearch, raysearch.core.bundled as b, importlib.metadata as m; print(json.dumps("
          "[raysearch.__file__, str(b.search_spaces_dir()), str(b.dashboard_app()), m.version('raysearch')]))")
 DASHBOARD_APPTEST = """
 import json, sys
 from streamlit.testing.v1 import AppTest
-from raysearch.bundled import dashboard_app
+from raysearch.core.bundled import dashboard_app
 app_file = dashboard_app()
 sys.path.insert(0, str(app_file.parent))  # what `streamlit run` does for the app's own modules
 app = AppTest.from_file(str(app_file), default_timeout=180).run()

@@ -15,10 +15,10 @@ import pytest
 import torch
 from huggingface_hub import constants
 
-from raysearch.bundled import search_spaces_dir
+from raysearch.core.bundled import search_spaces_dir
 from raysearch.data.preprocess import Preprocessing, normalise
 from raysearch.models import create_backbone
-from raysearch.space import load_space
+from raysearch.search.space import load_space
 from raysearch.training.hparams import preprocessing_of, pretrained_weights_of
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

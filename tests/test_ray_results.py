@@ -12,7 +12,8 @@ import torch
 import yaml
 from conftest import TinyStudy
 
-from raysearch.layout import BEST_FILE, STOPPED_MARKER, TRAIN_DIR, rank_trials
+from raysearch.core.columns import rank_trials
+from raysearch.core.layout import BEST_FILE, STOPPED_MARKER, TRAIN_DIR
 from raysearch.training.session import BEST_ONLY_PREFIX
 
 

@@ -13,6 +13,7 @@ import yaml
 from conftest import TinyStudy
 
 from raysearch import cli
+from raysearch.core.layout import DATA_ISSUES_FILE
 from raysearch.data.cache import build_cache, load_cache
 from raysearch.data.formats import detect_format
 from raysearch.data.formats import load_dataset as read_dataset
@@ -22,7 +23,6 @@ from raysearch.data.preprocess import Preprocessing
 from raysearch.data.records import BACKGROUND_CLASS, Scan, SplitRatios, index_from
 from raysearch.data.yolo import scan_yolo
 from raysearch.errors import ConfigError, DataError
-from raysearch.layout import DATA_ISSUES_FILE
 
 RING = "0 0.2 0.2 0.8 0.2 0.8 0.8 0.2 0.8 0.2 0.2"  # closed ring: 5 points, the first repeated
 

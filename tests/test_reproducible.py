@@ -11,8 +11,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from raysearch.core.layout import TRIALS_FILE
 from raysearch.data.phantom import PhantomSpec, write_phantom
-from raysearch.layout import TRIALS_FILE
 
 pytestmark = pytest.mark.slow
 

@@ -11,15 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raysearch.results import (
+from raysearch.core.files import write_table_atomic, write_text_atomic
+from raysearch.search.results import (
     TrialRecord,
     epochs_table,
     trial_status,
     trials_table,
-    write_table_atomic,
-    write_text_atomic,
 )
-from raysearch.space import parse_space
+from raysearch.search.space import parse_space
 
 SPACE = parse_space({"task": "multitask", "parameters": {
     "lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},

@@ -15,11 +15,11 @@ import pytest
 from ray_processes import alive, kill_all, kill_driver_when, title, wait_for
 from test_search_choices import SPACE, assert_optuna_matches_parquet
 
-from raysearch.api import resume_study
+from raysearch.core.layout import latest_checkpoint, read_history
 from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.errors import ConfigError
-from raysearch.layout import latest_checkpoint, read_history
 from raysearch.search.history import has_finished
+from raysearch.study.run import resume_study
 
 TRIALS, EPOCHS = 4, 6
 

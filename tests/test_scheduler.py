@@ -9,7 +9,7 @@ from pathlib import Path
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from raysearch.layout import checkpoint_name
+from raysearch.core.layout import checkpoint_name
 from raysearch.search.scheduler import ResumableASHA
 
 ASHA = {"time_attr": "epoch", "metric": "val_score", "mode": "max", "max_t": 8, "grace_period": 1,

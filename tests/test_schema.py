@@ -6,8 +6,8 @@ import pickle
 
 import pytest
 
+from raysearch.core.schema import HParams
 from raysearch.errors import ConfigError
-from raysearch.schema import HParams
 from raysearch.tasks import create_task
 from raysearch.training.hparams import defaults, schema
 

@@ -19,8 +19,8 @@ from raysearch.errors import ConfigError
 from raysearch.search.choices import SCHEDULERS, SEARCHERS
 from raysearch.search.scheduler import SCHEDULER_CLASSES
 from raysearch.search.searcher import SAMPLER_CLASSES, create_sampler, sampler_settings
-from raysearch.space import parse_space
-from raysearch.study import StudySpec
+from raysearch.search.space import parse_space
+from raysearch.study.spec import StudySpec
 
 # The first trial gets lr 1e-2, the second lr 1e-9 (RandomSampler and TPE's start-up sampler with seed 10):
 # the second barely learns, so ASHA stops it at the first rung.

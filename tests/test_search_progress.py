@@ -1,4 +1,4 @@
-"""Search progress: best-so-far score against cumulative trial-epochs (raysearch.dashboard_logic) and the
+"""Search progress: best-so-far score against cumulative trial-epochs (raysearch.dashboard.logic) and the
 dashboard page that draws it for one study or several overlaid (Streamlit's AppTest on a real study)."""
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from raysearch.dashboard.logic import compute_to_reach, search_progress
 from streamlit.testing.v1 import AppTest
-
-from raysearch.dashboard_logic import compute_to_reach, search_progress
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "dashboard"
 TRIALS = pd.DataFrame({"trial_id": ["b", "a", "c"], "number": [0, 1, 2],

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from raysearch.layout import BEST_FILE, HISTORY_FILE, STATE_FILE
+from raysearch.core.layout import BEST_FILE, HISTORY_FILE, STATE_FILE
 from raysearch.training.session import (
     BEST_ONLY_PREFIX,
     TuneSession,

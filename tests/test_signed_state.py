@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 from ray_processes import alive, kill_all, kill_driver_when, title, wait_for
 
+from raysearch.core.layout import SIGNED_DIR
 from raysearch.data.phantom import PhantomSpec, write_phantom
-from raysearch.layout import SIGNED_DIR
 from raysearch.search.signing import KEY_VARIABLE, MANIFEST_FILE, load_key
 
 

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from raysearch.bundled import search_spaces_dir
+from raysearch.core.bundled import search_spaces_dir
 from raysearch.errors import ConfigError
-from raysearch.space import load_space, parse_space
+from raysearch.search.space import load_space, parse_space
 from raysearch.tasks import create_task
 from raysearch.training.hparams import schema
 

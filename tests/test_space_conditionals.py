@@ -8,8 +8,8 @@ import optuna
 import pytest
 import torch
 
-from raysearch.bundled import search_spaces_dir
-from raysearch.space import SearchSpace, load_space
+from raysearch.core.bundled import search_spaces_dir
+from raysearch.search.space import SearchSpace, load_space
 from raysearch.tasks import create_task, task_names
 from raysearch.training.hparams import defaults, schema
 from raysearch.training.optim import create_optimizer, create_scheduler

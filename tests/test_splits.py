@@ -24,7 +24,7 @@ from raysearch.data.samples import DatasetIndex
 from raysearch.data.sources import roboflow_source, source_groups
 from raysearch.data.splits import SplitOutcome, apply_split_policy
 from raysearch.errors import ConfigError
-from raysearch.study import StudySpec
+from raysearch.study.spec import StudySpec
 
 PLANTED = {"val": {"exact_copy.png"}, "test": {"exact_copy2.png", "near_copy.png", "xray7_jpg.rf.bbbb.png"}}
 

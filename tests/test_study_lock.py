@@ -16,14 +16,14 @@ import pytest
 from conftest import TINY_PHANTOM, TINY_SPACE
 from test_cli import raysearch
 
+from raysearch.core.layout import LOCK_FILE
 from raysearch.data.phantom import write_phantom
-from raysearch.layout import LOCK_FILE
-from raysearch.study_lock import study_lock
+from raysearch.study.lock import study_lock
 
 HOLDER = """
 import sys, time
 from pathlib import Path
-from raysearch.study_lock import study_lock
+from raysearch.study.lock import study_lock
 with study_lock(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(120)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from raysearch.study import RUNTIME_FIELDS, StudySpec
+from raysearch.study.spec import RUNTIME_FIELDS, StudySpec
 
 SPACE_TEXT = "task: multitask\nparameters:\n  lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
 CHANGED = {"data": "other-data", "space": "search_spaces/other.yaml", "format": "yolo", "split_ratios": "0.7,0.2,0.1",
@@ -35,7 +35,7 @@ def test_the_same_request_gets_the_same_name_in_another_process() -> None:
     name = spec.study_name(SPACE_TEXT)
     assert re.fullmatch(r"multitask-[0-9a-f]{8}", name)
     assert StudySpec(task="multitask", trials=4, seed=3).study_name(SPACE_TEXT) == name
-    code = ("from raysearch.study import StudySpec; import sys; "
+    code = ("from raysearch.study.spec import StudySpec; import sys; "
             "print(StudySpec(task='multitask', trials=4, seed=3).study_name(sys.stdin.read()))")
     other = subprocess.run([sys.executable, "-c", code], input=SPACE_TEXT, capture_output=True, text=True, check=True)
     assert other.stdout.strip() == name  # no timestamp, no per-process hash seed

@@ -19,8 +19,10 @@ from raysearch.data.yolo import read_yolo
 from raysearch.errors import ConfigError
 from raysearch.tasks import create_task, task_names
 from raysearch.tasks.base import TaskContext
+from raysearch.training.batches import make_batch
 from raysearch.training.hparams import defaults
-from raysearch.training.loop import LoopSettings, baseline_apd, make_batch, train
+from raysearch.training.trainer import LoopSettings, train
+from raysearch.training.validation import baseline_apd
 
 SIZE = 32
 OUTPUTS = {"classification": {"logits"}, "regression": {"polygon"}, "multitask": {"logits", "polygon"},

@@ -16,7 +16,7 @@ import torch
 from ray.train import Result, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from raysearch.layout import HISTORY_FILE, read_history
+from raysearch.core.layout import HISTORY_FILE, read_history
 from raysearch.training.session import IMPROVED_KEY, TrainSession
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

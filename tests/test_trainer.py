@@ -19,19 +19,11 @@ from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.errors import ConfigError
 from raysearch.tasks import create_task
 from raysearch.tasks.base import TaskContext
+from raysearch.training.batches import make_batch, steps_per_epoch, train_batches
 from raysearch.training.hparams import defaults, preprocessing_of
-from raysearch.training.loop import (
-    LoopSettings,
-    baseline_apd,
-    evaluate,
-    make_batch,
-    measure_latency,
-    steps_per_epoch,
-    train,
-    train_batches,
-)
 from raysearch.training.precision import resolve_precision
-from raysearch.training.trainer import Trainer
+from raysearch.training.trainer import LoopSettings, Trainer, train
+from raysearch.training.validation import baseline_apd, evaluate, measure_latency
 
 CPU = torch.device("cpu")
 SMALL = {"batch_size": 8, "conv_layers": 2, "width": 8, "image_size": 32}

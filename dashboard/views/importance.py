@@ -6,10 +6,7 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
-from study_data import Study, current_study
-from widgets import label, no_data, study_header
-
-from raysearch.dashboard_logic import (
+from raysearch.dashboard.logic import (
     IMPORTANCE_EVALUATORS,
     importance_range,
     parallel_dimensions,
@@ -18,6 +15,8 @@ from raysearch.dashboard_logic import (
     top_parameters,
     unranked_parameters,
 )
+from study_data import Study, current_study
+from widgets import label, no_data, study_header
 
 AXES = 6  # parameters drawn in parallel coordinates unless the user adds more
 

@@ -7,23 +7,20 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-from study_data import Study, current_study, load_study, studies
-from widgets import label, numeric_format, study_header
-
-from raysearch.dashboard_logic import (
-    STATUSES,
+from raysearch.dashboard.logic import (
     distinct_labels,
     filter_scope,
     filter_trials,
-    headline_columns,
     hidden_notice,
     log_grid,
     log_parameters,
-    lower_is_better,
     metric_columns,
     study_distributions,
 )
-from raysearch.layout import rank_trials
+from study_data import Study, current_study, load_study, studies
+from widgets import label, numeric_format, study_header
+
+from raysearch.core.columns import STATUSES, headline_columns, lower_is_better, rank_trials
 
 FILTERS = "leaderboard-filters"  # session state: filter scope → widget key → value
 

@@ -8,18 +8,13 @@ import numpy as np
 import pandas as pd
 import plotly.express as px
 import streamlit as st
+from raysearch.dashboard.logic import confusion_from_metrics, confusion_from_predictions, prediction_errors
 from study_data import Study, current_study
 from widgets import no_data, study_header, trial_order
 
-from raysearch.dashboard_logic import (
-    confusion_from_metrics,
-    confusion_from_predictions,
-    headline_columns,
-    metric_name,
-    prediction_errors,
-)
+from raysearch.core.columns import headline_columns, metric_name
 from raysearch.errors import RaysearchError
-from raysearch.overlay import draw_overlay
+from raysearch.inference.overlay import draw_overlay
 
 GALLERY_COLUMNS = 4
 

@@ -25,15 +25,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from raysearch.core.files import write_table_atomic
+from raysearch.core.layout import AUDIT_FILE
 from raysearch.data.formats import scan_dataset
 from raysearch.data.records import DEFAULT_SPLIT, Record, Scan, SplitRatios
 from raysearch.data.samples import SPLITS, DataIssue
 from raysearch.data.sources import HASH_SIZE, NEAR_DUPLICATE_BITS, group_sources, near_pairs, perceptual_hash
 from raysearch.data.splits import EVALUATED, in_train_source, recommend_policy
 from raysearch.data.suitability import describe_levels, other_levels
-from raysearch.layout import AUDIT_FILE
 
 NEARLY_EMPTY = 5
 SCHEMA = pa.schema([("section", pa.string()), ("split", pa.string()), ("class", pa.string()), ("key", pa.string()),
@@ -296,9 +296,7 @@ def write_audit(audit: Audit, out_dir: Path) -> Path:
     """Write `audit.parquet` into `out_dir` (atomically) and return its path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / AUDIT_FILE
-    tmp = path.with_name(f".{AUDIT_FILE}.tmp-{os.getpid()}")
-    pq.write_table(audit.table(), tmp)
-    os.replace(tmp, path)
+    write_table_atomic(audit.table(), path)
     return path
 
 

@@ -13,7 +13,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from raysearch.core.files import atomic_folder
 from raysearch.data.preprocess import Preprocessing, enhance, fit, placement
 from raysearch.data.samples import SPLITS, DataIssue, DatasetIndex, Sample
 from raysearch.data.suitability import mask_levels
@@ -126,8 +126,6 @@ def build_cache(
               for s, r in zip(index.samples, results, strict=True) if isinstance(r, str)]
     if not kept:  # the readers never return an empty index, so every image failed to decode
         raise DataError(f"{issues[0]}; none of the {len(issues)} images could be decoded")
-    tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
     arrays = {
         "images": np.stack([r[0] for _, r in kept]),
         "masks": np.stack([r[1] for _, r in kept]),
@@ -135,21 +133,16 @@ def build_cache(
         "labels": np.array([-1 if s.class_id is None else s.class_id for s, _ in kept], dtype=np.int64),
         "splits": np.array([SPLITS.index(s.split) for s, _ in kept], dtype=np.int8),
     }
-    for name, array in arrays.items():
-        np.save(tmp / f"{name}.npy", array)
     meta = {
         "classes": index.classes,
         "paths": [str(s.image_path) for s, _ in kept],
         "issues": [{"path": str(i.path), "message": i.message, "line": i.line} for i in issues],
         "preprocessing": config.cache_fields(),
     }
-    (tmp / META_FILE).write_text(json.dumps(meta))
-    try:
-        os.replace(tmp, directory)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (directory / META_FILE).is_file():
-            raise
+    with atomic_folder(directory, keep_existing=True) as staging:
+        for name, array in arrays.items():
+            np.save(staging / f"{name}.npy", array)
+        (staging / META_FILE).write_text(json.dumps(meta))
     return issues
 
 

@@ -1,17 +1,13 @@
-"""The dataset a study runs on, as `raysearch run` and `raysearch evaluate` open it (under its split policy)."""
+"""A dataset opened as `raysearch run` and `raysearch evaluate` open it: any format, or the built-in phantoms."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from raysearch.data.samples import DatasetIndex
 from raysearch.errors import ConfigError
-
-if TYPE_CHECKING:
-    from raysearch.data.splits import SplitOutcome
-    from raysearch.study import StudySpec
 
 
 def load_dataset(data: str | None, *, format: str | None = None, on_error: str = "skip", empty_labels: str = "skip",
@@ -42,17 +38,3 @@ def load_dataset(data: str | None, *, format: str | None = None, on_error: str =
         print(f"  {binarised} masks with values other than 0/1/255 binarised (nonzero = foreground; first: {first})",
               file=out)
     return index
-
-
-def study_dataset(spec: StudySpec, *, progress: bool = True, out: TextIO = sys.stdout) -> SplitOutcome:
-    """The study's dataset (`load_dataset`) under its split policy (`--splits`, `--no-test-split`), said on `out`."""
-    from raysearch.data.records import SplitRatios
-    from raysearch.data.splits import apply_split_policy
-
-    index = load_dataset(spec.data, format=spec.format, on_error=spec.on_error, empty_labels=spec.empty_labels,
-                         split_ratios=spec.split_ratios, binarise_masks=spec.binarise_masks, progress=progress,
-                         out=out)
-    outcome = apply_split_policy(index, spec.splits_policy, ratios=SplitRatios.parse(spec.split_ratios),
-                                 seed=spec.seed, test_split=spec.test_split, progress=progress)
-    print(outcome.describe(), file=out)
-    return outcome

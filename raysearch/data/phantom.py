@@ -10,7 +10,6 @@ y down, so the shoelace signed area is positive), starting from the point with t
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from raysearch.core.files import atomic_folder
 from raysearch.data.samples import SPLITS
 from raysearch.errors import ConfigError
 
@@ -377,17 +377,14 @@ def write_phantom(out: Path, spec: PhantomSpec, *, progress: bool = True) -> Pat
         return out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: exists but is not the phantom dataset for {spec}; remove it or pick another folder")
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    if out.is_dir():
+        out.rmdir()
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        _generate(tmp, spec, progress)
-        os.replace(tmp, out)
+        with atomic_folder(out, keep_existing=True) as staging:
+            _generate(staging, spec, progress)
     except OSError as error:
         if not _is_complete(out, spec):
             raise ConfigError(f"{out}: cannot write the phantom dataset ({error.strerror or error})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

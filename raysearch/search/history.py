@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from raysearch.layout import STOPPED_MARKER, latest_checkpoint, read_history
-from raysearch.search.trial import is_reported_metric
+from raysearch.core.columns import is_epoch_metric
+from raysearch.core.layout import STOPPED_MARKER, latest_checkpoint, read_history
 
 # Reported (with the trial's last recorded epoch) by a restarted trial that had already finished: Ray Tune
 # needs a result with the metric, the scheduler stops the trial, the searcher has its record already.
@@ -21,7 +21,7 @@ FINISHED_BEFORE = "finished_before_resume"
 
 def recorded_epochs(train_dir: Path, trial_id: str) -> list[dict[str, Any]]:
     """The reported metrics of every epoch the trial checkpointed (NaN values left out)."""
-    return [{k: v for k, v in epoch.items() if is_reported_metric(k) and v == v}
+    return [{k: v for k, v in epoch.items() if is_epoch_metric(k) and v == v}
             for epoch in read_history(latest_checkpoint(Path(train_dir) / trial_id))]
 
 

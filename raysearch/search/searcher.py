@@ -28,8 +28,8 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from raysearch.results import TrialRecord, best_epoch, trial_status
 from raysearch.search.history import FINISHED_BEFORE, recorded_epochs, trial_epochs_spent
+from raysearch.search.results import TrialRecord, best_epoch, trial_status
 
 TRIAL_ID_ATTR = "trial_id"
 OPTUNA_STATES = {"COMPLETED": TrialState.COMPLETE, "EARLY_STOPPED": TrialState.COMPLETE,

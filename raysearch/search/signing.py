@@ -30,8 +30,9 @@ from typing import Any
 
 from ray.tune import Callback
 
+from raysearch.core.files import write_bytes_atomic
+from raysearch.core.layout import StudyFolder, study_dir_of
 from raysearch.errors import ConfigError
-from raysearch.layout import StudyFolder
 
 KEY_VARIABLE = "RAYSEARCH_KEY_FILE"
 DEFAULT_KEY_FILE = Path("~/.config/raysearch/signing.key")
@@ -86,11 +87,6 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _write_atomic(data: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
 
 
 def _seal(key: bytes, files: dict[str, str]) -> dict[str, Any]:
@@ -134,8 +130,8 @@ class SignedStore:
         """Store the blobs of `contents` (digest -> bytes), then the manifest of `files`, then drop unused blobs."""
         for sha256, data in contents.items():
             if not (self.blobs / sha256).is_file():
-                _write_atomic(data, self.blobs / sha256)
-        _write_atomic(json.dumps(_seal(key, files), indent=1).encode(), self.manifest)
+                write_bytes_atomic(data, self.blobs / sha256)
+        write_bytes_atomic(json.dumps(_seal(key, files), indent=1).encode(), self.manifest)
         used = set(files.values())
         for blob in self.blobs.iterdir():
             if blob.name not in used and not blob.name.startswith("."):
@@ -158,7 +154,7 @@ def restore_signed_state(study_dir: Path, experiment: Path) -> int:
     for name, sha256 in files.items():
         path = experiment / name
         if not (path.is_file() and _digest(path.read_bytes()) == sha256):
-            _write_atomic((store.blobs / sha256).read_bytes(), path)
+            write_bytes_atomic((store.blobs / sha256).read_bytes(), path)
             changed += 1
     for name in state_files(experiment):
         if str(name) not in files:
@@ -200,7 +196,6 @@ class SignSnapshots(Callback):
         """Sign the state files of `staging` (as the experiment folder will hold them) and `experiment`'s
         tuner.pkl. The signatures of earlier sessions' files, still in the experiment folder, are kept when
         the manifest is this user's (a study resumed with --trust starts a new manifest)."""
-        from raysearch.search.tuner import study_dir_of
 
         store = SignedStore(study_dir_of(experiment))
         key = load_key()

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from raysearch.core.layout import CONFIG_FILE, MLFLOW_ARTIFACTS, MLFLOW_DB, MLFLOW_DIR, RAY_DIR, WANDB_DIR
 from raysearch.errors import ConfigError
-from raysearch.layout import CONFIG_FILE, MLFLOW_ARTIFACTS, MLFLOW_DB, MLFLOW_DIR, RAY_DIR, WANDB_DIR
 
 # backend -> the module it needs
 LOGGERS = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboardX"}
@@ -72,7 +72,7 @@ def logger_callbacks(loggers: Iterable[str], study_dir: Path, name: str) -> list
             from ray.air.integrations.mlflow import MLflowLoggerCallback
 
             callbacks.append(MLflowLoggerCallback(tracking_uri=_prepare_mlflow(study_dir, name), experiment_name=name,
-                                                  tags={"raysearch.study": name}))
+                                                  tags={"raysearch.study.spec": name}))
         elif logger == "wandb":
             from ray.air.integrations.wandb import WandbLoggerCallback
 

@@ -29,7 +29,7 @@ from typing import Any
 from ray.train.v2.api.callback import UserCallback
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
-from raysearch.layout import BEST_FILE
+from raysearch.core.layout import BEST_FILE
 from raysearch.training.session import IMPROVED_KEY, link_best_weights
 
 

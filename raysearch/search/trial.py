@@ -6,17 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raysearch.core.schema import HParams
 from raysearch.data.cache import ensure_cache
 from raysearch.data.samples import DatasetIndex
-from raysearch.schema import HParams
 from raysearch.search.resources import TrialShape
 from raysearch.tasks import create_task
 from raysearch.training.hparams import preprocessing_of, schema
-from raysearch.training.loop import LoopSettings, train
 from raysearch.training.session import TuneSession, discard_best_weights_links
-
-REPORTED_KEYS = {"epoch", "train_loss", "lr", "epoch_time_s", "params", "latency_ms", "stopped_early", "cache_hit",
-                 "precision"}
+from raysearch.training.trainer import LoopSettings, train
 
 
 @dataclass(frozen=True)
@@ -41,10 +38,6 @@ class TrialSettings:
         """The resources one trial reserves."""
         return TrialShape(self.workers, self.cpus_per_worker, self.gpus_per_worker)
 
-
-def is_reported_metric(name: str) -> bool:
-    """Whether a result key is one of the loop's own metrics (not Ray's bookkeeping)."""
-    return name in REPORTED_KEYS or name.startswith("val_")
 
 
 def train_worker(config: dict[str, Any]) -> None:

@@ -7,15 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raysearch.layout import OPTUNA_FILE, RAY_DIR, latest_checkpoint
-from raysearch.results import TrialRecord
+from raysearch.core.layout import OPTUNA_FILE, experiment_dir, latest_checkpoint
 from raysearch.search.history import recorded_epochs
 from raysearch.search.resources import ElasticConcurrency
+from raysearch.search.results import TrialRecord
 from raysearch.search.searcher import Budget
 from raysearch.search.signing import SignSnapshots
+from raysearch.search.space import SearchSpace
 from raysearch.search.tracking import logger_callbacks
 from raysearch.search.trial import TrialSettings, run_trial
-from raysearch.space import SearchSpace
 
 
 @dataclass(frozen=True)
@@ -41,15 +41,6 @@ class SearchSettings:
         return f"sqlite:///{(self.results_dir / OPTUNA_FILE).resolve()}"
     loggers: tuple[str, ...] = ()
 
-
-def experiment_dir(study_dir: Path, name: str) -> Path:
-    """Where Ray Tune keeps a study's experiment state, searcher state and trial folders."""
-    return study_dir / RAY_DIR / name
-
-
-def study_dir_of(experiment: Path) -> Path:
-    """The study folder of an experiment folder (the inverse of `experiment_dir`)."""
-    return experiment.parent.parent
 
 
 def trainable(trial: TrialSettings) -> Any:

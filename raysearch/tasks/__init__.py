@@ -4,14 +4,8 @@ from __future__ import annotations
 
 from raysearch.errors import ConfigError
 from raysearch.tasks.base import Task
-
-_TASKS: dict[str, type[Task]] = {}
-
-
-def register_task(cls: type[Task]) -> type[Task]:
-    """Class decorator adding a Task subclass to the registry under its `name`."""
-    _TASKS[cls.name] = cls
-    return cls
+from raysearch.tasks.registry import TASKS as _TASKS
+from raysearch.tasks.registry import register_task
 
 
 def _load_builtin_tasks() -> None:

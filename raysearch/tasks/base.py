@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from raysearch.core.schema import HParam, choice, real
 from raysearch.data.cache import CachedDataset
-from raysearch.losses import REGRESSION_LOSSES
-from raysearch.schema import HParam, choice, real
+from raysearch.tasks.losses import REGRESSION_LOSSES
 
 LABEL_SMOOTHING = real(0.0, 0.0, 1.0, high_open=True)
 REG_LOSS = choice("smooth_l1", REGRESSION_LOSSES)

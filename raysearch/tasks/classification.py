@@ -23,10 +23,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from raysearch.data.cache import CachedDataset
-from raysearch.metrics import classification_metrics, classification_sums
 from raysearch.models import HeadNet, backbone_from
-from raysearch.tasks import register_task
 from raysearch.tasks.base import LABEL_SMOOTHING, Batch, Task, TaskContext
+from raysearch.tasks.metrics import classification_metrics, classification_sums
+from raysearch.tasks.registry import register_task
 
 
 @register_task

@@ -19,13 +19,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from raysearch.core.schema import choice, real
 from raysearch.data.cache import CachedDataset
-from raysearch.losses import regression_loss
-from raysearch.metrics import classification_metrics, classification_sums, polygon_metrics, polygon_sums
 from raysearch.models import HeadNet, backbone_from
-from raysearch.schema import choice, real
-from raysearch.tasks import register_task
 from raysearch.tasks.base import LABEL_SMOOTHING, REG_LOSS, Batch, Task, TaskContext
+from raysearch.tasks.losses import regression_loss
+from raysearch.tasks.metrics import classification_metrics, classification_sums, polygon_metrics, polygon_sums
+from raysearch.tasks.registry import register_task
 
 LOSS_WEIGHTINGS = ("fixed", "uncertainty")
 

@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from raysearch.data.cache import CachedDataset
-from raysearch.losses import regression_loss
-from raysearch.metrics import polygon_metrics, polygon_sums
 from raysearch.models import HeadNet, backbone_from
-from raysearch.tasks import register_task
 from raysearch.tasks.base import REG_LOSS, Batch, Task, TaskContext
+from raysearch.tasks.losses import regression_loss
+from raysearch.tasks.metrics import polygon_metrics, polygon_sums
+from raysearch.tasks.registry import register_task
 
 
 @register_task

@@ -22,13 +22,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from raysearch.losses import SEGMENTATION_LOSSES, segmentation_loss
-from raysearch.metrics import mask_counts, mask_metrics
+from raysearch.core.schema import checked, choice
 from raysearch.models import create_segmentation_model
 from raysearch.models.segmentation import architecture_problem, encoder_problem
-from raysearch.schema import checked, choice
-from raysearch.tasks import register_task
 from raysearch.tasks.base import Batch, Task, TaskContext
+from raysearch.tasks.losses import SEGMENTATION_LOSSES, segmentation_loss
+from raysearch.tasks.metrics import mask_counts, mask_metrics
+from raysearch.tasks.registry import register_task
 
 
 @register_task

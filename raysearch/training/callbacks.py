@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from raysearch.layout import BEST_FILE, STATE_FILE, WEIGHTS_KEY
-from raysearch.trained import read_weights
+from raysearch.core.layout import BEST_FILE, STATE_FILE, WEIGHTS_KEY
+from raysearch.training.checkpoints import read_weights
 
 if TYPE_CHECKING:
     from raysearch.training.trainer import Trainer

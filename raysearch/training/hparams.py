@@ -1,9 +1,9 @@
-"""Every hyperparameter a trial understands: its default, type and allowed values (raysearch.schema).
+"""Every hyperparameter a trial understands: its default, type and allowed values (raysearch.core.schema).
 
 The allowed names come from the components' own registries (optimizers and schedulers in
-raysearch.training.optim, losses in raysearch.losses, resize modes, filters and normalisations in
+raysearch.training.optim, losses in raysearch.tasks.losses, resize modes, filters and normalisations in
 raysearch.data.preprocess, model names from timm and smp); a task adds its own (Task.hyperparameters).
-The same schema gives the defaults and validates search spaces (raysearch.space) before anything runs.
+The same schema gives the defaults and validates search spaces (raysearch.search.space) before anything runs.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, get_args
 
+from raysearch.core.schema import HParam, checked, choice, defaults_of, flag, integer, real
 from raysearch.data.preprocess import PRETRAINED, FilterName, Normalisation, Preprocessing, ResizeMode
-from raysearch.schema import HParam, checked, choice, defaults_of, flag, integer, real
 from raysearch.training.optim import OPTIMIZERS, SCHEDULERS
 
 CLASS_BALANCE = ("none", "weighted_loss", "sampler")

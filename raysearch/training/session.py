@@ -34,7 +34,9 @@ from typing import Any, Protocol
 
 import torch
 
-from raysearch.layout import (
+from raysearch.core.devices import torch_device
+from raysearch.core.files import atomic_folder
+from raysearch.core.layout import (
     BEST_FILE,
     CHECKPOINT_GLOB,
     HISTORY_FILE,
@@ -65,14 +67,9 @@ class Session(Protocol):
 def publish_checkpoint(source: Path, directory: Path, name: str) -> Path:
     """Copy `source` to `directory/name` atomically (a temporary sibling, then a rename), then delete the
     older checkpoints: a crash leaves either the previous checkpoint or the new one, never half of one."""
-    final, staging = directory / name, directory / f".{name}"
-    directory.mkdir(parents=True, exist_ok=True)
-    for unfinished in directory.glob(f".{CHECKPOINT_GLOB}"):
-        shutil.rmtree(unfinished)
-    shutil.copytree(source, staging)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
+    final = directory / name
+    with atomic_folder(final) as staging:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
     for stale in directory.glob(CHECKPOINT_GLOB):
         if stale.name < name:
             shutil.rmtree(stale, ignore_errors=True)
@@ -133,9 +130,6 @@ class _Restoring(AbstractContextManager):
         self.inner.__exit__(*exc)
 
 
-def _device(use_gpu: bool) -> torch.device:
-    return torch.device("cuda", 0) if use_gpu and torch.cuda.is_available() else torch.device("cpu")
-
 
 class TuneSession:
     """The loop running inside a Ray Tune function trial (one worker), checkpointing into `directory`."""
@@ -144,7 +138,7 @@ class TuneSession:
     world_size = 1
 
     def __init__(self, *, use_gpu: bool, directory: Path) -> None:
-        self.device = _device(use_gpu)
+        self.device = torch_device(use_gpu)
         self.directory = directory
         self.history: list[dict[str, Any]] = []
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,27 +20,31 @@ import numpy as np
 import torch
 from torch import nn
 
+from raysearch.core.layout import STATE_FILE, WEIGHTS_KEY
 from raysearch.data.augment import augmentation_for
 from raysearch.data.cache import load_cache
 from raysearch.data.device_data import BatchSource
-from raysearch.layout import STATE_FILE, WEIGHTS_KEY
 from raysearch.tasks import create_task
 from raysearch.tasks.base import Batch, TaskContext
+from raysearch.training.batches import class_balance, class_weights, steps_per_epoch, train_batches
 from raysearch.training.callbacks import Callback, Checkpointing, EarlyStopping, EpochEnd, Reporting
 from raysearch.training.hparams import AUGMENTATION, HARDWARE, preprocessing_of
-from raysearch.training.loop import (
-    LoopSettings,
-    baseline_apd,
-    class_balance,
-    class_weights,
-    evaluate,
-    measure_latency,
-    steps_per_epoch,
-    train_batches,
-)
 from raysearch.training.optim import PER_BATCH_SCHEDULERS, create_optimizer, create_scheduler, step_epoch
 from raysearch.training.precision import Precision, resolve_precision
 from raysearch.training.session import Session
+from raysearch.training.validation import baseline_apd, evaluate, measure_latency
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """What a trial needs besides its hyperparameters."""
+
+    task: str
+    cache_dir: str
+    max_epochs: int
+    seed: int
+    threads: int = 1
+    cache_hit: bool = False
 
 
 def default_callbacks(hp: Mapping[str, Any]) -> list[Callback]:
@@ -174,3 +179,8 @@ class Trainer:
             end = EpochEnd(metrics, sign * val["score"], Path(folder))
             for callback in self.callbacks:
                 callback.on_epoch_end(self, end)
+
+
+def train(hp: Mapping[str, Any], settings: LoopSettings, session: Session) -> None:
+    """Train one configuration, reporting every epoch's metrics and (rank 0) a checkpoint to `session`."""
+    Trainer(hp, settings, session).fit()

@@ -20,18 +20,19 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from raysearch.core.columns import score_column
+from raysearch.core.layout import CONFIG_FILE, TRIALS_FILE, StudyFolder
 from raysearch.errors import ConfigError, DataError
-from raysearch.layout import CONFIG_FILE, TRIALS_FILE, StudyFolder, score_column
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from raysearch.predict import Model
+    from raysearch.inference.predict import Model
 
 
 @dataclass(frozen=True)
 class Study:
-    """A finished study, read from its folder (see raysearch.layout for what lies where)."""
+    """A finished study, read from its folder (see raysearch.core.layout for what lies where)."""
 
     folder: StudyFolder
     description: dict[str, Any]
@@ -78,7 +79,7 @@ class Study:
     def model(self, trial_id: str | None = None) -> Model:
         """A trial's trained model (default: the best trial, from the exported `model/` folder when it holds
         that trial), ready to `predict`."""
-        from raysearch.predict import Model, load_model, read_model_config
+        from raysearch.inference.predict import Model, load_model, read_model_config
 
         wanted = str(self.best_trial["trial_id"]) if trial_id is None else trial_id
         exported = self.folder.model_dir / CONFIG_FILE
@@ -89,13 +90,13 @@ class Study:
     def export(self, formats: Sequence[str] = ("onnx", "torchscript"), *,
                trial_id: str | None = None) -> dict[str, Path]:
         """Export a trial (default: the best) to `model/` with its ONNX and TorchScript files; returns them."""
-        from raysearch.export import export_study
+        from raysearch.inference.export import export_study
 
         return export_study(self.directory, formats, trial_id=trial_id)
 
     def evaluate(self, *, top: int = 1, repeats: int = 1, progress: bool = False) -> pd.DataFrame:
         """Test-split metrics of the `top` best trials (as `raysearch evaluate`); trials.parquet is updated."""
-        from raysearch.evaluate import evaluate_study
+        from raysearch.study.evaluate import evaluate_study
 
         return evaluate_study(self.directory, top=top, repeats=repeats, progress=progress)
 
@@ -121,8 +122,8 @@ def load_study(path: str | Path) -> Study:
 def run(task: str, *, progress: bool = True, out: TextIO = sys.stdout, **options: Any) -> Study:
     """Run a study as `raysearch run TASK` does and load it. `options` are the run flags with underscores
     (`data=`, `trials=`, `max_epochs=`, `image_size=`, `space=`, `results=`, `name=`, ...: see StudySpec)."""
-    from raysearch.api import run_study
-    from raysearch.study import StudySpec
+    from raysearch.study.run import run_study
+    from raysearch.study.spec import StudySpec
 
     known = {f.name for f in fields(StudySpec)} - {"task"}
     unknown = sorted(set(options) - known)

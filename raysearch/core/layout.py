@@ -11,7 +11,7 @@ RESULTS/                      results root (`--results`)
     epochs.parquet            one row per trial per epoch
     predictions.parquet       test-split predictions of the evaluated trials; PNGs under predictions/
     data_issues.parquet       images and labels left out, and why
-    driver.lock               the lock of the driver running the study (raysearch.study_lock)
+    driver.lock               the lock of the driver running the study (raysearch.study.lock)
     splits.parquet            each image's published split, its split under --splits, its source group
     optuna.db                 the Optuna study (SQLite)
     model/                    the best model exported (config.yaml, weights.pt, model.onnx, model.ts)
@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from raysearch.core.columns import FAILED, rank_trials, score_column
 from raysearch.errors import DataError
 
 if TYPE_CHECKING:
@@ -63,7 +64,16 @@ _CHECKPOINT_NUMBER = re.compile(rf"{CHECKPOINT_PREFIX}(\d+)$")
 
 STUDY_KEYS = ("name", "task", "spec", "data", "search_space", "defaults", "scheduler", "searcher", "budget",
               "resources", "tracking", "seed", "versions")
-FAILED = "FAILED"
+
+
+def experiment_dir(study_dir: Path, name: str) -> Path:
+    """Where Ray Tune keeps a study's experiment state, searcher state and trial folders."""
+    return Path(study_dir) / RAY_DIR / name
+
+
+def study_dir_of(experiment: Path) -> Path:
+    """The study folder of an experiment folder (the inverse of `experiment_dir`)."""
+    return Path(experiment).parent.parent
 
 
 def checkpoint_name(epoch: int) -> str:
@@ -81,21 +91,6 @@ def read_history(folder: Path | None) -> list[dict[str, Any]]:
     """The metrics of every epoch up to the checkpoint in `folder` ([] for none)."""
     path = None if folder is None else folder / HISTORY_FILE
     return json.loads(path.read_text()) if path is not None and path.is_file() else []
-
-
-def score_column(metric: str) -> str:
-    """The trials.parquet column that ranks trials by `metric` (its value at the trial's best epoch)."""
-    return f"metric.{metric}.best"
-
-
-def rank_trials(frame: pd.DataFrame, column: str, mode: str) -> pd.DataFrame:
-    """Trials sorted best first by `column` ("max" or "min"), missing values last, with a 1-based `rank`."""
-    import numpy as np
-
-    if mode not in ("max", "min"):
-        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-    ranked = frame.sort_values(column, ascending=mode == "min", na_position="last", kind="stable")
-    return ranked.assign(rank=np.arange(1, len(ranked) + 1)).reset_index(drop=True)
 
 
 def describe_study(**fields: Any) -> dict[str, Any]:
@@ -187,9 +182,6 @@ class StudyFolder:
         """Signed copies of Ray Tune's state (see raysearch.search.signing)."""
         return self.directory / SIGNED_DIR
 
-    def ray_dir(self, name: str) -> Path:
-        """Ray Tune's experiment folder of the study named `name`."""
-        return self.directory / RAY_DIR / name
 
     def trial_dir(self, trial_id: str) -> Path:
         return self.train_dir / trial_id

@@ -31,22 +31,26 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from raysearch.dashboard_logic import headline_columns, metric_name
+from raysearch.core.columns import headline_columns, metric_name
+from raysearch.core.devices import torch_device
+from raysearch.core.files import write_table_atomic
+from raysearch.core.layout import BEST_FILE, PREDICTIONS_DIR, StudyFolder
 from raysearch.data.cache import META_FILE, CachedDataset, cache_key, dataset_fingerprint, ensure_cache, load_cache
-from raysearch.data.loading import study_dataset
 from raysearch.data.preprocess import fit, placement
 from raysearch.data.samples import SPLITS
 from raysearch.data.splits import PUBLISHED, in_train_source
 from raysearch.errors import ConfigError, DataError
-from raysearch.layout import BEST_FILE, PREDICTIONS_DIR, StudyFolder
-from raysearch.metrics import point_distances
-from raysearch.results import write_table_atomic
+from raysearch.inference.restore import build_model, restore_trial, trial_hyperparameters
+from raysearch.study.dataset import study_dataset
 from raysearch.tasks import create_task
 from raysearch.tasks.base import Task, TaskContext
-from raysearch.trained import build_model, device, read_weights, restore_trial, trial_hyperparameters
+from raysearch.tasks.metrics import point_distances
+from raysearch.training.batches import make_batch
+from raysearch.training.checkpoints import read_weights
 from raysearch.training.hparams import preprocessing_of
-from raysearch.training.loop import LoopSettings, baseline_apd, make_batch, train
-from raysearch.training.loop import evaluate as evaluate_rows
+from raysearch.training.trainer import LoopSettings, train
+from raysearch.training.validation import baseline_apd
+from raysearch.training.validation import evaluate as evaluate_rows
 
 TEST, TEST_CLEAN = "test", "test_clean"
 COUNT_COLUMNS = ("test.repeats", f"{TEST}.images", f"{TEST_CLEAN}.images")
@@ -100,7 +104,7 @@ def _study_cache(study_dir: Path, study: Mapping[str, Any], hp: Mapping[str, Any
     cache_root = StudyFolder(study_dir).cache_root
     directory = cache_root / cache_key(fingerprint, preprocessing)
     if not (directory / META_FILE).is_file():
-        from raysearch.study import StudySpec
+        from raysearch.study.spec import StudySpec
 
         index = study_dataset(StudySpec(**{**study["spec"], "data": study["data"]["root"]}), progress=progress).index
         if dataset_fingerprint(index) != fingerprint:
@@ -124,7 +128,7 @@ class Retraining:
 def retrain(task: str, hp: dict[str, Any], cache_dir: str, seed: int, max_epochs: int,
             threads: int) -> dict[str, torch.Tensor] | None:
     """Train a configuration from scratch with `seed` (in a Ray task); its best-validation weights, on the CPU."""
-    session = EvaluationSession(device())
+    session = EvaluationSession(torch_device())
     train(hp, LoopSettings(task, cache_dir, max_epochs, seed, threads=threads, cache_hit=True), session)
     return None if session.best_weights is None else {k: v.cpu() for k, v in session.best_weights.items()}
 
@@ -159,7 +163,7 @@ def _retrain_all(study: Mapping[str, Any], jobs: list[Retraining], max_epochs: i
         weights = ray.get(pending)
     networks = []
     for job, best in zip(jobs, weights, strict=True):
-        network = build_model(task, job.hp, len(study["data"]["classes"])).to(device())
+        network = build_model(task, job.hp, len(study["data"]["classes"])).to(torch_device())
         if best is not None:
             network.load_state_dict(best)
         networks.append(network.eval())
@@ -173,7 +177,7 @@ def _test_metrics(task: Task, model: Model, data: CachedDataset, rows: np.ndarra
     if not len(test_rows):
         return {}
     context = TaskContext(len(data.classes), model.hp["channels"], baseline_apd(data, train_rows, test_rows))
-    return evaluate_rows(task, model.network, data, test_rows, model.hp, context, EvaluationSession(device()))
+    return evaluate_rows(task, model.network, data, test_rows, model.hp, context, EvaluationSession(torch_device()))
 
 
 @torch.no_grad()
@@ -181,7 +185,7 @@ def _predict(task: Task, model: Model, data: CachedDataset, rows: np.ndarray) ->
     """Per-image predictions (Task.predictions) for cache `rows`, in order."""
     model.network.eval()
     size = model.hp["batch_size"]
-    parts = [task.predictions(model.network(make_batch(data, rows[i : i + size], model.hp, device())["image"]))
+    parts = [task.predictions(model.network(make_batch(data, rows[i : i + size], model.hp, torch_device())["image"]))
              for i in range(0, len(rows), size)]
     return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]} if parts else {}
 
@@ -294,7 +298,7 @@ def _reloaded(study_dir: Path, study: Mapping[str, Any], row: Mapping[str, Any])
     """A trial's model from its best checkpoint, or None when it kept none."""
     if StudyFolder(study_dir).best_checkpoint(row["trial_id"]) is None:
         return None
-    _, network, hp = restore_trial(study_dir, study, row["trial_id"], row, device())
+    _, network, hp = restore_trial(study_dir, study, row["trial_id"], row, torch_device())
     return Model(row["trial_id"], 0, study["seed"], network, hp)
 
 

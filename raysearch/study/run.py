@@ -14,25 +14,27 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
+from raysearch.core.columns import score_column
+from raysearch.core.files import write_table_atomic, write_text_atomic
+from raysearch.core.layout import StudyFolder, experiment_dir
 from raysearch.data.cache import cache_issues, dataset_fingerprint, ensure_cache
-from raysearch.data.loading import study_dataset
 from raysearch.data.records import issues_table
 from raysearch.data.samples import DatasetIndex
 from raysearch.data.splits import SplitOutcome
 from raysearch.data.suitability import check_task_data
 from raysearch.errors import ConfigError, DataError, StudyInterrupted
-from raysearch.layout import StudyFolder, score_column
-from raysearch.results import epochs_table, trials_table, write_table_atomic, write_text_atomic
+from raysearch.search.results import epochs_table, trials_table
+from raysearch.search.space import SearchSpace, load_space
 from raysearch.search.tracking import log_exported_model, tracking_plan
-from raysearch.space import SearchSpace, load_space
-from raysearch.study import StudySpec, resolved_study
-from raysearch.study_lock import refuse_if_held, study_lock
+from raysearch.study.dataset import study_dataset
+from raysearch.study.lock import refuse_if_held, study_lock
+from raysearch.study.spec import StudySpec, resolved_study
 from raysearch.tasks import create_task
 from raysearch.training.hparams import defaults, preprocessing_of, schema
 
 if TYPE_CHECKING:
-    from raysearch.results import TrialRecord
-    from raysearch.schema import HParam
+    from raysearch.core.schema import HParam
+    from raysearch.search.results import TrialRecord
     from raysearch.search.trial import TrialSettings
     from raysearch.search.tuner import SearchSettings
 
@@ -92,7 +94,6 @@ def _check_state(name: str, study_dir: Path, *, resuming: bool) -> None:
     """ConfigError when the study folder's state does not allow a run (or a resume), or another driver runs it."""
     from ray.tune import Tuner
 
-    from raysearch.search.tuner import experiment_dir
 
     refuse_if_held(study_dir)
 
@@ -211,7 +212,7 @@ def _search(plan: _Plan, *, progress: bool, out: TextIO) -> StudyOutcome:
     from raysearch.search.resources import device_plan
     from raysearch.search.searcher import SAMPLER_CLASSES
     from raysearch.search.signing import sign_tuner
-    from raysearch.search.tuner import build_tuner, experiment_dir, records_from
+    from raysearch.search.tuner import build_tuner, records_from
 
     spec, index, metric, mode = plan.spec, plan.index, plan.search.metric, plan.search.mode
     with _connected(spec.address), _on_cluster(plan) as (plan, concurrency, cluster_gpus):
@@ -299,7 +300,6 @@ def _signed_experiment(study_dir: Path, recorded: dict[str, Any], *, trust: bool
     """The experiment folder of a study whose Ray Tune state this user's key signed (checked without writing
     anything), None with `trust`; UntrustedState (one line) when the signature does not hold."""
     from raysearch.search.signing import UntrustedState, load_key, verify_signed_state
-    from raysearch.search.tuner import experiment_dir
 
     load_key()
     if trust:
@@ -401,8 +401,8 @@ def _require_finished(grid: Any, plan: _Plan, search_seconds: float) -> None:
 def finish_study(study_dir: Path, *, progress: bool = True, out: TextIO = sys.stdout) -> Path | None:
     """What `raysearch run` does after the search: evaluate the best trial on the test split, export it.
     Returns the exported model's folder (None without a finished trial)."""
-    from raysearch.evaluate import evaluate_study
-    from raysearch.export import export_model
+    from raysearch.inference.export import export_model
+    from raysearch.study.evaluate import evaluate_study
 
     folder = StudyFolder(study_dir)
     evaluated = evaluate_study(study_dir, top=1, repeats=1, progress=progress, out=out)

@@ -12,8 +12,6 @@ input square) and `mask` (N x 1 x S x S logits), whichever the task has.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from importlib.util import find_spec
@@ -23,19 +21,18 @@ import torch
 import yaml
 from torch import nn
 
-from raysearch.errors import ConfigError, DataError
-from raysearch.layout import (
+from raysearch.core.columns import score_column
+from raysearch.core.files import atomic_file, atomic_folder
+from raysearch.core.layout import (
     CONFIG_FILE,
-    MODEL_DIR,
     ONNX_FILE,
     TORCHSCRIPT_FILE,
     WEIGHTS_FILE,
-    WEIGHTS_KEY,
     StudyFolder,
-    score_column,
 )
-from raysearch.results import write_text_atomic
-from raysearch.trained import read_weights, trial_hyperparameters
+from raysearch.errors import ConfigError, DataError
+from raysearch.inference.restore import trial_hyperparameters
+from raysearch.training.checkpoints import read_weights, save_weights
 from raysearch.training.hparams import preprocessing_of
 
 INPUT_NAME = "image"
@@ -66,15 +63,10 @@ def export_model(study_dir: Path, trial_id: str | None = None) -> Path:
         "test": {k: v for k, v in row.items() if k.startswith(("test.", "test_clean.")) and v is not None},
         "params": row.get("params"), "latency_ms": row.get("latency_ms"),
     }
-    target = folder.model_dir
-    staging = study_dir / f".{MODEL_DIR}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    torch.save({WEIGHTS_KEY: read_weights(checkpoint, torch.device("cpu"))}, staging / WEIGHTS_FILE)
-    write_text_atomic(yaml.safe_dump(config, sort_keys=False), staging / CONFIG_FILE)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
-    return target
+    with atomic_folder(folder.model_dir) as staging:
+        save_weights(read_weights(checkpoint, torch.device("cpu")), staging / WEIGHTS_FILE)
+        (staging / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+    return folder.model_dir
 
 
 class NamedOutputs(nn.Module):
@@ -135,7 +127,7 @@ def parse_formats(text: str) -> list[str]:
 def export_formats(model_dir: Path, formats: Sequence[str]) -> dict[str, Path]:
     """Write the exported model in `model_dir` in each of `formats` (ONNX, TorchScript) beside its weights,
     each file via a temporary sibling and a rename; returns the files by format."""
-    from raysearch.predict import load_model
+    from raysearch.inference.predict import load_model
 
     formats = parse_formats(",".join(formats))
     model = load_model(model_dir)
@@ -145,9 +137,8 @@ def export_formats(model_dir: Path, formats: Sequence[str]) -> dict[str, Path]:
     for name in formats:
         file_name, export = FORMATS[name]
         target = Path(model_dir) / file_name
-        staging = target.with_name(f".{file_name}.tmp-{os.getpid()}")
-        export(network, example, staging)
-        os.replace(staging, target)
+        with atomic_file(target) as staging:
+            export(network, example, staging)
         written[name] = target
     return written
 

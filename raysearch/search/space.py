@@ -33,8 +33,8 @@ from optuna.distributions import (
     distribution_to_json,
 )
 
+from raysearch.core.schema import HParam, check_value
 from raysearch.errors import ConfigError
-from raysearch.schema import HParam, check_value
 from raysearch.search.choices import SCHEDULERS, SEARCHERS
 
 if TYPE_CHECKING:

@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
+from raysearch.core.layout import LOCK_FILE
 from raysearch.errors import ConfigError
-from raysearch.layout import LOCK_FILE
 
 ATTEMPTS = 5
 _HELD: set[Path] = set()  # the lock files this process holds

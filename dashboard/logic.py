@@ -17,20 +17,17 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
+from raysearch.core.columns import TEST_PREFIXES, is_count
+from raysearch.core.layout import AUDIT_DIR, AUDIT_FILE
 from raysearch.errors import DataError
-from raysearch.layout import AUDIT_DIR, AUDIT_FILE
 
-STATUSES = ("COMPLETED", "EARLY_STOPPED", "PRUNED", "FAILED")
-LOWER_IS_BETTER = re.compile(r"(loss|apd|mse|mae|error|latency|params|time|epochs|\.std$)")
 CONFUSION_CELL = re.compile(r"^metric\.val_confusion_(\d+)_(\d+)\.best$")
-PER_CLASS = re.compile(r"_\d+(_\d+)?$")
 BONE_FRACTURE_CLASSES = {"elbow positive", "fingers positive", "forearm fracture", "humerus fracture", "humerus",
                          "shoulder fracture", "wrist positive"}
 BONE_FRACTURE_ATTRIBUTION = (
     "Radiographs: Bone Fracture Detection dataset (Roboflow Universe, version 4), licensed CC BY 4.0 "
     "(https://creativecommons.org/licenses/by/4.0/).")
 IMPORTANCE_EVALUATORS = ("fANOVA", "MeanDecreaseImpurity")
-TEST_PREFIXES = ("test.", "test_clean.")  # the whole test split, and its subset without a source in train
 
 
 def safe_path(root: Path, candidate: str | Path) -> Path:
@@ -44,43 +41,6 @@ def safe_path(root: Path, candidate: str | Path) -> Path:
     if not resolved.is_relative_to(base):
         raise DataError(f"{candidate}: refused, the path lies outside the results folder {base}")
     return resolved
-
-
-def _unprefixed(column: str) -> str:
-    """A column's name without its `metric.`, `test.` or `test_clean.` prefix."""
-    name = column.removeprefix("metric.")
-    for prefix in TEST_PREFIXES:
-        name = name.removeprefix(prefix)
-    return name
-
-
-def lower_is_better(column: str) -> bool:
-    """Whether smaller values of a metric column are better (losses, errors, size, time, spread)."""
-    return bool(LOWER_IS_BETTER.search(_unprefixed(column)))
-
-
-def metric_name(column: str) -> str:
-    """The metric a column holds: `metric.val_recall_2.best` → `val_recall_2`, `test.iou.mean` → `iou`."""
-    name = _unprefixed(column)
-    for suffix in (".best", ".last", ".mean", ".std"):
-        name = name.removesuffix(suffix)
-    return name
-
-
-def is_per_class(column: str) -> bool:
-    """Whether a column holds one class's metric or one confusion-matrix cell (`precision_3`, `confusion_1_2`)."""
-    return bool(PER_CLASS.search(metric_name(column)))
-
-
-def is_count(column: str) -> bool:
-    """Whether a test column counts something (`test.repeats`, `test_clean.images`) rather than measures."""
-    return column == "test.repeats" or column.endswith(".images")
-
-
-def headline_columns(columns: Iterable[str], prefix: str) -> list[str]:
-    """The columns starting with `prefix` that summarise a model (no per-class ones, no counts), the score first."""
-    chosen = [c for c in columns if c.startswith(prefix) and not is_per_class(c) and not is_count(c)]
-    return sorted(chosen, key=lambda c: metric_name(c).removeprefix("val_") != "score")
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:

@@ -22,14 +22,16 @@ import torch
 import yaml
 from torch import nn
 
+from raysearch.core.devices import torch_device
+from raysearch.core.layout import CONFIG_FILE, WEIGHTS_FILE, StudyFolder
 from raysearch.data.preprocess import Placement, Preprocessing
 from raysearch.data.records import is_image
 from raysearch.errors import DataError, RaysearchError
-from raysearch.layout import CONFIG_FILE, WEIGHTS_FILE, StudyFolder
-from raysearch.overlay import draw_overlay
+from raysearch.inference.overlay import draw_overlay
+from raysearch.inference.restore import build_model, model_input, restore_trial
 from raysearch.tasks import create_task
 from raysearch.tasks.base import Task
-from raysearch.trained import build_model, device, load_weights, model_input, restore_trial
+from raysearch.training.checkpoints import load_weights
 from raysearch.training.hparams import preprocessing_of
 
 PREDICTIONS_JSON = "predictions.json"
@@ -91,7 +93,7 @@ class Model:
         """Any trial of a finished study, with the weights of its best epoch (from its checkpoint)."""
         folder = StudyFolder(study_dir)
         study = folder.read_study()
-        task, network, hp = restore_trial(folder.directory, study, trial_id, folder.trial_row(trial_id), device())
+        task, network, hp = restore_trial(folder.directory, study, trial_id, folder.trial_row(trial_id), torch_device())
         config = {"study": study["name"], "trial_id": trial_id, "task": study["task"],
                   "classes": study["data"]["classes"], "hyperparameters": hp}
         return cls(task, network, list(config["classes"]), preprocessing_of(hp), config)
@@ -152,7 +154,7 @@ def load_model(model_dir: Path) -> Model:
         network = build_model(task, config["hyperparameters"], len(config["classes"]))
     except (RaysearchError, KeyError, TypeError, ValueError) as error:
         raise DataError(f"{config_path}: hyperparameters: cannot build the network ({error})") from None
-    return Model(task, load_weights(network, weights, device()), list(config["classes"]), preprocessing, config)
+    return Model(task, load_weights(network, weights, torch_device()), list(config["classes"]), preprocessing, config)
 
 
 def read_model_config(path: Path) -> dict[str, Any]:

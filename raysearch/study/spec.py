@@ -11,11 +11,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from raysearch.bundled import search_spaces_dir
+from raysearch.core.bundled import search_spaces_dir
+from raysearch.core.layout import DEFAULT_RESULTS, describe_study
 from raysearch.data.records import SplitRatios
 from raysearch.data.splits import check_policy
 from raysearch.errors import ConfigError
-from raysearch.layout import DEFAULT_RESULTS, describe_study
 from raysearch.search.choices import SCHEDULERS, SEARCHERS
 
 VERSIONED_PACKAGES = ("raysearch", "ray", "torch", "torchvision", "timm", "segmentation-models-pytorch", "optuna",

@@ -7,18 +7,14 @@ half-written file for the dashboard or a resume to trip over.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from raysearch.space import SearchSpace
-
-BOOKKEEPING = {"epoch", "trial_id", "stopped_early", "params", "latency_ms"}
+from raysearch.core.columns import BOOKKEEPING
+from raysearch.search.space import SearchSpace
 
 
 @dataclass
@@ -129,17 +125,3 @@ def epochs_table(records: Sequence[TrialRecord]) -> pa.Table:
 
 def _float(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
-
-
-def write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write a Parquet file via a temporary sibling and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
-def write_text_atomic(text: str, path: Path) -> None:
-    """Write a text file via a temporary sibling and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -1,0 +1,97 @@
+"""The one way raysearch writes a file or a folder: into a staging sibling, renamed into place only when complete.
+
+A crash, a full disk or an error while writing leaves the earlier file or folder as it was and no staging left
+behind; readers see either the old version or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+def staging_name(path: Path, kind: str = "tmp") -> Path:
+    """The hidden sibling of `path` this process stages it in (`.NAME.tmp-PID`)."""
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A staging path to write `path`'s new content to; renamed over `path` when the block ends without error,
+    removed when it raises. The parent folder is created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_name(path)
+    try:
+        yield staging
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> None:
+    """Write a file's bytes atomically (see atomic_file)."""
+    with atomic_file(path) as staging:
+        staging.write_bytes(data)
+
+
+def write_text_atomic(text: str, path: Path) -> None:
+    """Write a text file atomically (see atomic_file)."""
+    with atomic_file(path) as staging:
+        staging.write_text(text)
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> None:
+    """Write a Parquet file atomically (see atomic_file)."""
+    import pyarrow.parquet as pq
+
+    with atomic_file(path) as staging:
+        pq.write_table(table, staging)
+
+
+@contextmanager
+def atomic_folder(target: Path, *, keep_existing: bool = False) -> Iterator[Path]:
+    """An empty staging folder beside `target` to build its new content in; swapped in for `target` when the block
+    ends without error (the old folder is removed only after the swap), removed when it raises.
+
+    `keep_existing`: when `target` appeared meanwhile (another process built the same thing), keep that one and
+    discard the staging folder, for content that is the same whoever builds it (caches, phantom datasets).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging, old = staging_name(target), staging_name(target, "old")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        if keep_existing:
+            _replace_unless_present(staging, target)
+            return
+        if not target.exists():
+            os.replace(staging, target)
+            return
+        os.replace(target, old)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            os.replace(old, target)
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _replace_unless_present(staging: Path, target: Path) -> None:
+    """Rename `staging` to `target` unless another process put a `target` there first (that one is kept)."""
+    try:
+        os.replace(staging, target)
+    except OSError:
+        if not target.exists():
+            raise

@@ -1,0 +1,1 @@
+"""Trained models in use: restoring a trial's network, predicting, exporting, drawing overlays."""

@@ -40,8 +40,8 @@ def _imported_modules(path: Path) -> set[str]:
 
 
 def test_evaluate_does_not_import_the_api() -> None:
-    assert "raysearch.study.evaluate" in _imported_modules(ROOT / "raysearch" / "api.py")
-    assert "raysearch.study.run" not in _imported_modules(ROOT / "raysearch" / "evaluate.py")
+    assert "raysearch.study.evaluate" in _imported_modules(ROOT / "raysearch" / "study" / "run.py")
+    assert "raysearch.study.run" not in _imported_modules(ROOT / "raysearch" / "study" / "evaluate.py")
 
 
 def test_import_raysearch_is_light() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,12 +57,13 @@ def write_table_atomic(table: pa.Table, path: Path) -> None:
 
 
 @contextmanager
-def atomic_folder(target: Path, *, keep_existing: bool = False) -> Iterator[Path]:
+def atomic_folder(target: Path, *, keep_if: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """An empty staging folder beside `target` to build its new content in; swapped in for `target` when the block
     ends without error (the old folder is removed only after the swap), removed when it raises.
 
-    `keep_existing`: when `target` appeared meanwhile (another process built the same thing), keep that one and
-    discard the staging folder, for content that is the same whoever builds it (caches, phantom datasets).
+    `keep_if`: for content that is the same whoever builds it (caches, phantom datasets), a test of a complete
+    `target`; when another process put one there first, it is kept and the staging folder discarded (any other
+    `target` is an OSError).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -71,8 +72,8 @@ def atomic_folder(target: Path, *, keep_existing: bool = False) -> Iterator[Path
     staging.mkdir()
     try:
         yield staging
-        if keep_existing:
-            _replace_unless_present(staging, target)
+        if keep_if is not None:
+            _replace_unless_complete(staging, target, keep_if)
             return
         if not target.exists():
             os.replace(staging, target)
@@ -88,10 +89,10 @@ def atomic_folder(target: Path, *, keep_existing: bool = False) -> Iterator[Path
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _replace_unless_present(staging: Path, target: Path) -> None:
-    """Rename `staging` to `target` unless another process put a `target` there first (that one is kept)."""
+def _replace_unless_complete(staging: Path, target: Path, complete: Callable[[Path], bool]) -> None:
+    """Rename `staging` to `target` unless another process put a complete `target` there first (that one is kept)."""
     try:
         os.replace(staging, target)
     except OSError:
-        if not target.exists():
+        if not (target.is_dir() and complete(target)):
             raise

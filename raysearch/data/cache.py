@@ -139,7 +139,7 @@ def build_cache(
         "issues": [{"path": str(i.path), "message": i.message, "line": i.line} for i in issues],
         "preprocessing": config.cache_fields(),
     }
-    with atomic_folder(directory, keep_existing=True) as staging:
+    with atomic_folder(directory, keep_if=lambda built: (built / META_FILE).is_file()) as staging:
         for name, array in arrays.items():
             np.save(staging / f"{name}.npy", array)
         (staging / META_FILE).write_text(json.dumps(meta))

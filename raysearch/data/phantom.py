@@ -380,7 +380,7 @@ def write_phantom(out: Path, spec: PhantomSpec, *, progress: bool = True) -> Pat
     if out.is_dir():
         out.rmdir()
     try:
-        with atomic_folder(out, keep_existing=True) as staging:
+        with atomic_folder(out, keep_if=lambda built: _is_complete(built, spec)) as staging:
             _generate(staging, spec, progress)
     except OSError as error:
         if not _is_complete(out, spec):

@@ -33,12 +33,12 @@ import torch
 from raysearch.data.cache import CachedDataset, dataset_fingerprint, ensure_cache, load_cache
 from raysearch.data.formats import load_dataset
 from raysearch.data.phantom import PhantomSpec, write_phantom
-from raysearch.study.evaluate import EvaluationSession
 from raysearch.tasks import create_task
 from raysearch.tasks.base import TaskContext
 from raysearch.training.batches import make_batch
 from raysearch.training.hparams import defaults, preprocessing_of
 from raysearch.training.precision import AUTOCAST_DTYPES, resolve_precision
+from raysearch.training.session import LocalSession
 from raysearch.training.trainer import LoopSettings, Trainer
 from raysearch.training.validation import baseline_apd
 
@@ -98,9 +98,10 @@ class Trial:
     """A raysearch trial run epoch by epoch through the Trainer, as a one-worker Tune trial runs it."""
 
     def __init__(self, data: CachedDataset, hp: dict[str, Any], device: torch.device, threads: int) -> None:
-        self.session = EvaluationSession(device)
+        self.session = LocalSession(device)
         settings = LoopSettings(TASK, str(data.directory), max_epochs=1, seed=0, threads=threads)
         self.trainer = Trainer(hp, settings, self.session)
+        self.trainer.setup()
         self.images = len(self.trainer.train_rows)
 
     def epoch(self) -> float:

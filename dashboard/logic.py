@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
-from raysearch.core.columns import TEST_PREFIXES, is_count
+from raysearch.core.columns import EARLY_STOPPED, FINISHED, PRUNED, TEST_PREFIXES, is_count
 from raysearch.core.layout import AUDIT_DIR, AUDIT_FILE
 from raysearch.errors import DataError
 
@@ -122,7 +122,7 @@ def importance_study(frame: pd.DataFrame, distributions: Mapping[str, Any], scor
     """
     import optuna
 
-    statuses = {"COMPLETED", "EARLY_STOPPED"} | ({"PRUNED"} if include_pruned else set())
+    statuses = {*FINISHED, PRUNED} if include_pruned else set(FINISHED)
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     for _, row in frame[frame["status"].isin(statuses) & frame[score].notna()].iterrows():
         params = typed_params(row, distributions)
@@ -171,7 +171,7 @@ def parallel_dimensions(frame: pd.DataFrame, params: Sequence[str]) -> list[dict
 
 def stop_points(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str) -> pd.DataFrame:
     """The last epoch of every trial that was stopped early (by ASHA or by patience), with its status."""
-    stopped = trials.loc[trials["status"].isin(["PRUNED", "EARLY_STOPPED"]), ["trial_id", "status"]]
+    stopped = trials.loc[trials["status"].isin([PRUNED, EARLY_STOPPED]), ["trial_id", "status"]]
     last = epochs.sort_values("epoch").groupby("trial_id", as_index=False).last()
     return last.merge(stopped, on="trial_id")[["trial_id", "status", "epoch", metric]]
 

@@ -10,7 +10,6 @@ import kornia.augmentation as K
 import numpy as np
 import pytest
 import torch
-from recording_session import RecordingSession
 
 from raysearch.data.augment import Augmentation, augmentation_for, canonical_order_batch
 from raysearch.data.cache import CachedDataset, dataset_fingerprint, ensure_cache, load_cache
@@ -21,6 +20,7 @@ from raysearch.errors import ConfigError
 from raysearch.tasks import create_task
 from raysearch.training.batches import class_weights, make_batch, train_batches
 from raysearch.training.hparams import defaults, preprocessing_of
+from raysearch.training.session import LocalSession
 from raysearch.training.trainer import LoopSettings, train
 
 SIZE, SUPERSAMPLE = 96, 8
@@ -190,8 +190,8 @@ def test_balanced_epochs_give_every_worker_the_same_batches_count() -> None:
 def test_a_trial_trains_with_augmentation_and_class_balance(cached: tuple[CachedDataset, dict[str, Any]],
                                                             balance: str) -> None:
     data, hp = cached
-    session = RecordingSession()
+    session = LocalSession()
     hp = {**defaults(create_task("multitask").hyperparameters), **hp, "augment": 0.5, "class_balance": balance,
           "batch_size": 4, "conv_layers": 2, "width": 8}
     train(hp, LoopSettings("multitask", str(data.directory), max_epochs=1, seed=0), session)
-    assert session.metrics[0]["epoch"] == 1 and np.isfinite(session.metrics[0]["train_loss"])
+    assert session.history[0]["epoch"] == 1 and np.isfinite(session.history[0]["train_loss"])

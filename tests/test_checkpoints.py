@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import torch
-from recording_session import RecordingSession
 
 from raysearch.core.layout import STATE_FILE
 from raysearch.data.cache import dataset_fingerprint, ensure_cache
@@ -21,7 +20,7 @@ from raysearch.inference.restore import build_model
 from raysearch.tasks import create_task
 from raysearch.training.checkpoints import load_weights
 from raysearch.training.hparams import defaults, preprocessing_of
-from raysearch.training.session import latest_checkpoint, publish_checkpoint
+from raysearch.training.session import LocalSession, latest_checkpoint, publish_checkpoint
 from raysearch.training.trainer import LoopSettings, train
 
 
@@ -60,7 +59,7 @@ def test_a_checkpoint_carrying_a_pickled_payload_is_refused_and_its_code_never_r
     checkpoint = _crafted(tmp_path / "restored" / STATE_FILE, marker).parent
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         train(_hp(), LoopSettings("multitask", str(cache), max_epochs=1, seed=0),
-              RecordingSession(resume_from=checkpoint))
+              LocalSession(resume_from=checkpoint))
     assert not marker.exists()
 
     torch.load(weights, weights_only=False)  # the payload is live: an unsafe load would have run it

@@ -1,5 +1,5 @@
 """What the training loop does with `class_balance` and `patience`, observed in what it reports (no Ray: the loop
-runs in this process with `RecordingSession`). With lr 0 the network never changes, so the epoch's loss shows
+runs in this process with `LocalSession`). With lr 0 the network never changes, so the epoch's loss shows
 exactly which rows were trained on and how they were weighted."""
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from recording_session import RecordingSession
 from torch.nn import functional as F
 
 from raysearch.core.layout import BEST_FILE, STATE_FILE, WEIGHTS_KEY
@@ -22,9 +21,10 @@ from raysearch.inference.restore import build_model
 from raysearch.search.results import TrialRecord, trial_status
 from raysearch.tasks import create_task
 from raysearch.training.batches import make_batch
-from raysearch.training.callbacks import Callback, Checkpointing, EarlyStopping, EpochEnd, Reporting
+from raysearch.training.callbacks import BestWeights, Callback, EarlyStopping, Fitting, Monitor, Reporting
 from raysearch.training.checkpoints import load_weights
 from raysearch.training.hparams import defaults, preprocessing_of
+from raysearch.training.session import LocalSession
 from raysearch.training.trainer import LoopSettings, Trainer, train
 
 TRAIN_IMAGES = 16  # phantom classes 3, 3, 3, 3, 2, 2: unequal, so inverse-frequency weights are not all 1
@@ -52,9 +52,9 @@ def _settings(data: CachedDataset, epochs: int) -> LoopSettings:
 
 def _run(data: CachedDataset, hp: dict[str, Any], epochs: int, kept: Path | None = None,
          resume_from: Path | None = None) -> list[dict[str, Any]]:
-    session = RecordingSession(kept, resume_from)
+    session = LocalSession(kept=kept, resume_from=resume_from)
     train(hp, _settings(data, epochs), session)
-    return session.metrics
+    return session.history
 
 
 def test_class_balance_weights_the_training_loss_by_inverse_class_frequency(cached: CachedDataset,
@@ -100,10 +100,10 @@ def test_a_trial_stops_at_the_patience_epoch_and_is_recorded_early_stopped(cache
 def test_a_resumed_trial_restores_its_whole_state_and_continues_as_if_never_stopped(cached: CachedDataset,
                                                                                    tmp_path: Path) -> None:
     hp = _hp(lr=0.05, scheduler="cosine", patience=5)  # learning: weights, Adam's moments and the LR all move
-    whole = RecordingSession(tmp_path)
+    whole = LocalSession(kept=tmp_path)
     train(hp, _settings(cached, 3), whole)
     saved = torch.load(tmp_path / "epoch_1" / STATE_FILE, weights_only=True)
-    session = RecordingSession(resume_from=tmp_path / "epoch_1")
+    session = LocalSession(resume_from=tmp_path / "epoch_1")
     trainer = Trainer(hp, _settings(cached, 3), session)
     trainer.restore()
     assert trainer.epoch == 1 and not trainer.should_stop
@@ -114,34 +114,39 @@ def test_a_resumed_trial_restores_its_whole_state_and_continues_as_if_never_stop
     for step, state in moments.items():
         assert all(torch.equal(value, saved["optimizer"]["state"][step][key]) for key, value in state.items())
     assert trainer.scheduler.state_dict() == saved["scheduler"]
-    early, checkpointing = trainer.callbacks[0], trainer.callbacks[1]
-    assert isinstance(early, EarlyStopping) and isinstance(checkpointing, Checkpointing)
-    assert (early.best_score, early.stale) == (whole.metrics[0]["val_score"], 0)
-    assert checkpointing.best_weights is not None
-    assert all(torch.equal(v, saved[WEIGHTS_KEY][k]) for k, v in checkpointing.best_weights.items())
+    early, best, reporting = trainer.callbacks
+    assert isinstance(early, EarlyStopping) and isinstance(best, BestWeights) and isinstance(reporting, Reporting)
+    assert (early.best.value, early.stale) == (whole.history[0]["val_score"], 0)
+    assert best.best.value == reporting.best.value == whole.history[0]["val_score"]
+    assert best.weights is not None
+    assert all(torch.equal(v, saved[WEIGHTS_KEY][k]) for k, v in best.weights.items())
     trainer.fit()
     timing = {"epoch_time_s", "latency_ms"}
-    assert [{k: v for k, v in m.items() if k not in timing} for m in session.metrics] == [
-        {k: v for k, v in m.items() if k not in timing} for m in whole.metrics[1:]]
+    assert [{k: v for k, v in m.items() if k not in timing} for m in session.history] == [
+        {k: v for k, v in m.items() if k not in timing} for m in whole.history[1:]]
     assert session.improved == whole.improved[1:]
 
 
-class _ScriptedImprovement(Callback):
-    """Says which epochs improved the score (what EarlyStopping decides from the validation score)."""
+class _ScriptedScore(Callback):
+    """Writes a scripted `scripted` metric into each epoch's record: 1 in the `improving` epochs, else 0 (what the
+    monitor then decides from)."""
 
     def __init__(self, improving: set[int]) -> None:
         self.improving = improving
 
-    def on_epoch_end(self, trainer: Trainer, end: EpochEnd) -> None:
-        end.improved = trainer.epoch in self.improving
+    def on_validation_end(self, trainer: Fitting, metrics: dict[str, Any]) -> None:
+        metrics["val_scripted"] = float(trainer.epoch in self.improving)
+
+
+SCRIPTED = Monitor("val_scripted", "max")
 
 
 def test_every_checkpoint_keeps_the_weights_of_the_best_epoch_so_far(cached: CachedDataset, tmp_path: Path) -> None:
-    session = RecordingSession(tmp_path)
+    session = LocalSession(kept=tmp_path)
     Trainer(_hp(lr=0.05), _settings(cached, 3), session,
-            callbacks=[_ScriptedImprovement({1}), Checkpointing(), Reporting()]).fit()
+            callbacks=[_ScriptedScore({1}), BestWeights(SCRIPTED), Reporting(SCRIPTED)]).fit()
     assert session.improved == [True, False, False]
-    assert [m["stopped_early"] for m in session.metrics] == [0.0, 0.0, 0.0]  # no early stopping among the callbacks
+    assert [m["stopped_early"] for m in session.history] == [0.0, 0.0, 0.0]  # no early stopping among the callbacks
 
     def weights(epoch: int, file: str) -> dict[str, torch.Tensor]:
         return torch.load(tmp_path / f"epoch_{epoch}" / file, weights_only=True)[WEIGHTS_KEY]
@@ -153,10 +158,10 @@ def test_every_checkpoint_keeps_the_weights_of_the_best_epoch_so_far(cached: Cac
     latest = weights(3, STATE_FILE)
     assert any(not torch.equal(latest[k], best_epoch[k]) for k in best_epoch)  # the network did move on
 
-    never = RecordingSession(tmp_path / "never")
+    never = LocalSession(kept=tmp_path / "never")
     (tmp_path / "never").mkdir()
-    Trainer(_hp(lr=0.05), _settings(cached, 1), never, callbacks=[_ScriptedImprovement(set()), Checkpointing(),
-                                                                  Reporting()]).fit()
+    nan = Monitor("val_never", "max")  # no epoch has this metric: NaN, which never improves
+    Trainer(_hp(lr=0.05), _settings(cached, 1), never, callbacks=[BestWeights(nan), Reporting(nan)]).fit()
     assert sorted(p.name for p in (tmp_path / "never" / "epoch_1").iterdir()) == [STATE_FILE]  # no best weights yet
 
 
@@ -168,7 +173,7 @@ def test_the_grad_scaler_s_state_is_checkpointed_and_restored(cached: CachedData
     assert state["scaler"]["scale"] == torch.amp.GradScaler("cpu").get_scale()
     state["scaler"]["scale"] = 128.0  # as after a few overflowing fp16 steps
     torch.save(state, state_file)
-    trainer = Trainer(hp, _settings(cached, 2), RecordingSession(resume_from=tmp_path / "epoch_1"))
+    trainer = Trainer(hp, _settings(cached, 2), LocalSession(resume_from=tmp_path / "epoch_1"))
     trainer.restore()
     assert trainer.precision.scaler.get_scale() == 128.0
 
@@ -206,11 +211,11 @@ def test_epoch_schedulers_step_once_an_epoch_and_onecycle_once_a_batch(cached: C
 
 
 def test_a_diverged_trial_stops_after_patience_epochs_of_nan_scores(cached: CachedDataset, tmp_path: Path) -> None:
-    trainer = Trainer(_hp(patience=2), _settings(cached, 6), RecordingSession())
+    trainer = Trainer(_hp(patience=2), _settings(cached, 6), LocalSession())
     early = trainer.callbacks[0]
     seen = []
     for _ in range(3):
-        end = EpochEnd({}, math.nan, tmp_path)  # NaN never beats anything: no epoch improves
-        early.on_epoch_end(trainer, end)
-        seen.append((end.improved, end.metrics["stopped_early"], trainer.should_stop))
+        metrics = {"val_score": math.nan}  # NaN never beats anything: no epoch improves
+        early.on_validation_end(trainer, metrics)
+        seen.append((early.best.improved, metrics["stopped_early"], trainer.should_stop))
     assert seen == [(False, 0.0, False), (False, 1.0, True), (False, 1.0, True)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from ray.tune.search.optuna import OptunaSearch
 
 from raysearch.core.schema import HParams
@@ -24,9 +23,9 @@ from raysearch.search.resources import (
     resolve_gpus_per_worker,
     trials_that_fit,
 )
-from raysearch.study.evaluate import EvaluationSession
 from raysearch.tasks import create_task
 from raysearch.training.hparams import preprocessing_of, schema
+from raysearch.training.session import LocalSession
 from raysearch.training.trainer import LoopSettings, train
 
 CPU_NODE = {"CPU": 4.0, "memory": 8e9}
@@ -147,7 +146,7 @@ def test_two_worker_ddp_matches_one_worker(tiny_cache: tuple[Path, HParams], tmp
 
     cache, hp = tiny_cache
     loop = LoopSettings("multitask", str(cache), max_epochs=2, seed=7)
-    alone = EvaluationSession(torch.device("cpu"))
+    alone = LocalSession()
     train(hp, loop, alone)
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)

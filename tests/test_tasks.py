@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from raysearch.core.columns import is_epoch_metric
 from raysearch.data.cache import CachedDataset, build_cache, load_cache
 from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.data.preprocess import Preprocessing
@@ -21,6 +21,7 @@ from raysearch.tasks import create_task, task_names
 from raysearch.tasks.base import TaskContext
 from raysearch.training.batches import make_batch
 from raysearch.training.hparams import defaults
+from raysearch.training.session import LocalSession
 from raysearch.training.trainer import LoopSettings, train
 from raysearch.training.validation import baseline_apd
 
@@ -28,20 +29,6 @@ SIZE = 32
 OUTPUTS = {"classification": {"logits"}, "regression": {"polygon"}, "multitask": {"logits", "polygon"},
            "segmentation": {"mask"}}
 
-
-class MemorySession:
-    """A one-worker session on the CPU that keeps every report and the files of its checkpoint."""
-
-    world_rank, world_size, device = 0, 1, torch.device("cpu")
-
-    def __init__(self) -> None:
-        self.reports: list[tuple[dict[str, Any], set[str]]] = []
-
-    def restored(self) -> nullcontext[None]:
-        return nullcontext(None)
-
-    def report(self, metrics: dict[str, Any], checkpoint: Path | None, *, improved: bool = False) -> None:
-        self.reports.append((metrics, {p.name for p in checkpoint.iterdir()} if checkpoint else set()))
 
 
 @pytest.fixture(scope="module")
@@ -95,15 +82,16 @@ def test_forward_backward_loss_and_metrics_are_finite(name: str, tiny_cache: Cac
 
 
 @pytest.mark.parametrize("name", task_names())
-def test_one_tiny_training_run_reports_every_epoch(name: str, tiny_cache: CachedDataset) -> None:
-    session = MemorySession()
+def test_one_tiny_training_run_reports_every_epoch(name: str, tiny_cache: CachedDataset, tmp_path: Path) -> None:
+    session = LocalSession(kept=tmp_path)
     train(small_hp(name), LoopSettings(name, str(tiny_cache.directory), max_epochs=2, seed=0), session)
-    assert [metrics["epoch"] for metrics, _ in session.reports] == [1, 2]
-    for metrics, files in session.reports:
+    assert [metrics["epoch"] for metrics in session.history] == [1, 2]
+    for metrics in session.history:
         assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_score"])
         assert metrics["params"] > 0 and metrics["latency_ms"] > 0
-        assert "state.pt" in files
-    assert "best_model.pt" in session.reports[0][1]
+        assert all(is_epoch_metric(key) for key in metrics)  # the one epoch-record schema (core.columns)
+        assert "state.pt" in {p.name for p in (tmp_path / f"epoch_{metrics['epoch']}").iterdir()}
+    assert "best_model.pt" in {p.name for p in (tmp_path / "epoch_1").iterdir()}
 
 
 def test_classification_reports_per_class_values_and_the_confusion_matrix(tiny_cache: CachedDataset) -> None:

@@ -22,26 +22,13 @@ from raysearch.tasks.base import TaskContext
 from raysearch.training.batches import make_batch, steps_per_epoch, train_batches
 from raysearch.training.hparams import defaults, preprocessing_of
 from raysearch.training.precision import resolve_precision
+from raysearch.training.session import LocalSession
 from raysearch.training.trainer import LoopSettings, Trainer, train
 from raysearch.training.validation import baseline_apd, evaluate, measure_latency
 
 CPU = torch.device("cpu")
 SMALL = {"batch_size": 8, "conv_layers": 2, "width": 8, "image_size": 32}
 
-
-class Recorder:
-    """A one-worker, in-process session on the CPU that keeps what the trainer reports."""
-
-    world_rank, world_size, device = 0, 1, CPU
-
-    def __init__(self) -> None:
-        self.metrics: list[dict[str, Any]] = []
-
-    def restored(self) -> nullcontext[None]:
-        return nullcontext(None)
-
-    def report(self, metrics: dict[str, Any], checkpoint: Path | None, *, improved: bool = False) -> None:
-        self.metrics.append(metrics)
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +75,11 @@ def plain_loop(data: CachedDataset, hp: dict[str, Any], epochs: int, seed: int) 
 
 def test_fp32_metrics_equal_a_plain_pytorch_loop(cached: tuple[CachedDataset, dict[str, Any]]) -> None:
     data, hp = cached
-    session = Recorder()
+    session = LocalSession()
     train(hp, LoopSettings("multitask", str(data.directory), max_epochs=2, seed=5), session)  # precision auto → fp32
     expected = plain_loop(data, hp, epochs=2, seed=5)
-    assert [m["precision"] for m in session.metrics] == ["fp32", "fp32"]
-    for got, want in zip(session.metrics, expected, strict=True):
+    assert [m["precision"] for m in session.history] == ["fp32", "fp32"]
+    for got, want in zip(session.history, expected, strict=True):
         assert {k: got[k] for k in want if k.startswith("val_")} == {k: v for k, v in want.items() if k != "train_loss"}
         assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-12)
 
@@ -100,15 +87,16 @@ def test_fp32_metrics_equal_a_plain_pytorch_loop(cached: tuple[CachedDataset, di
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_on_the_cpu(cached: tuple[CachedDataset, dict[str, Any]], precision: str) -> None:
     data, hp = cached
-    session = Recorder()
+    session = LocalSession()
     trainer = Trainer({**hp, "precision": precision}, LoopSettings("multitask", str(data.directory), 1, 0), session)
+    trainer.setup()
     assert trainer.precision.scaler.is_enabled() == (precision == "fp16")
     with trainer.precision.autocast():
         assert trainer.model(torch.zeros(2, 1, 32, 32))["logits"].dtype == {"bf16": torch.bfloat16,
                                                                             "fp16": torch.float16}[precision]
     trainer.fit()
-    assert session.metrics[0]["precision"] == precision
-    assert np.isfinite(session.metrics[0]["train_loss"]) and np.isfinite(session.metrics[0]["val_score"])
+    assert session.history[0]["precision"] == precision
+    assert np.isfinite(session.history[0]["train_loss"]) and np.isfinite(session.history[0]["val_score"])
 
 
 def test_auto_precision_is_fp32_on_the_cpu_and_unknown_ones_are_refused() -> None:
@@ -145,24 +133,19 @@ def test_every_placement_gives_the_same_batches(cached: tuple[CachedDataset, dic
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-class CudaRecorder(Recorder):
-    """The same session on the first GPU."""
-
-    device = torch.device("cuda", 0)
-
-
 @pytest.mark.gpu
 def test_on_a_gpu_the_cache_lives_there_and_a_trial_trains_in_the_default_precision(
         cached: tuple[CachedDataset, dict[str, Any]]) -> None:
     data, hp = cached
-    session = CudaRecorder()
+    session = LocalSession(torch.device("cuda", 0))
     trainer = Trainer({**hp, "augment": 0.5}, LoopSettings("multitask", str(data.directory), 2, 0), session)
+    trainer.setup()
     assert trainer.source.placement == "resident" and trainer.source.arrays["image"].is_cuda
     assert trainer.memory_format == torch.channels_last and torch.backends.cudnn.benchmark
     trainer.fit()
     expected = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    assert [m["precision"] for m in session.metrics] == [expected, expected]
-    assert all(np.isfinite(m["train_loss"]) and np.isfinite(m["val_score"]) for m in session.metrics)
+    assert [m["precision"] for m in session.history] == [expected, expected]
+    assert all(np.isfinite(m["train_loss"]) and np.isfinite(m["val_score"]) for m in session.history)
     streamed = BatchSource(data, session.device, preprocessing_of(hp), "streamed")
     resident = trainer.source
     rows = list(train_batches(data.indices("train"), hp, 0, 0, 0, 1))
@@ -192,18 +175,18 @@ def test_latency_is_the_median_single_image_time_in_milliseconds_after_warm_up()
 
 def test_each_epoch_reports_the_network_s_size_and_latency(cached: tuple[CachedDataset, dict[str, Any]]) -> None:
     data, hp = cached
-    session = Recorder()
+    session = LocalSession()
     started = time.perf_counter()
     trainer = Trainer(hp, LoopSettings("multitask", str(data.directory), 1, 0, cache_hit=True), session)
     trainer.fit()
     took = time.perf_counter() - started
-    (metrics,) = session.metrics
+    (metrics,) = session.history
     assert metrics["params"] == sum(p.numel() for p in trainer.model.parameters()) > 0
     assert metrics["latency_ms"] == trainer.latency > 0 and metrics["cache_hit"] == 1.0
     assert metrics["lr"] == hp["lr"] and metrics["epoch"] == 1 and 0 < metrics["epoch_time_s"] < took
 
 
-class _Worker(Recorder):
+class _Worker(LocalSession):
     """One worker of a `world`-worker group (ranks 0..world-1) on the CPU."""
 
     def __init__(self, rank: int, world: int) -> None:
@@ -241,7 +224,7 @@ def test_validation_sharded_over_two_workers_covers_every_image_once(
     context = TaskContext(len(data.classes), hp["channels"], baseline_apd(data, data.indices("train"), val))
     cases = {"all": val, "one image": val[:1]}
     expected = {name: evaluate(create_task("multitask"), _frozen_network(hp, context), data, rows, hp, context,
-                               Recorder()) for name, rows in cases.items()}
+                               LocalSession()) for name, rows in cases.items()}
     assert expected["all"] != expected["one image"]
     torch.multiprocessing.spawn(_validate_as_worker, nprocs=2, args=(
         2, f"file://{tmp_path / 'rendezvous'}", str(data.directory), hp, context, cases, str(tmp_path)))
@@ -253,7 +236,8 @@ def test_validation_sharded_over_two_workers_covers_every_image_once(
 
 def test_validation_runs_in_the_trial_s_precision(cached: tuple[CachedDataset, dict[str, Any]]) -> None:
     data, hp = cached
-    trainer = Trainer({**hp, "precision": "bf16"}, LoopSettings("multitask", str(data.directory), 1, 0), Recorder())
+    trainer = Trainer({**hp, "precision": "bf16"}, LoopSettings("multitask", str(data.directory), 1, 0), LocalSession())
+    trainer.setup()
     found = trainer.validate()
 
     def evaluated(autocast: Any) -> dict[str, float]:
@@ -268,5 +252,6 @@ def test_hyperparameters_from_before_augmentation_and_precision_existed_train_pl
         cached: tuple[CachedDataset, dict[str, Any]]) -> None:
     data, hp = cached
     older = {k: v for k, v in hp.items() if k not in ("augment", "precision")}  # a study saved before those fields
-    trainer = Trainer(older, LoopSettings("multitask", str(data.directory), 1, 0), Recorder())
+    trainer = Trainer(older, LoopSettings("multitask", str(data.directory), 1, 0), LocalSession())
+    trainer.setup()
     assert trainer.augmentation is None and trainer.precision.name == "fp32"

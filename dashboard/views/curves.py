@@ -10,10 +10,10 @@ from raysearch.dashboard.logic import curve_selection, stop_points
 from study_data import current_study
 from widgets import no_data, study_header, trial_order
 
-from raysearch.core.columns import is_per_class
+from raysearch.core.columns import EARLY_STOPPED, PRUNED, is_per_class
 
 CURVE_SELECTIONS, LAST_SELECTION = "curve-selections", ""  # session state: study → trials drawn ("" the last)
-STOP_SYMBOLS = {"PRUNED": ("x", "stopped by ASHA"), "EARLY_STOPPED": ("square", "stopped by patience")}
+STOP_SYMBOLS = {PRUNED: ("x", "stopped by ASHA"), EARLY_STOPPED: ("square", "stopped by patience")}
 
 
 def main() -> None:

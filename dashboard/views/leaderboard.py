@@ -20,7 +20,17 @@ from raysearch.dashboard.logic import (
 from study_data import Study, current_study, load_study, studies
 from widgets import label, numeric_format, study_header
 
-from raysearch.core.columns import STATUSES, headline_columns, lower_is_better, rank_trials
+from raysearch.core.columns import (
+    COMPLETED,
+    EARLY_STOPPED,
+    FAILED,
+    MODES,
+    PRUNED,
+    STATUSES,
+    headline_columns,
+    lower_is_better,
+    rank_trials,
+)
 
 FILTERS = "leaderboard-filters"  # session state: filter scope → widget key → value
 
@@ -109,8 +119,8 @@ def headline(study: Study) -> None:
     cards[0].metric("Trials", len(trials), border=True,
                     help=" · ".join(f"{counts.get(s, 0)} {s.lower().replace('_', ' ')}" for s in STATUSES))
     cards[1].metric("Completed · stopped · failed",
-                    f"{counts.get('COMPLETED', 0)} / {counts.get('PRUNED', 0) + counts.get('EARLY_STOPPED', 0)} / "
-                    f"{counts.get('FAILED', 0)}", border=True)
+                    f"{counts.get(COMPLETED, 0)} / {counts.get(PRUNED, 0) + counts.get(EARLY_STOPPED, 0)} / "
+                    f"{counts.get(FAILED, 0)}", border=True)
     if study.score_column not in trials or trials[study.score_column].isna().all():
         return
     best = rank_trials(trials, study.score_column, study.mode).iloc[0]
@@ -142,7 +152,7 @@ def main() -> None:
     default = study.score_column if study.score_column in metrics else metrics[0]
     column = left.selectbox("Rank by", metrics, index=metrics.index(default), format_func=label, key="rank-by")
     best_first = study.mode if column == study.score_column else ("min" if lower_is_better(column) else "max")
-    mode = middle.radio("Best is", ["max", "min"], index=["max", "min"].index(best_first), horizontal=True,
+    mode = middle.radio("Best is", MODES, index=MODES.index(best_first), horizontal=True,
                         key=f"mode-{column}")
     scope = filter_scope(study.name, everything)
     present = [s for s in STATUSES if s in set(frame["status"])]
@@ -176,7 +186,7 @@ def main() -> None:
                  column_config={**{c: st.column_config.Column(label(c)) for c in params},
                                 **numeric_format(shown[[c for c in order if c in shown]]),
                                 "rank": st.column_config.NumberColumn("#", width="small")})
-    failed = frame[frame["status"] == "FAILED"]
+    failed = frame[frame["status"] == FAILED]
     if not failed.empty and "error" in failed:
         with st.expander(f"{len(failed)} failed trials"):
             st.dataframe(failed[["trial_id", "error"]], hide_index=True)

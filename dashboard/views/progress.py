@@ -11,6 +11,7 @@ from raysearch.dashboard.logic import search_progress
 from study_data import current_study, load_study, studies
 from widgets import no_data, study_header
 
+from raysearch.core.columns import PRUNED
 from raysearch.errors import RaysearchError
 
 
@@ -48,7 +49,7 @@ def main() -> None:
         name = label_of(each)
         figure.add_trace(go.Scatter(x=curve["trial_epochs"], y=curve["best_so_far"], mode="lines", name=name,
                                     line={"shape": "hv"}))
-        stopped = curve[(curve["status"] == "PRUNED") & ~curve["trial_id"].duplicated(keep="last")]
+        stopped = curve[(curve["status"] == PRUNED) & ~curve["trial_id"].duplicated(keep="last")]
         figure.add_trace(go.Scatter(
             x=stopped["trial_epochs"], y=stopped["value"], mode="markers", name=f"{name}: pruned trials",
             text=stopped["trial_id"], hovertemplate="%{text} stopped by the scheduler<extra></extra>",

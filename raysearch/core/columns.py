@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 COMPLETED, EARLY_STOPPED, PRUNED, FAILED = STATUSES = ("COMPLETED", "EARLY_STOPPED", "PRUNED", "FAILED")
 FINISHED = (COMPLETED, EARLY_STOPPED)  # trials that ran to their end (all epochs, or patience)
+MODES = ("max", "min")  # a study's `mode`: higher or lower of its metric is better
 LOWER_IS_BETTER = re.compile(r"(loss|apd|mse|mae|error|latency|params|time|epochs|\.std$)")
 PER_CLASS = re.compile(r"_\d+(_\d+)?$")
 # An epoch record (epochs.parquet's row, Tune's result): the training loop's own keys beside its `val_*` metrics,
@@ -76,8 +77,8 @@ def rank_trials(frame: pd.DataFrame, column: str, mode: str) -> pd.DataFrame:
     The one ranking rule: the summary, `Study.trials`, evaluate, export and the dashboard all rank with it."""
     import numpy as np
 
-    if mode not in ("max", "min"):
-        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     ranked = frame.sort_values(column, ascending=mode == "min", na_position="last", kind="stable")
     return ranked.assign(rank=np.arange(1, len(ranked) + 1)).reset_index(drop=True)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from raysearch.core.columns import BOOKKEEPING
+from raysearch.core.columns import BOOKKEEPING, COMPLETED, EARLY_STOPPED, FAILED, PRUNED
 from raysearch.search.space import SearchSpace
 
 
@@ -32,14 +32,12 @@ class TrialRecord:
 
 def trial_status(record: TrialRecord, max_epochs: int) -> str:
     """COMPLETED (all epochs), EARLY_STOPPED (patience), PRUNED (stopped by ASHA) or FAILED."""
-    if record.error:
-        return "FAILED"
-    if not record.epochs:
-        return "FAILED"
+    if record.error or not record.epochs:
+        return FAILED
     last = record.epochs[-1]
     if last.get("stopped_early"):
-        return "EARLY_STOPPED"
-    return "COMPLETED" if last["epoch"] >= max_epochs else "PRUNED"
+        return EARLY_STOPPED
+    return COMPLETED if last["epoch"] >= max_epochs else PRUNED
 
 
 def best_epoch(epochs: Sequence[dict[str, Any]], score: str, mode: str) -> dict[str, Any] | None:

@@ -28,12 +28,13 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from raysearch.core.columns import COMPLETED, EARLY_STOPPED, FAILED, PRUNED
 from raysearch.search.history import FINISHED_BEFORE, recorded_epochs, trial_epochs_spent
 from raysearch.search.results import TrialRecord, best_epoch, trial_status
 
 TRIAL_ID_ATTR = "trial_id"
-OPTUNA_STATES = {"COMPLETED": TrialState.COMPLETE, "EARLY_STOPPED": TrialState.COMPLETE,
-                 "PRUNED": TrialState.PRUNED, "FAILED": TrialState.FAIL}
+OPTUNA_STATES = {COMPLETED: TrialState.COMPLETE, EARLY_STOPPED: TrialState.COMPLETE, PRUNED: TrialState.PRUNED,
+                 FAILED: TrialState.FAIL}
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def outcome_of(epochs: list[dict[str, Any]], *, failed: bool, metric: str, mode:
     """The Optuna state and value of a trial with these recorded epochs (as trials.parquet ranks it)."""
     status = trial_status(TrialRecord("", {}, epochs, error="failed" if failed else None), max_epochs)
     best = best_epoch(epochs, metric, mode)
-    if status == "FAILED" or best is None:
+    if status == FAILED or best is None:
         return Outcome(TrialState.FAIL, None, status, None)
     return Outcome(OPTUNA_STATES[status], float(best[metric]), status, int(best["epoch"]))
 

@@ -33,6 +33,7 @@ from optuna.distributions import (
     distribution_to_json,
 )
 
+from raysearch.core.columns import MODES
 from raysearch.core.schema import HParam, check_value
 from raysearch.errors import ConfigError
 from raysearch.search.choices import SCHEDULERS, SEARCHERS
@@ -217,8 +218,8 @@ def parse_space(data: Any, *, source: str, schema: Mapping[str, HParam] | None =
         if schema is not None:
             check_value(schema, name, value, f"{source}: fixed.{name}")
     mode = data.get("mode")
-    if mode not in (None, "min", "max"):
-        raise ConfigError(f"{source}: mode: must be min or max, got {mode!r}")
+    if mode is not None and mode not in MODES:
+        raise ConfigError(f"{source}: mode: must be {' or '.join(MODES)}, got {mode!r}")
     for key, allowed in (("searcher", SEARCHERS), ("scheduler", SCHEDULERS)):
         if data.get(key) not in (None, *allowed):
             raise ConfigError(f"{source}: {key}: must be one of {', '.join(allowed)}, got {data[key]!r}")

@@ -11,6 +11,7 @@ from raysearch.data.cache import ensure_cache
 from raysearch.data.samples import DatasetIndex
 from raysearch.search.resources import TrialShape
 from raysearch.tasks import create_task
+from raysearch.training.callbacks import Monitor
 from raysearch.training.hparams import preprocessing_of, schema
 from raysearch.training.session import TuneSession, discard_best_weights_links
 from raysearch.training.trainer import LoopSettings, train
@@ -32,6 +33,7 @@ class TrialSettings:
     cpus_per_worker: float
     gpus_per_worker: float
     max_failures: int
+    monitor: Monitor  # the study's metric and mode: what decides each trial's best epoch
 
     @property
     def shape(self) -> TrialShape:
@@ -65,7 +67,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     cache_dir, hit = ensure_cache(settings.index, settings.fingerprint, preprocessing_of(hp), Path(settings.cache_root),
                                 progress=False)
     loop = LoopSettings(settings.task, str(cache_dir), settings.max_epochs, settings.seed,
-                        threads=max(int(settings.cpus_per_worker), 1), cache_hit=hit)
+                        threads=max(int(settings.cpus_per_worker), 1), cache_hit=hit, monitor=settings.monitor)
     use_gpu = settings.gpus_per_worker > 0
     trial_dir = Path(settings.storage_path) / trial_id
     discard_best_weights_links(trial_dir)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import shutil
 import sys
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -34,7 +33,7 @@ from torch import nn
 from raysearch.core.columns import headline_columns, metric_name
 from raysearch.core.devices import torch_device
 from raysearch.core.files import write_table_atomic
-from raysearch.core.layout import BEST_FILE, PREDICTIONS_DIR, StudyFolder
+from raysearch.core.layout import PREDICTIONS_DIR, StudyFolder
 from raysearch.data.cache import META_FILE, CachedDataset, cache_key, dataset_fingerprint, ensure_cache, load_cache
 from raysearch.data.preprocess import fit, placement
 from raysearch.data.samples import SPLITS
@@ -46,8 +45,9 @@ from raysearch.tasks import create_task
 from raysearch.tasks.base import Task, TaskContext
 from raysearch.tasks.metrics import point_distances
 from raysearch.training.batches import make_batch
-from raysearch.training.checkpoints import read_weights
+from raysearch.training.callbacks import BestWeights, EarlyStopping, Monitor
 from raysearch.training.hparams import preprocessing_of
+from raysearch.training.session import LocalSession
 from raysearch.training.trainer import LoopSettings, train
 from raysearch.training.validation import baseline_apd
 from raysearch.training.validation import evaluate as evaluate_rows
@@ -65,25 +65,6 @@ PREDICTION_SCHEMA = pa.schema([
     ("true_mask", pa.string()), ("mask", pa.string()), ("iou", pa.float64()),
 ])
 
-
-class EvaluationSession:
-    """An in-process, single-worker training session that keeps each epoch's metrics and the best weights."""
-
-    world_rank = 0
-    world_size = 1
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.history: list[dict[str, Any]] = []
-        self.best_weights: dict[str, torch.Tensor] | None = None
-
-    def restored(self) -> AbstractContextManager[Path | None]:
-        return nullcontext(None)
-
-    def report(self, metrics: dict[str, Any], checkpoint: Path | None, *, improved: bool = False) -> None:
-        self.history.append(metrics)
-        if improved and checkpoint is not None and (checkpoint / BEST_FILE).is_file():
-            self.best_weights = read_weights(checkpoint / BEST_FILE, self.device)
 
 
 @dataclass(frozen=True)
@@ -125,12 +106,14 @@ class Retraining:
     cache_dir: str
 
 
-def retrain(task: str, hp: dict[str, Any], cache_dir: str, seed: int, max_epochs: int,
-            threads: int) -> dict[str, torch.Tensor] | None:
-    """Train a configuration from scratch with `seed` (in a Ray task); its best-validation weights, on the CPU."""
-    session = EvaluationSession(torch_device())
-    train(hp, LoopSettings(task, cache_dir, max_epochs, seed, threads=threads, cache_hit=True), session)
-    return None if session.best_weights is None else {k: v.cpu() for k, v in session.best_weights.items()}
+def retrain(task: str, hp: dict[str, Any], cache_dir: str, seed: int, max_epochs: int, threads: int,
+            monitor: Monitor) -> dict[str, torch.Tensor] | None:
+    """Train a configuration from scratch with `seed` (in a Ray task), stopping early and keeping the best
+    weights by the study's `monitor` as its trials did; those weights, on the CPU (None if no epoch scored)."""
+    best = BestWeights(monitor)
+    settings = LoopSettings(task, cache_dir, max_epochs, seed, threads=threads, cache_hit=True, monitor=monitor)
+    train(hp, settings, LocalSession(torch_device()), callbacks=[EarlyStopping(monitor, hp["patience"]), best])
+    return None if best.weights is None else {k: v.cpu() for k, v in best.weights.items()}
 
 
 def _retraining_resources(study: Mapping[str, Any]) -> dict[str, float]:
@@ -149,12 +132,13 @@ def _retrain_all(study: Mapping[str, Any], jobs: list[Retraining], max_epochs: i
     from raysearch.search.connection import connected
 
     resources = _retraining_resources(study)
+    monitor = Monitor(study["scheduler"]["metric"], study["scheduler"]["mode"])  # what ranked the study's trials
     task = create_task(study["task"])
     threads = max(int(resources["num_cpus"]), 1)
     remote = ray.remote(retrain)
     with connected(address):
         pending = [remote.options(name=f"retrain {job.trial_id} seed {job.seed}", **resources).remote(
-            study["task"], job.hp, job.cache_dir, job.seed, max_epochs, threads) for job in jobs]
+            study["task"], job.hp, job.cache_dir, job.seed, max_epochs, threads, monitor) for job in jobs]
         with tqdm(total=len(pending), desc="retrain", disable=not progress) as bar:
             remaining = list(pending)
             while remaining:
@@ -177,7 +161,7 @@ def _test_metrics(task: Task, model: Model, data: CachedDataset, rows: np.ndarra
     if not len(test_rows):
         return {}
     context = TaskContext(len(data.classes), model.hp["channels"], baseline_apd(data, train_rows, test_rows))
-    return evaluate_rows(task, model.network, data, test_rows, model.hp, context, EvaluationSession(torch_device()))
+    return evaluate_rows(task, model.network, data, test_rows, model.hp, context, LocalSession(torch_device()))
 
 
 @torch.no_grad()

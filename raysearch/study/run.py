@@ -30,6 +30,7 @@ from raysearch.study.dataset import study_dataset
 from raysearch.study.lock import refuse_if_held, study_lock
 from raysearch.study.spec import StudySpec, resolved_study
 from raysearch.tasks import create_task
+from raysearch.training.callbacks import Monitor
 from raysearch.training.hparams import defaults, preprocessing_of, schema
 
 if TYPE_CHECKING:
@@ -139,6 +140,7 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
         cache_root=str(cache_root.resolve()), storage_path=str(folder.train_dir.resolve()),
         max_epochs=spec.max_epochs, seed=spec.seed, workers=spec.workers_per_trial,
         cpus_per_worker=spec.cpus_per_worker, gpus_per_worker=0.0, max_failures=spec.max_failures,
+        monitor=Monitor(metric, mode),
     )
     search = SearchSettings(
         name=name, results_dir=study_dir, trials=spec.trials, metric=metric, mode=mode,

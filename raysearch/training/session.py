@@ -2,7 +2,8 @@
 
 A one-worker trial runs the loop directly in the Tune trial process (`TuneSession`: no worker group to
 start, ~30 s cheaper per trial); a multi-worker trial runs it in every worker of a Ray Train
-`TorchTrainer` (`TrainSession`). The loop itself cannot tell the difference.
+`TorchTrainer` (`TrainSession`); evaluation's retraining and the tests run it in their own process
+(`LocalSession`). The loop itself cannot tell the difference.
 
 Both keep a trial's checkpoints in one folder per trial, `<study>/train/<trial_id>/checkpoint_<N>` (N
 counts epochs from 0), and both find them again by the trial's id when Tune restarts the trial (after a
@@ -129,6 +130,31 @@ class _Restoring(AbstractContextManager):
     def __exit__(self, *exc: object) -> None:
         self.inner.__exit__(*exc)
 
+
+
+class LocalSession:
+    """The loop running in this process as one worker, without Ray (evaluation's retraining, tests): it keeps
+    every reported epoch (`history`) and whether it improved the trial's score (`improved`); `kept`, when given,
+    receives a copy of each reported checkpoint as `epoch_<N>`; `resume_from` is the checkpoint to restore."""
+
+    world_rank = 0
+    world_size = 1
+
+    def __init__(self, device: torch.device | None = None, *, kept: Path | None = None,
+                 resume_from: Path | None = None) -> None:
+        self.device = torch.device("cpu") if device is None else device
+        self.kept, self.resume_from = kept, resume_from
+        self.history: list[dict[str, Any]] = []
+        self.improved: list[bool] = []
+
+    def restored(self) -> AbstractContextManager[Path | None]:
+        return nullcontext(self.resume_from)
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None, *, improved: bool = False) -> None:
+        self.history.append(metrics)
+        self.improved.append(improved)
+        if self.kept is not None and checkpoint is not None:
+            shutil.copytree(checkpoint, self.kept / f"epoch_{metrics['epoch']}")
 
 
 class TuneSession:

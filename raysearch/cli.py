@@ -6,10 +6,11 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import Field, fields
 from pathlib import Path
+from typing import Any
 
 from raysearch.errors import RaysearchError
-from raysearch.search.choices import SCHEDULERS, SEARCHERS
 
 EXAMPLES = """examples:
   raysearch run multitask                                 # built-in phantom X-rays, local Ray
@@ -29,61 +30,54 @@ EXAMPLES = """examples:
 
 
 def _add_run(commands: argparse._SubParsersAction) -> None:
-    from raysearch.data.splits import SPLIT_POLICIES
-
     run = commands.add_parser("run", help="run a hyperparameter search study", epilog=EXAMPLES,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("task", help="classification, regression, multitask or segmentation")
-    run.add_argument("--data", help="dataset folder or data.yaml (default: built-in phantom X-rays)")
-    run.add_argument("--space", help="search-space YAML (default: search_spaces/TASK.yaml)")
-    run.add_argument("--name", help="study name (default: derived from task, space and settings)")
-    run.add_argument("--results", default="raysearch-results", help="results root folder (default: %(default)s)")
-    run.add_argument("--trials", type=int, default=8, help="number of trials (default: %(default)s)")
-    run.add_argument("--max-epochs", type=int, default=6, help="epochs per trial at most (default: %(default)s)")
-    run.add_argument("--image-size", type=int, default=64, help="input size in pixels (default: %(default)s)")
-    run.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (DDP)")
-    run.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (default: %(default)s)")
-    run.add_argument("--gpus-per-worker", type=_gpus, default="auto",
-                     help="GPUs per worker; fractions share a GPU (default: auto: 1 if the cluster has GPUs, else 0)")
-    run.add_argument("--trials-per-gpu", type=int, metavar="K",
-                     help="pack K trials on each GPU (each worker takes 1/K GPU), for small models")
-    run.add_argument("--concurrency", type=int, help="trials at once (default and cap: what the cluster fits)")
-    run.add_argument("--seed", type=int, default=0, help="seed of the sampler and of training (default: 0)")
-    run.add_argument("--grace-period", type=int, default=1,
-                     help="ASHA: epochs every trial runs before it can be stopped (default: %(default)s)")
-    run.add_argument("--reduction-factor", type=int, default=2,
-                     help="ASHA: keep the best 1/N of trials at each rung (default: %(default)s)")
-    run.add_argument("--searcher", choices=SEARCHERS,
-                     help="Optuna sampler: tpe, random or qmc (default: the space's `searcher:`, else tpe)")
-    run.add_argument("--startup-trials", type=int, metavar="N",
-                     help="tpe: trials sampled at random before TPE models the results "
-                     "(default: a third of --trials, 2 to 10)")
-    run.add_argument("--scheduler", choices=SCHEDULERS,
-                     help="Ray Tune scheduler that stops trials early: asha, hyperband, median or none "
-                     "(default: the space's `scheduler:`, else asha)")
-    run.add_argument("--time-budget", metavar="DURATION",
-                     help="stop sampling new trials after this long (2h, 30m, 90s); running trials finish")
-    run.add_argument("--epoch-budget", type=int, metavar="N",
-                     help="stop sampling new trials once the trials ran N epochs in all; running trials finish")
-    run.add_argument("--log", action="append", default=[], metavar="BACKEND",
-                     help="track the study in mlflow, wandb or tensorboard (repeat the flag or give a comma list); "
-                     "MLflow goes to $MLFLOW_TRACKING_URI, else to STUDY/mlflow/")
-    _add_cluster_options(run, wait_default=900.0)
+    for spec_field in spec_fields():
+        add_spec_flag(run, spec_field)
     run.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_dataset_options(run)
-    run.add_argument("--splits", choices=SPLIT_POLICIES,
-                     help="published: the dataset's splits, tested also on their leak-free subset; deduplicated: "
-                     "drop val/test images whose source is in train; grouped: split whole source groups "
-                     "(seeded, stratified by class) (default: published for a dataset that ships splits, else "
-                     "grouped)")
-    run.add_argument("--no-test-split", action="store_true",
-                     help="a dataset without test images: keep none (default: carve one from train, by source)")
-    run.add_argument("--on-error", choices=("skip", "error"), default="skip",
-                     help="a corrupt image or malformed label: skip it (listed in data_issues.parquet) or stop")
-    run.add_argument("--empty-labels", choices=("skip", "background"), default="skip",
-                     help="images with empty label files: skip them (counted) or use them as class 'no fracture'")
-    run.add_argument("--binarise-masks", action="store_true",
-                     help="accept masks with values other than 0/1/255 (e.g. class labels): nonzero = foreground")
+
+
+def spec_fields(names: Sequence[str] | None = None) -> list[Field[Any]]:
+    """The StudySpec fields that are `raysearch run` flags (or those of `names`), in their order."""
+    from raysearch.study.spec import StudySpec
+
+    found = [f for f in fields(StudySpec) if "help" in f.metadata]
+    return found if names is None else [f for f in found if f.name in names]
+
+
+def add_spec_flag(parser: argparse.ArgumentParser, spec_field: Field[Any], *, recorded: bool = False) -> None:
+    """One StudySpec field as an argument of `parser`: its flag, default, allowed values and help; `recorded`:
+    for a command that continues a study, whose default is what the study recorded (None here)."""
+    from raysearch.study.spec import flag_name
+
+    meta = spec_field.metadata
+    default = os.environ.get(meta["env"]) or spec_field.default if "env" in meta else spec_field.default
+    note = " (default: the study's)" if recorded else _default_note(spec_field)
+    default = None if recorded else default
+    options: dict[str, Any] = {"help": meta["help"] + note}
+    if meta.get("positional"):
+        parser.add_argument(spec_field.name, **options)
+        return
+    if "action" in meta:
+        options["action"] = meta["action"]
+    if meta.get("action") == "append":
+        options["default"] = []
+    elif meta.get("action") is None:
+        options["default"] = default
+    for key in ("choices", "metavar"):
+        if key in meta:
+            options[key] = meta[key]
+    if "type" in meta:
+        options["type"] = _gpus if meta["type"] == "gpus" else meta["type"]
+    parser.add_argument(flag_name(spec_field), dest=spec_field.name, **options)
+
+
+def _default_note(spec_field: Field[Any]) -> str:
+    """` (default: X)` for a field whose default is a value to state (not None, a flag switch or a list)."""
+    meta, default = spec_field.metadata, spec_field.default
+    if meta.get("positional") or "action" in meta or default is None or "default:" in meta["help"]:
+        return ""
+    return f" (default: {default})"
 
 
 def _gpus(value: str) -> float | str:
@@ -96,25 +90,17 @@ def _gpus(value: str) -> float | str:
         raise argparse.ArgumentTypeError(f"must be auto or a number, got {value!r}") from None
 
 
-def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--format", choices=("yolo", "class-folders", "image-mask"),
-                        help="dataset format (default: detected from the folder)")
-    parser.add_argument("--split-ratios", default="0.8,0.1,0.1",
-                        help="TRAIN,VAL,TEST shares for datasets without split folders (default: %(default)s)")
-
-
-def _add_cluster_options(parser: argparse.ArgumentParser, wait_default: float | None) -> None:
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
-                        help="Ray cluster to join (default: $RAY_ADDRESS, else start a local one)")
-    parser.add_argument("--wait-for-nodes", type=float, default=wait_default, metavar="SECONDS",
-                        help="on a cluster with an autoscaler, how long to wait for the first node that fits a "
-                        "trial (default: " + ("%(default)g s" if wait_default else "the study's") + ")")
+def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    """--address and --wait-for-nodes for a command that continues a study (default: what the study recorded)."""
+    address, wait = spec_fields(("address", "wait_for_nodes"))
+    add_spec_flag(parser, address)
+    add_spec_flag(parser, wait, recorded=True)
 
 
 def _add_resume(commands: argparse._SubParsersAction) -> None:
     resume = commands.add_parser("resume", help="continue an interrupted study where it stopped")
     resume.add_argument("study", type=Path, help="study folder (RESULTS/STUDY_NAME)")
-    _add_cluster_options(resume, wait_default=None)
+    _add_cluster_options(resume)
     resume.add_argument("--trust", action="store_true",
                         help="resume even if the study's Ray Tune state was not signed by your key (a folder from "
                         "someone else): its pickles are loaded and can run any code, so only for authors you trust")
@@ -122,30 +108,34 @@ def _add_resume(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_data(commands: argparse._SubParsersAction) -> None:
+    from raysearch.data.phantom import PhantomSpec
+
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     phantom = data.add_parser("phantom", help="write the built-in phantom X-ray dataset")
     phantom.add_argument("out", type=Path, help="output folder")
-    phantom.add_argument("--train", type=int, default=480)
-    phantom.add_argument("--val", type=int, default=120)
-    phantom.add_argument("--test", type=int, default=120)
-    phantom.add_argument("--image-size", type=int, default=128)
-    phantom.add_argument("--seed", type=int, default=0)
+    for spec_field in fields(PhantomSpec):
+        what = "image size in pixels" if spec_field.name == "image_size" else (
+            "seed of the generator" if spec_field.name == "seed" else f"{spec_field.name} images")
+        phantom.add_argument(f"--{spec_field.name.replace('_', '-')}", type=int, default=spec_field.default,
+                             help=f"{what} (default: %(default)s)")
     audit = data.add_parser("audit", help="report what a dataset holds and what is wrong with it (audit.parquet)")
     audit.add_argument("path", type=Path, help="dataset folder or data.yaml")
     audit.add_argument("--out", type=Path, help="output folder (default: raysearch-results/audit/DATASET_NAME)")
     audit.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_dataset_options(audit)
+    for spec_field in spec_fields(("format", "split_ratios")):
+        add_spec_flag(audit, spec_field)
 
 
 def _add_results(commands: argparse._SubParsersAction) -> None:
+    from raysearch.core.layout import DEFAULT_RESULTS
+
     evaluate = commands.add_parser("evaluate", help="evaluate a finished study's best trials on the test split")
     evaluate.add_argument("study", type=Path, help="study folder (RESULTS/STUDY_NAME)")
     evaluate.add_argument("--top", type=int, default=1, help="evaluate the K best trials (default: %(default)s)")
     evaluate.add_argument("--repeats", type=int, default=1,
                           help="1: reload each trial's best checkpoint; R > 1: retrain with R seeds, mean ± std")
     evaluate.add_argument("--max-epochs", type=int, help="epochs per retraining (default: the study's)")
-    evaluate.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
-                          help="Ray cluster that retrains (default: $RAY_ADDRESS, else a local Ray)")
+    add_spec_flag(evaluate, *spec_fields(("address",)))
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     predict = commands.add_parser("predict", help="label new radiographs with an exported model")
     predict.add_argument("model", type=Path, help="exported model folder (STUDY/model) or a study folder")
@@ -158,7 +148,7 @@ def _add_results(commands: argparse._SubParsersAction) -> None:
                         help="comma-separated: onnx, torchscript (default: %(default)s)")
     export.add_argument("--trial", help="export this trial instead of the best (replaces STUDY/model)")
     dashboard = commands.add_parser("dashboard", help="open the Streamlit dashboard on a results folder")
-    dashboard.add_argument("results", type=Path, nargs="?", default=Path("raysearch-results"),
+    dashboard.add_argument("results", type=Path, nargs="?", default=Path(DEFAULT_RESULTS),
                            help="results folder (default: %(default)s)")
     dashboard.add_argument("--port", type=int, default=8501, help="port to listen on (default: %(default)s)")
     dashboard.add_argument("--host", default="127.0.0.1",
@@ -195,23 +185,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def reference() -> str:
+    """The CLI reference (docs/cli.md) in Markdown: every command with each argument and its help (defaults
+    included), from the same parser `raysearch` runs with (so from the StudySpec fields for `run`)."""
+    lines = ["# Command-line reference", "",
+             "Generated from the parser by `python -m raysearch.cli > docs/cli.md`; `tests/test_cli.py` checks it is "
+             "current. `raysearch COMMAND --help` prints the same.", ""]
+    for name, summary, command in _commands(build_parser()):
+        lines += [f"## `raysearch {name}`", "", f"{summary}.", "", "| argument | meaning |", "| --- | --- |"]
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            shown = ", ".join(f"`{option}`" for option in action.option_strings) or f"`{action.dest.upper()}`"
+            meaning = (action.help or "").replace("%(default)s", str(action.default)).replace("|", "\\|")
+            if action.choices:
+                meaning += " (one of " + ", ".join(f"`{c}`" for c in action.choices) + ")"
+            lines.append(f"| {shown} | {meaning} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: str = "") -> list[tuple[str, str, argparse.ArgumentParser]]:
+    """Every leaf command of `parser`: its full name (`data audit`), its one-line help and its parser."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            summaries = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                nested = _commands(sub, f"{prefix}{name} ")
+                found += nested or [(f"{prefix}{name}", summaries.get(name) or "", sub)]
+    return found
+
+
 def _run(args: argparse.Namespace) -> None:
     from raysearch.study.run import run_study
     from raysearch.study.spec import StudySpec
 
-    spec = StudySpec(
-        task=args.task, data=args.data, space=args.space, name=args.name, results=args.results, trials=args.trials,
-        max_epochs=args.max_epochs, image_size=args.image_size, workers_per_trial=args.workers_per_trial,
-        cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker, trials_per_gpu=args.trials_per_gpu,
-        concurrency=args.concurrency,
-        seed=args.seed, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
-        address=args.address, wait_for_nodes=args.wait_for_nodes, format=args.format,
-        on_error=args.on_error, empty_labels=args.empty_labels, split_ratios=args.split_ratios,
-        binarise_masks=args.binarise_masks, log=tuple(args.log),
-        splits_policy=args.splits, test_split=not args.no_test_split,
-        searcher=args.searcher, startup_trials=args.startup_trials, scheduler=args.scheduler,
-        time_budget=args.time_budget, epoch_budget=args.epoch_budget,
-    )
+    spec = StudySpec(**{f.name: getattr(args, f.name) for f in spec_fields()})
     run_study(spec, progress=not args.quiet)
 
 
@@ -328,3 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("raysearch: interrupted", file=sys.stderr)
         return 130
     return code or 0
+
+
+if __name__ == "__main__":
+    print(reference())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -12,6 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import TinyStudy
+
+from raysearch.cli import build_parser, reference, spec_fields
+from raysearch.study.spec import StudySpec
 
 
 def raysearch(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -102,3 +106,16 @@ def test_run_multitask_end_to_end(tiny_study: TinyStudy) -> None:
     again = raysearch("run", "multitask", "--data", str(tiny_study.data), "--results", str(tiny_study.results),
                       "--name", study.name)
     assert again.returncode == 2 and "already finished" in again.stderr
+
+
+def test_the_cli_reference_in_docs_is_the_parser_s_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    written = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    assert written == reference() + "\n", "docs/cli.md is stale: python -m raysearch.cli > docs/cli.md"
+
+
+def test_every_study_spec_flag_reaches_the_spec_with_its_default() -> None:
+    args = build_parser().parse_args(["run", "multitask"])
+    built = {f.name: getattr(args, f.name) for f in spec_fields()}
+    assert StudySpec(**built) == StudySpec(task="multitask", address=built["address"])
+    assert {f.name for f in spec_fields()} == {f.name for f in dataclasses.fields(StudySpec)}

@@ -16,7 +16,8 @@ from raysearch.study.spec import RUNTIME_FIELDS, StudySpec
 SPACE_TEXT = "task: multitask\nparameters:\n  lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
 CHANGED = {"data": "other-data", "space": "search_spaces/other.yaml", "format": "yolo", "split_ratios": "0.7,0.2,0.1",
            "splits_policy": "grouped", "gpus_per_worker": 1.0, "trials_per_gpu": 2, "searcher": "random",
-           "startup_trials": 4, "scheduler": "median", "time_budget": "1h", "epoch_budget": 10}
+           "startup_trials": 4, "scheduler": "median", "time_budget": "1h", "epoch_budget": 10, "on_error": "error",
+           "empty_labels": "background"}
 
 
 def _changed(field: dataclasses.Field[Any], value: Any) -> Any:

@@ -11,8 +11,10 @@ from raysearch.data.splits import SplitOutcome, apply_split_policy
 from raysearch.study.spec import StudySpec
 
 
-def study_dataset(spec: StudySpec, *, progress: bool = True, out: TextIO = sys.stdout) -> SplitOutcome:
-    """The study's dataset (`load_dataset`) under its split policy (`--splits`, `--no-test-split`), said on `out`."""
+def study_dataset(spec: StudySpec, *, progress: bool = True, out: TextIO | None = None) -> SplitOutcome:
+    """The study's dataset (`load_dataset`) under its split policy (`--splits`, `--no-test-split`), said on `out`
+    (default: the standard output of the moment)."""
+    out = out or sys.stdout
     index = load_dataset(spec.data, format=spec.format, on_error=spec.on_error, empty_labels=spec.empty_labels,
                          split_ratios=spec.split_ratios, binarise_masks=spec.binarise_masks, progress=progress,
                          out=out)

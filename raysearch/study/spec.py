@@ -6,15 +6,16 @@ import hashlib
 import json
 import platform
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import Field, asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from raysearch.core.bundled import search_spaces_dir
 from raysearch.core.layout import DEFAULT_RESULTS, describe_study
-from raysearch.data.records import SplitRatios
-from raysearch.data.splits import check_policy
+from raysearch.data.formats import FORMATS
+from raysearch.data.records import BACKGROUND_CLASS, EMPTY_LABELS, ON_ERROR, SplitRatios
+from raysearch.data.splits import SPLIT_POLICIES
 from raysearch.errors import ConfigError
 from raysearch.search.choices import SCHEDULERS, SEARCHERS
 
@@ -27,42 +28,89 @@ DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
 RUNTIME_FIELDS = ("name", "results", "address", "concurrency", "wait_for_nodes", "log")
 
 
+def flag(help: str, **argparse_options: Any) -> dict[str, Any]:
+    """The metadata of a StudySpec field that is a `raysearch run` flag: its help and argparse options (`choices`,
+    `type`, `metavar`, `action`, `flag` for another name than the field's, `env` for a default from the
+    environment). The field's default is the flag's: the CLI and its reference are built from these fields."""
+    return {"help": help, **argparse_options}
+
+
 @dataclass(frozen=True)
 class StudySpec:
-    """Everything `raysearch run` was asked for (CLI flags map one to one onto these fields)."""
+    """Everything `raysearch run` was asked for: each field is one flag (its default, allowed values and help are
+    defined here once; raysearch.cli builds the parser and docs/cli.md from them)."""
 
-    task: str
-    data: str | None = None
-    space: str | None = None
-    name: str | None = None
-    results: str = DEFAULT_RESULTS
-    trials: int = 8
-    max_epochs: int = 6
-    image_size: int = 64
-    workers_per_trial: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float | str = AUTO
-    trials_per_gpu: int | None = None
-    concurrency: int | None = None
-    seed: int = 0
-    address: str | None = None
-    wait_for_nodes: float = 900.0
-    grace_period: int = 1
-    reduction_factor: int = 2
-    max_failures: int = 2
-    format: str | None = None
-    on_error: str = "skip"
-    empty_labels: str = "skip"
-    split_ratios: str = "0.8,0.1,0.1"
-    binarise_masks: bool = False
-    splits_policy: str | None = None  # None: published for a dataset that ships splits, else grouped
-    test_split: bool = True
-    searcher: str | None = None
-    startup_trials: int | None = None  # None: raysearch.search.searcher.default_startup_trials
-    scheduler: str | None = None
-    time_budget: str | None = None
-    epoch_budget: int | None = None
-    log: tuple[str, ...] = ()
+    task: str = field(metadata=flag("classification, regression, multitask or segmentation", positional=True))
+    data: str | None = field(default=None, metadata=flag(
+        "dataset folder or data.yaml (default: the built-in phantom X-rays)"))
+    space: str | None = field(default=None, metadata=flag("search-space YAML (default: search_spaces/TASK.yaml)"))
+    name: str | None = field(default=None, metadata=flag(
+        "study name (default: TASK-<hash> of task, space and settings, never a timestamp)"))
+    results: str = field(default=DEFAULT_RESULTS, metadata=flag("results root folder; the study goes to RESULTS/NAME"))
+    trials: int = field(default=8, metadata=flag("number of trials", type=int))
+    max_epochs: int = field(default=6, metadata=flag("epochs per trial at most (ASHA may stop trials earlier)",
+                                                     type=int))
+    image_size: int = field(default=64, metadata=flag(
+        "input size in pixels (a search space may search it as `image_size`)", type=int))
+    workers_per_trial: int = field(default=1, metadata=flag(
+        "Ray Train DDP workers per trial (gloo on CPU, NCCL on GPU)", type=int))
+    cpus_per_worker: float = field(default=1.0, metadata=flag("CPUs per worker", type=float))
+    gpus_per_worker: float | str = field(default=AUTO, metadata=flag(
+        "GPUs per worker; fractions share a GPU (auto: 1 when the cluster has GPUs, else 0; study.yaml records the "
+        "value used)", type="gpus"))
+    trials_per_gpu: int | None = field(default=None, metadata=flag(
+        "pack K trials on each GPU (each worker takes 1/K GPU), for small models; instead of --gpus-per-worker",
+        type=int, metavar="K"))
+    concurrency: int | None = field(default=None, metadata=flag(
+        "trials at once (default and cap: what the cluster's resources fit)", type=int))
+    seed: int = field(default=0, metadata=flag(
+        f"seed of the Optuna sampler and of training, 0 to {MAX_SEED}", type=int))
+    address: str | None = field(default=None, metadata=flag(
+        "Ray cluster to join (`auto` on a cluster node, ray://host:10001 from outside; default: $RAY_ADDRESS, else "
+        "a local Ray)", env="RAY_ADDRESS"))
+    wait_for_nodes: float = field(default=900.0, metadata=flag(
+        "with an autoscaler: seconds to wait for the first node that fits a trial", type=float, metavar="SECONDS"))
+    grace_period: int = field(default=1, metadata=flag(
+        "ASHA: epochs every trial runs before it can be stopped (at most --max-epochs); the median rule uses it too",
+        type=int))
+    reduction_factor: int = field(default=2, metadata=flag(
+        "ASHA: keep the best 1/N of trials at each rung; HyperBand uses it too", type=int))
+    max_failures: int = field(default=2, metadata=flag("retries of a failed trial (a lost node, an OOM)", type=int))
+    format: str | None = field(default=None, metadata=flag(
+        "dataset format (default: detected from the folder)", choices=tuple(FORMATS)))
+    on_error: str = field(default="skip", metadata=flag(
+        "a corrupt image or malformed label: skip it (listed in data_issues.parquet) or stop", choices=ON_ERROR))
+    empty_labels: str = field(default="skip", metadata=flag(
+        f"images with empty label files: skip them (counted) or use them as class '{BACKGROUND_CLASS}'",
+        choices=EMPTY_LABELS))
+    split_ratios: str = field(default="0.8,0.1,0.1", metadata=flag(
+        "TRAIN,VAL,TEST shares for datasets without split folders"))
+    binarise_masks: bool = field(default=False, metadata=flag(
+        "accept masks with values other than 0/1/255 (e.g. class labels): nonzero = foreground",
+        action="store_true"))
+    splits_policy: str | None = field(default=None, metadata=flag(
+        "published: the dataset's splits, tested also on their leak-free subset; deduplicated: drop val/test images "
+        "whose source is in train; grouped: split whole source groups (seeded, stratified by class) (default: "
+        "published for a dataset that ships splits, else grouped)", flag="splits", choices=SPLIT_POLICIES))
+    test_split: bool = field(default=True, metadata=flag(
+        "a dataset without test images: keep none (default: carve one from train, by source)",
+        flag="no-test-split", action="store_false"))
+    searcher: str | None = field(default=None, metadata=flag(
+        "Optuna sampler (default: the space's `searcher:`, else tpe)", choices=SEARCHERS))
+    startup_trials: int | None = field(default=None, metadata=flag(
+        "tpe: trials sampled at random before TPE models the results (default: a third of --trials, 2 to 10)",
+        type=int, metavar="N"))
+    scheduler: str | None = field(default=None, metadata=flag(
+        "Ray Tune scheduler that stops trials early (default: the space's `scheduler:`, else asha)",
+        choices=SCHEDULERS))
+    time_budget: str | None = field(default=None, metadata=flag(
+        "stop sampling new trials after this long (2h, 30m, 90s); running trials finish", metavar="DURATION"))
+    epoch_budget: int | None = field(default=None, metadata=flag(
+        "stop sampling new trials once the trials ran N epochs in all; running trials finish", type=int,
+        metavar="N"))
+    log: tuple[str, ...] = field(default=(), metadata=flag(
+        "track the study in mlflow, wandb or tensorboard (repeat the flag or give a comma list); MLflow goes to "
+        "$MLFLOW_TRACKING_URI, else to STUDY/mlflow/", action="append", metavar="BACKEND"))
 
     def __post_init__(self) -> None:
         from raysearch.search.tracking import parse_loggers
@@ -97,17 +145,16 @@ class StudySpec:
             raise ConfigError(f"--wait-for-nodes: must not be negative, got {self.wait_for_nodes}")
         if self.concurrency is not None and self.concurrency < 1:
             raise ConfigError(f"--concurrency: must be at least 1, got {self.concurrency}")
-        for flag, value, allowed in (("--searcher", self.searcher, SEARCHERS), ("--scheduler", self.scheduler,
-                                                                                 SCHEDULERS)):
-            if value is not None and value not in allowed:
-                raise ConfigError(f"{flag}: must be one of {', '.join(allowed)}, got {value!r}")
+        for spec_field in fields(self):
+            allowed, value = spec_field.metadata.get("choices"), getattr(self, spec_field.name)
+            if allowed is not None and value is not None and value not in allowed:
+                raise ConfigError(f"{flag_name(spec_field)}: must be one of {', '.join(allowed)}, got {value!r}")
         if self.startup_trials is not None and self.startup_trials < 1:
             raise ConfigError(f"--startup-trials: must be at least 1, got {self.startup_trials}")
         if self.epoch_budget is not None and self.epoch_budget < 1:
             raise ConfigError(f"--epoch-budget: must be at least 1, got {self.epoch_budget}")
         self.budget_seconds()
         self.splits()
-        check_policy(self.splits_policy)
 
     def budget_seconds(self) -> float | None:
         """--time-budget in seconds (None: no time budget); ConfigError if malformed."""
@@ -129,6 +176,11 @@ class StudySpec:
         digest = hashlib.blake2b(json.dumps([shaping, space_text], sort_keys=True).encode(), digest_size=4).hexdigest()
         stem = self.space_path().stem
         return f"{self.task}-{digest}" if stem == self.task else f"{self.task}-{stem}-{digest}"
+
+
+def flag_name(spec_field: Field[Any]) -> str:
+    """The command-line flag of a StudySpec field: `--max-epochs` for max_epochs, `--splits` for splits_policy."""
+    return "--" + spec_field.metadata.get("flag", spec_field.name.replace("_", "-"))
 
 
 def parse_duration(text: str, flag: str) -> float:

@@ -7,6 +7,8 @@ import streamlit as st
 from raysearch.dashboard.logic import dataset_attribution
 from study_data import Study
 
+from raysearch.core.columns import rank_trials
+
 
 def label(column: str) -> str:
     """A column name as people read it: `metric.val_score.best` → `val_score`, `param.lr` → `lr`."""
@@ -39,9 +41,8 @@ def no_data(message: str) -> None:
 
 def trial_order(study: Study) -> list[str]:
     """Trial ids, best first by the study's metric."""
-    ascending = study.mode == "min"
-    frame = study.trials.sort_values(study.score_column, ascending=ascending, na_position="last") \
-        if study.score_column in study.trials else study.trials
+    frame = rank_trials(study.trials, study.score_column, study.mode) if study.score_column in study.trials \
+        else study.trials
     return frame["trial_id"].tolist() if "trial_id" in frame else []
 
 

@@ -74,8 +74,12 @@ class SplitRatios:
         try:
             train, val, test = (float(v) for v in text.split(","))
         except ValueError:
-            raise ConfigError(f"--split-ratios: expected TRAIN,VAL,TEST such as 0.8,0.1,0.1, got {text!r}") from None
+            raise ConfigError(f"--split-ratios: expected TRAIN,VAL,TEST such as {cls().text()}, got {text!r}") from None
         return cls(train, val, test)
+
+    def text(self) -> str:
+        """The `--split-ratios` text of these shares (`parse` reads it back)."""
+        return f"{self.train},{self.val},{self.test}"
 
     def assign(self, count: int, rng: np.random.Generator) -> list[str]:
         """A shuffled list of `count` split names in these proportions (val and test rounded, train the rest)."""

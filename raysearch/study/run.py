@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
-from raysearch.core.columns import score_column
+from raysearch.core.columns import rank_trials, score_column
 from raysearch.core.files import write_table_atomic, write_text_atomic
 from raysearch.core.layout import StudyFolder, experiment_dir
 from raysearch.data.cache import cache_issues, dataset_fingerprint, ensure_cache
@@ -356,7 +356,7 @@ def print_summary(outcome: StudyOutcome, space: SearchSpace, out: TextIO, top: i
     """The best trials as a short ranked table, the results folder and the dashboard command."""
     frame = outcome.trials
     score = score_column(outcome.metric)
-    ranked = frame.sort_values(score, ascending=outcome.mode == "min", na_position="last").head(top)
+    ranked = rank_trials(frame, score, outcome.mode).head(top)
     metric_columns = [c for c in ranked.columns if c.startswith("metric.val_") and c.endswith(".best") and c != score]
     shown = ["trial_id", "status", "epochs", score, *metric_columns[:5], *[f"param.{p.name}" for p in space.parameters]]
     table = ranked[[c for c in shown if c in ranked.columns]].rename(

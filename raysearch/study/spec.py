@@ -83,7 +83,7 @@ class StudySpec:
     empty_labels: str = field(default="skip", metadata=flag(
         f"images with empty label files: skip them (counted) or use them as class '{BACKGROUND_CLASS}'",
         choices=EMPTY_LABELS))
-    split_ratios: str = field(default="0.8,0.1,0.1", metadata=flag(
+    split_ratios: str = field(default=SplitRatios().text(), metadata=flag(
         "TRAIN,VAL,TEST shares for datasets without split folders"))
     binarise_masks: bool = field(default=False, metadata=flag(
         "accept masks with values other than 0/1/255 (e.g. class labels): nonzero = foreground",

@@ -1,4 +1,4 @@
-"""The Python API for notebooks: the README's example runs as written; `load_study` gives DataFrames, the
+"""The Python API for notebooks: the example of docs/python-api.md runs as written; `load_study` gives DataFrames, the
 best trial and its model; `predict` takes arrays, files, folders and globs, reports unreadable files and
 goes on; a malformed model folder is a one-line error."""
 
@@ -28,12 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_python_api() -> str:
-    """The python block of the README's "Python API" section."""
-    text = ROOT.joinpath("README.md").read_text()
-    section = text[text.index("### Python API"):]
-    section = section[:re.search(r"\n#{2,3} ", section[4:]).start() + 4]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) == 1, "the Python API section has one example"
+    """The python block of the Python API page (docs/python-api.md, linked from the README)."""
+    text = ROOT.joinpath("docs", "python-api.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 1, "the Python API page has one example"
     return blocks[0]
 
 

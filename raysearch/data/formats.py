@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from raysearch.data.folders import scan_class_folders
+from raysearch.data.images import is_image
 from raysearch.data.masks import has_image_mask_folders, scan_image_masks
 from raysearch.data.records import (
     DEFAULT_SPLIT,
@@ -19,7 +20,6 @@ from raysearch.data.records import (
     Scan,
     SplitRatios,
     index_from,
-    is_image,
     split_folders,
 )
 from raysearch.data.samples import DatasetIndex

@@ -24,8 +24,8 @@ from torch import nn
 
 from raysearch.core.devices import torch_device
 from raysearch.core.layout import CONFIG_FILE, WEIGHTS_FILE, StudyFolder
+from raysearch.data.images import is_image
 from raysearch.data.preprocess import Placement, Preprocessing
-from raysearch.data.records import is_image
 from raysearch.errors import DataError, RaysearchError
 from raysearch.inference.overlay import draw_overlay
 from raysearch.inference.restore import build_model, model_input, restore_trial

@@ -97,8 +97,11 @@ def _gpus(value: str) -> float | str:
 
 
 def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--format", choices=("yolo", "class-folders", "image-mask"),
+    parser.add_argument("--format", choices=("yolo", "class-folders", "image-mask", "table"),
                         help="dataset format (default: detected from the folder)")
+    parser.add_argument("--columns", metavar="ROLE=NAME,...",
+                        help="a label table's columns, e.g. path=Image Index,label=Finding,split=set,patient=PID "
+                        "(default: found by common spellings)")
     parser.add_argument("--split-ratios", default="0.8,0.1,0.1",
                         help="TRAIN,VAL,TEST shares for datasets without split folders (default: %(default)s)")
 
@@ -131,7 +134,7 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
     phantom.add_argument("--image-size", type=int, default=128)
     phantom.add_argument("--seed", type=int, default=0)
     audit = data.add_parser("audit", help="report what a dataset holds and what is wrong with it (audit.parquet)")
-    audit.add_argument("path", type=Path, help="dataset folder or data.yaml")
+    audit.add_argument("path", type=Path, help="dataset folder, data.yaml or labels .csv")
     audit.add_argument("--out", type=Path, help="output folder (default: raysearch-results/audit/DATASET_NAME)")
     audit.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_dataset_options(audit)
@@ -207,7 +210,7 @@ def _run(args: argparse.Namespace) -> None:
         seed=args.seed, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         address=args.address, wait_for_nodes=args.wait_for_nodes, format=args.format,
         on_error=args.on_error, empty_labels=args.empty_labels, split_ratios=args.split_ratios,
-        binarise_masks=args.binarise_masks, log=tuple(args.log),
+        binarise_masks=args.binarise_masks, columns=args.columns, log=tuple(args.log),
         splits_policy=args.splits, test_split=not args.no_test_split,
         searcher=args.searcher, startup_trials=args.startup_trials, scheduler=args.scheduler,
         time_budget=args.time_budget, epoch_budget=args.epoch_budget,
@@ -239,7 +242,7 @@ def _audit(args: argparse.Namespace) -> None:
     from raysearch.errors import DataError
 
     audit = audit_dataset(args.path, args.format, split_ratios=SplitRatios.parse(args.split_ratios),
-                          progress=not args.quiet)
+                          columns=args.columns, progress=not args.quiet)
     print(format_audit(audit))
     written = write_audit(audit, args.out or Path(DEFAULT_RESULTS) / AUDIT_DIR / audit.name)
     print(f"Written: {written}")

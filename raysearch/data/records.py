@@ -52,6 +52,7 @@ class Scan:
     format: str
     classes: list[str]
     records: list[Record]
+    ships_splits: bool = False  # whether the format gave every image its split (a label table's split column)
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,8 @@ def index_from(scan: Scan, *, on_error: OnError = "skip", empty_labels: EmptyLab
         raise ConfigError(f"--on-error: must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
     if empty_labels not in EMPTY_LABELS:
         raise ConfigError(f"--empty-labels: must be one of {', '.join(EMPTY_LABELS)}, got {empty_labels!r}")
-    index = DatasetIndex(root=scan.root, format=scan.format, classes=list(scan.classes), samples=[])
+    index = DatasetIndex(root=scan.root, format=scan.format, classes=list(scan.classes), samples=[],
+                         ships_splits=scan.ships_splits)
     background = None
     if empty_labels == "background" and any(r.status == "empty" for r in scan.records):
         background = len(index.classes)

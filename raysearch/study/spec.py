@@ -15,6 +15,7 @@ from raysearch.core.bundled import search_spaces_dir
 from raysearch.core.layout import DEFAULT_RESULTS, describe_study
 from raysearch.data.records import SplitRatios
 from raysearch.data.splits import check_policy
+from raysearch.data.table import parse_columns
 from raysearch.errors import ConfigError
 from raysearch.search.choices import SCHEDULERS, SEARCHERS
 
@@ -55,6 +56,7 @@ class StudySpec:
     empty_labels: str = "skip"
     split_ratios: str = "0.8,0.1,0.1"
     binarise_masks: bool = False
+    columns: str | None = None  # a label table's columns (raysearch.data.table.parse_columns)
     splits_policy: str | None = None  # None: published for a dataset that ships splits, else grouped
     test_split: bool = True
     searcher: str | None = None
@@ -108,6 +110,7 @@ class StudySpec:
         self.budget_seconds()
         self.splits()
         check_policy(self.splits_policy)
+        parse_columns(self.columns)
 
     def budget_seconds(self) -> float | None:
         """--time-budget in seconds (None: no time budget); ConfigError if malformed."""

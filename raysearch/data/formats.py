@@ -27,7 +27,7 @@ from raysearch.data.records import (
     split_folders,
 )
 from raysearch.data.samples import DatasetIndex
-from raysearch.data.table import find_table, parse_columns, scan_table
+from raysearch.data.table import find_table, is_label_table, parse_columns, scan_table
 from raysearch.data.yolo import find_data_yaml, scan_yolo
 from raysearch.errors import ConfigError, DataError
 
@@ -50,6 +50,8 @@ def detect_format(root: Path) -> str:
         raise DataError(f"{root}: does not exist")
     if find_data_yaml(root) is not None:
         return "yolo"
+    if is_label_table(root):
+        return "table"
     if root.is_dir():
         splits = list(split_folders(root).values())
         if has_image_mask_folders(root) or any(has_image_mask_folders(s) for s in splits):

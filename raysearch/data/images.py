@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
+from PIL import Image
 
 from raysearch.errors import DataError
 
@@ -35,7 +36,9 @@ if TYPE_CHECKING:
 Intensity = Literal["window", "minmax", "percentile"]
 INTENSITIES: tuple[str, ...] = get_args(Intensity)
 PERCENTILES = (0.5, 99.5)
-MAX_PIXELS = 100_000_000  # 10,000 x 10,000: five times the largest radiograph (a mammogram, ~4,000 x 5,600)
+# Pillow's own limit (89 Mpx: it warns above it and refuses twice as many), four times the largest radiograph (a
+# mammogram, ~4,000 x 5,600 pixels); OpenCV is given the same limit.
+MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 MAX_DECODE_BYTES = 1 << 30
 DEFER_BYTES = 4096  # a DICOM header read leaves values this long (the pixel data) unread
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
@@ -107,7 +110,7 @@ def is_image(path: Path) -> bool:
 def _check_size(width: int, height: int, channels: int, bytes_per_sample: int) -> None:
     if width * height > MAX_PIXELS:
         raise ImageError(f"{width}x{height} is {width * height:,} pixels, over the limit of {MAX_PIXELS:,} "
-                         "(a decompression bomb?); skipped without decoding")
+                         "(a possible decompression bomb); skipped without decoding")
     if width * height * channels * bytes_per_sample > MAX_DECODE_BYTES:
         raise ImageError(f"{width}x{height}x{channels} at {8 * bytes_per_sample} bits would take over "
                          f"{MAX_DECODE_BYTES >> 20} MiB to decode; skipped")
@@ -143,7 +146,7 @@ def _dicom_header(ds: Dataset, has_pixels: bool) -> ImageHeader:
 
 
 def _raster_header(path: Path) -> ImageHeader:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
@@ -154,7 +157,8 @@ def _raster_header(path: Path) -> ImageHeader:
             exif_in_header = image.format != "PNG" or "exif" in image.info  # a PNG's eXIf after IDAT needs a decode
             orientation = int(image.getexif().get(EXIF_ORIENTATION, 1)) if exif_in_header else 1
     except Image.DecompressionBombError as error:
-        raise ImageError(f"{error} (a decompression bomb?); skipped without decoding") from None
+        raise ImageError(f"refused by Pillow as a possible decompression bomb ({error}); skipped without "
+                         "decoding") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
         raise ImageError("unreadable or corrupt image") from None
     _check_size(width, height, channels, sample_bytes)
@@ -256,7 +260,7 @@ def _dicom_unit(image: DecodedImage) -> tuple[np.ndarray, str]:
         low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
         ends = apply_modality_lut(np.array([low, high], dtype=np.int64), ds).astype(np.float64)
         values, what = image.pixels, f"DICOM full stored range ({bits} bits)"
-    return _unit(values, float(ends[0]), float(ends[-1])), what
+    return _unit(values, float(np.min(ends)), float(np.max(ends))), what
 
 
 def _first(value: Any) -> float:

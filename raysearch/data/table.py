@@ -61,6 +61,20 @@ def find_table(root: Path) -> Path | None:
     return tables[0] if tables else None
 
 
+def is_label_table(root: Path) -> bool:
+    """Whether `root` is (or holds) a CSV whose header names an image column and a class column."""
+    try:
+        table = find_table(root)
+        if table is None:
+            return False
+        with open(table, newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), [])
+    except (DataError, OSError, UnicodeDecodeError, csv.Error):
+        return False
+    spelled = {_spelling(cell) for cell in header}
+    return all(spelled & set(COLUMNS[role]) for role in REQUIRED)
+
+
 def _header_columns(table: Path, header: list[str], named: dict[str, str]) -> dict[str, str]:
     """The CSV column of each role: named by --columns, else the first header cell spelled like the role."""
     found = {}

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from dicom_files import write_dicom
+from image_files import bomb_png, write_dicom
 from PIL import Image, ImageOps
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
@@ -187,20 +185,6 @@ def test_intensity_choices_and_uint16_arrays() -> None:
     assert np.array_equal(array_grey8(np.array([[0.0, 1.0]]))[0], [[0, 255]])
 
 
-def _bomb_png(path: Path, side: int = 20_000) -> Path:
-    """A real PNG of side x side grey pixels, all zero: a few hundred kB that decode to side² bytes."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    packer, row, body = zlib.compressobj(9), b"\x00" * (side + 1), []
-    body += [packer.compress(row) for _ in range(side)]
-    body.append(packer.flush())
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(body))
-                     + chunk(b"IEND", b""))
-    return path
-
-
 def test_a_decompression_bomb_among_good_images_is_skipped_and_listed(tmp_path: Path) -> None:
     for split in ("train", "val"):
         for name in ("a", "b"):
@@ -208,10 +192,10 @@ def test_a_decompression_bomb_among_good_images_is_skipped_and_listed(tmp_path: 
             folder.mkdir(parents=True)
             for i in range(2):
                 cv2.imwrite(str(folder / f"{i}.png"), (_radiograph(seed=i) >> 4).astype(np.uint8))
-    bomb = _bomb_png(tmp_path / "data" / "train" / "a" / "bomb.png")
+    bomb = bomb_png(tmp_path / "data" / "train" / "a" / "bomb.png")
     with pytest.raises(ImageError, match=r"decompression bomb .*400000000 pixels"):
         inspect_image(bomb)
-    smaller = _bomb_png(tmp_path / "smaller.png", 10_000)
+    smaller = bomb_png(tmp_path / "smaller.png", 10_000)
     with pytest.warns(Image.DecompressionBombWarning), pytest.raises(ImageError, match=r"10000x10000 is 100,000,000 "
                                                                      r"pixels, over the limit of 89,478,485 "):
         inspect_image(smaller)

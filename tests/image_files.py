@@ -1,7 +1,9 @@
-"""DICOM files written by the tests with pydicom (no DICOM is committed): a grey single-frame radiograph."""
+"""Image files written by the tests: DICOM radiographs with pydicom (no DICOM is committed), decompression bombs."""
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -39,4 +41,17 @@ def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROM
     if compress is not None:
         ds.compress(compress, np.ascontiguousarray(pixels, dtype=np.uint16))
     ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def bomb_png(path: Path, side: int = 20_000) -> Path:
+    """A real PNG of side x side grey pixels, all zero: a few hundred kB that decode to side² bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    packer, row = zlib.compressobj(9), b"\x00" * (side + 1)
+    body = [packer.compress(row) for _ in range(side)] + [packer.flush()]
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(body))
+                     + chunk(b"IEND", b""))
     return path

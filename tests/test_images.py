@@ -301,3 +301,22 @@ def test_dicom_patients_join_groups_and_the_audit_counts_them(tmp_path: Path) ->
     assert audit.value("sources", "in_train", "val") >= 2  # patient A's validation images
     report = format_audit(audit)
     assert "2 patients, 2.0 images per patient" in report and "photometric MONOCHROME1 ×2, MONOCHROME2 ×2" in report
+
+
+def test_intensity_is_a_searchable_preprocessing_hyperparameter_in_the_cache_key() -> None:
+    from raysearch.data.cache import cache_key
+    from raysearch.errors import ConfigError
+    from raysearch.search.space import parse_space
+    from raysearch.training.hparams import defaults, preprocessing_of, schema
+
+    task_schema = schema({})
+    space = parse_space({"task": "classification", "parameters": {
+        "intensity": {"type": "categorical", "choices": ["window", "percentile", "minmax"]}}},
+        source="space.yaml", schema=task_schema)
+    assert [p.name for p in space.parameters] == ["intensity"]
+    with pytest.raises(ConfigError, match=r"fixed.intensity: unknown 'gamma'; valid: window, minmax, percentile"):
+        parse_space({"task": "classification", "fixed": {"intensity": "gamma"}}, source="space.yaml",
+                    schema=task_schema)
+    window = preprocessing_of({**defaults({}), "intensity": "window"})
+    minmax = preprocessing_of({**defaults({}), "intensity": "minmax"})
+    assert cache_key("f" * 32, window) != cache_key("f" * 32, minmax)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -19,6 +18,7 @@ from raysearch.dashboard.logic import audit_locations, safe_path
 
 from raysearch.core.columns import score_column
 from raysearch.core.layout import DEFAULT_RESULTS, EPOCHS_FILE, PREDICTIONS_FILE, STUDY_FILE, TRIALS_FILE, find_studies
+from raysearch.data.images import ImageError, read_grey
 from raysearch.errors import RaysearchError
 
 
@@ -92,8 +92,11 @@ class Study:
         return safe_path(self.root, self.directory / relative)
 
     def grey_image(self, relative: str) -> np.ndarray | None:
-        """A PNG named in the study's tables as a grey uint8 array (None if it is not there)."""
-        return cv2.imread(str(self.path(relative)), cv2.IMREAD_GRAYSCALE)
+        """A PNG named in the study's tables as a grey uint8 array (None if it is not there or unreadable)."""
+        try:
+            return read_grey(self.path(relative))[0]
+        except ImageError:
+            return None
 
 
 def read_table(root: Path, directory: Path, name: str) -> pd.DataFrame | None:

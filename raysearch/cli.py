@@ -119,10 +119,10 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
         phantom.add_argument(f"--{spec_field.name.replace('_', '-')}", type=int, default=spec_field.default,
                              help=f"{what} (default: %(default)s)")
     audit = data.add_parser("audit", help="report what a dataset holds and what is wrong with it (audit.parquet)")
-    audit.add_argument("path", type=Path, help="dataset folder or data.yaml")
+    audit.add_argument("path", type=Path, help="dataset folder, data.yaml or labels .csv")
     audit.add_argument("--out", type=Path, help="output folder (default: raysearch-results/audit/DATASET_NAME)")
     audit.add_argument("--quiet", action="store_true", help="no progress bar")
-    for spec_field in spec_fields(("format", "split_ratios")):
+    for spec_field in spec_fields(("format", "columns", "split_ratios")):
         add_spec_flag(audit, spec_field)
 
 
@@ -249,7 +249,7 @@ def _audit(args: argparse.Namespace) -> None:
     from raysearch.errors import DataError
 
     audit = audit_dataset(args.path, args.format, split_ratios=SplitRatios.parse(args.split_ratios),
-                          progress=not args.quiet)
+                          columns=args.columns, progress=not args.quiet)
     print(format_audit(audit))
     written = write_audit(audit, args.out or Path(DEFAULT_RESULTS) / AUDIT_DIR / audit.name)
     print(f"Written: {written}")

@@ -17,7 +17,7 @@ SPACE_TEXT = "task: multitask\nparameters:\n  lr: {type: float, low: 1.0e-4, hig
 CHANGED = {"data": "other-data", "space": "search_spaces/other.yaml", "format": "yolo", "split_ratios": "0.7,0.2,0.1",
            "splits_policy": "grouped", "gpus_per_worker": 1.0, "trials_per_gpu": 2, "searcher": "random",
            "startup_trials": 4, "scheduler": "median", "time_budget": "1h", "epoch_budget": 10, "on_error": "error",
-           "empty_labels": "background"}
+           "empty_labels": "background", "columns": "path=file,label=class"}
 
 
 def _changed(field: dataclasses.Field[Any], value: Any) -> Any:

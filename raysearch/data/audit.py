@@ -22,17 +22,17 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pyarrow as pa
 
 from raysearch.core.files import write_table_atomic
 from raysearch.core.layout import AUDIT_FILE
 from raysearch.data.formats import scan_dataset
+from raysearch.data.images import ImageError, read_image, to_grey8
 from raysearch.data.records import DEFAULT_SPLIT, Record, Scan, SplitRatios
 from raysearch.data.samples import SPLITS, DataIssue
 from raysearch.data.sources import HASH_SIZE, NEAR_DUPLICATE_BITS, group_sources, near_pairs, perceptual_hash
-from raysearch.data.splits import EVALUATED, in_train_source, recommend_policy
+from raysearch.data.splits import EVALUATED, in_train_source, join_patients, recommend_policy
 from raysearch.data.suitability import describe_levels, other_levels
 
 NEARLY_EMPTY = 5
@@ -56,13 +56,20 @@ class Finding:
 
 @dataclass(frozen=True)
 class Pixels:
-    """What decoding one image tells: its size, channel count, content hash and perceptual hash (packed bits)."""
+    """What decoding one image tells: its size, channel count, content hash and perceptual hash (packed bits), its
+    bits (stored, for DICOM) and, above 8 bits, the highest value; DICOM modality, photometric interpretation
+    and PatientID."""
 
     width: int
     height: int
     channels: int
     content: str
     phash: np.ndarray
+    bits: int = 8
+    peak: int | None = None
+    modality: str | None = None
+    photometric: str | None = None
+    patient: str | None = None
 
 
 @dataclass
@@ -101,13 +108,16 @@ class Audit:
 
 
 def inspect_image(path: Path) -> Pixels | None:
-    """Decode one image (any depth and channel count); None when it cannot be decoded."""
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None:
+    """Decode one image (any format, depth and channel count: `raysearch.data.images`); None when it cannot be."""
+    try:
+        decoded = read_image(path)
+    except ImageError:
         return None
-    channels = 1 if raw.ndim == 2 else raw.shape[2]
+    raw, header = decoded.pixels, decoded.header
     digest = hashlib.blake2b(f"{raw.shape}{raw.dtype}".encode() + raw.tobytes(), digest_size=16).hexdigest()
-    return Pixels(raw.shape[1], raw.shape[0], channels, digest, perceptual_hash(raw))
+    peak = None if decoded.eight_bit else int(np.nanmax(raw))
+    return Pixels(header.width, header.height, header.channels, digest, perceptual_hash(to_grey8(decoded)[0]),
+                  header.bits, peak, header.modality, header.photometric, header.patient)
 
 
 def _instances(record: Record) -> list[int]:
@@ -179,6 +189,45 @@ def _count_pixels(audit: Audit, scan: Scan, pixels: list[Pixels | None]) -> None
             audit.add("image_sizes", size, count, split=split)
         for channels, count in sorted(Counter(p.channels for p in found).items()):
             audit.add("channels", str(channels), count, split=split)
+        for key, count in sorted(Counter(f"{p.bits}" for p in found).items()):
+            audit.add("bits_stored", key, count, split=split)
+        for key, count in sorted(Counter(_used_range(p.peak) for p in found if p.peak is not None).items()):
+            audit.add("deep_ranges", key, count, split=split, detail="images over 8 bits by their highest value")
+        for section, values in (("modality", [p.modality for p in found]),
+                                ("photometric", [p.photometric for p in found])):
+            for key, count in sorted(Counter(v for v in values if v).items()):
+                audit.add(section, key, count, split=split)
+
+
+def _used_range(peak: int) -> str:
+    """The bit depth an image's highest value needs ('12-bit' for 0-4095)."""
+    bits = max(int(peak), 1).bit_length()
+    return f"{bits}-bit (0-{(1 << bits) - 1})"
+
+
+def _patients(scan: Scan, pixels: list[Pixels | None]) -> list[str | None]:
+    """Each record's patient: the label table's, else the DICOM file's PatientID."""
+    return [r.sample.patient or (p.patient if p is not None else None) for r, p in zip(scan.records, pixels,
+                                                                                          strict=True)]
+
+
+def _count_patients(audit: Audit, scan: Scan, pixels: list[Pixels | None]) -> None:
+    """Patients per split, images per patient, and patients with images in more than one split."""
+    patients = _patients(scan, pixels)
+    splits_of: dict[str, set[str]] = {}
+    for record, patient in zip(scan.records, patients, strict=True):
+        if patient is not None:
+            splits_of.setdefault(patient, set()).add(record.sample.split)
+    if not splits_of:
+        return
+    for split in SPLITS:
+        images = Counter(p for r, p in zip(scan.records, patients, strict=True) if r.sample.split == split and p)
+        audit.add("patients", "patients", len(images), split=split)
+        audit.add("patients", "images", sum(images.values()), split=split)
+        audit.add("patients", "max_images", max(images.values(), default=0), split=split,
+                  detail="most images of one patient")
+        shared = sum(split in s and len(s) > 1 for s in splits_of.values())
+        audit.add("patients", "shared", shared, split=split, detail="patients with images in another split too")
 
 
 def _count_polygons(audit: Audit, scan: Scan) -> None:
@@ -244,6 +293,7 @@ def _count_sources(audit: Audit, scan: Scan, pixels: list[Pixels | None]) -> Non
     """Validation and test images with a source (Roboflow stem or near-duplicate) in train, and the split
     policy recommended for them (`raysearch.data.splits`)."""
     groups = group_sources([r.sample.image_path for r in scan.records], [p and p.phash for p in pixels])
+    groups = join_patients(groups, _patients(scan, pixels))
     splits = [r.sample.split for r in scan.records]
     flags = in_train_source(splits, groups)
     for split in EVALUATED:
@@ -265,12 +315,12 @@ def _fatal(audit: Audit) -> None:
 
 
 def audit_dataset(root: Path, format: str | None = None, *, split_ratios: SplitRatios = DEFAULT_SPLIT,
-                  progress: bool = True) -> Audit:
+                  columns: str | None = None, progress: bool = True) -> Audit:
     """Audit the dataset at `root` (format detected unless given); decodes and hashes every image once."""
     from tqdm.auto import tqdm
 
     root = Path(root)
-    scan = scan_dataset(root, format, split_ratios=split_ratios)
+    scan = scan_dataset(root, format, split_ratios=split_ratios, columns=columns)
     paths = [r.sample.image_path for r in scan.records]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         pixels = list(tqdm(pool.map(inspect_image, paths), total=len(paths), desc="audit: decode and hash",
@@ -281,6 +331,7 @@ def audit_dataset(root: Path, format: str | None = None, *, split_ratios: SplitR
     _count_classes(audit, scan)
     _count_issues(audit, scan, pixels)
     _count_pixels(audit, scan, pixels)
+    _count_patients(audit, scan, pixels)
     _count_polygons(audit, scan)
     _count_duplicates(audit, scan, pixels)
     _count_masks(audit, scan)
@@ -331,6 +382,25 @@ def _pixel_summary(audit: Audit) -> list[str]:
     return lines
 
 
+def _patient_summary(audit: Audit) -> list[str]:
+    """Patients per split and the DICOM / bit-depth facts, when the dataset has any (nothing for 8-bit files)."""
+    lines = []
+    for split in SPLITS:
+        sections = ("bits_stored", "deep_ranges", "modality", "photometric")
+        if all(f.key == "8" for f in audit.rows("bits_stored")):
+            sections = sections[1:]
+        facts = [f"{section} " + ", ".join(f"{f.key} ×{f.value}" for f in audit.rows(section) if f.split == split)
+                 for section in sections if any(f.split == split for f in audit.rows(section))]
+        if audit.value("patients", "images", split):
+            patients = audit.value("patients", "patients", split)
+            facts.insert(0, f"{patients} patients, {audit.value('patients', 'images', split) / patients:.1f} images "
+                            f"per patient (at most {audit.value('patients', 'max_images', split)}), "
+                            f"{audit.value('patients', 'shared', split)} shared with another split")
+        if facts:
+            lines.append(f"  {split}: " + "; ".join(facts))
+    return lines
+
+
 def _leak_summary(audit: Audit) -> str:
     """How many validation and test images have a source in train, and the split policy to use."""
     counts = ", ".join(f"{audit.value('sources', 'in_train', s)} of {audit.value('files', 'images', s)} {s}"
@@ -350,7 +420,7 @@ def format_audit(audit: Audit) -> str:
     warnings = audit.rows("class_warnings")
     lines += [f"  {f.class_name} in {f.split}: {f.detail}" for f in warnings]
     lines += ["  none"] if not warnings else []
-    lines += ["Image sizes and channels:", *_pixel_summary(audit)]
+    lines += ["Image sizes and channels:", *_pixel_summary(audit), *_patient_summary(audit)]
     points = Counter()
     for f in audit.rows("polygons"):
         points[f.key] += f.value

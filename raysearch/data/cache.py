@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from raysearch.core.files import atomic_folder
+from raysearch.data.images import ImageError, read_grey
 from raysearch.data.preprocess import Preprocessing, enhance, fit, placement
 from raysearch.data.samples import SPLITS, DataIssue, DatasetIndex, Sample
 from raysearch.data.suitability import mask_levels
@@ -89,9 +90,10 @@ def _rasterise(sample: Sample, width: int, height: int) -> np.ndarray:
 
 def process_sample(sample: Sample, config: Preprocessing) -> tuple[np.ndarray, np.ndarray, np.ndarray] | str:
     """Decode and preprocess one sample: (image, mask, polygon (4, 2)) at the cache's size, or what went wrong."""
-    image = cv2.imread(str(sample.image_path), cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        return "unreadable or corrupt image"
+    try:
+        image, _ = read_grey(sample.image_path, config.intensity)
+    except ImageError as error:
+        return str(error)
     height, width = image.shape
     if sample.mask_path is not None:
         mask = read_mask(sample.mask_path)

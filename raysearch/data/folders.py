@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from raysearch.data.records import DEFAULT_SPLIT, Record, Scan, SplitRatios, image_problem, is_image, split_folders
+from raysearch.data.images import is_image
+from raysearch.data.records import DEFAULT_SPLIT, Record, Scan, SplitRatios, image_problem, split_folders
 from raysearch.data.samples import DataIssue, Sample
 from raysearch.errors import DataError
 

@@ -3,6 +3,10 @@
 - `yolo`: `data.yaml` + `split/images`, `split/labels` (one polygon per line); every task.
 - `class-folders`: `split/class name/*.png` or `class name/*.png`; classification.
 - `image-mask`: `images/` + `masks/` matched by file stem, at the top or in each split; segmentation.
+- `table`: a CSV (or a folder holding one) naming each image with its class, split and patient; classification.
+
+Images are JPEG, PNG, BMP, TIFF (8 or 16 bits) or DICOM (`.dcm`, or no suffix with the DICOM preamble) in
+every format (`raysearch.data.images`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from raysearch.data.folders import scan_class_folders
+from raysearch.data.images import is_image
 from raysearch.data.masks import has_image_mask_folders, scan_image_masks
 from raysearch.data.records import (
     DEFAULT_SPLIT,
@@ -19,18 +24,19 @@ from raysearch.data.records import (
     Scan,
     SplitRatios,
     index_from,
-    is_image,
     split_folders,
 )
 from raysearch.data.samples import DatasetIndex
+from raysearch.data.table import find_table, is_label_table, parse_columns, scan_table
 from raysearch.data.yolo import find_data_yaml, scan_yolo
 from raysearch.errors import ConfigError, DataError
 
-Scanner = Callable[[Path, SplitRatios], Scan]
+Scanner = Callable[[Path, SplitRatios, dict[str, str]], Scan]
 FORMATS: dict[str, Scanner] = {
-    "yolo": lambda root, ratios: scan_yolo(root),
-    "class-folders": scan_class_folders,
-    "image-mask": scan_image_masks,
+    "yolo": lambda root, ratios, columns: scan_yolo(root),
+    "class-folders": lambda root, ratios, columns: scan_class_folders(root, ratios),
+    "image-mask": lambda root, ratios, columns: scan_image_masks(root, ratios),
+    "table": scan_table,
 }
 
 
@@ -44,18 +50,24 @@ def detect_format(root: Path) -> str:
         raise DataError(f"{root}: does not exist")
     if find_data_yaml(root) is not None:
         return "yolo"
+    if is_label_table(root):
+        return "table"
     if root.is_dir():
         splits = list(split_folders(root).values())
         if has_image_mask_folders(root) or any(has_image_mask_folders(s) for s in splits):
             return "image-mask"
         if any(_has_class_folders(folder) for folder in splits or [root]):
             return "class-folders"
-    raise DataError(f"{root}: unknown dataset format (expected data.yaml, images/ + masks/ folders or class "
-                    f"folders); name one with --format {'|'.join(FORMATS)}")
+    if find_table(root) is not None:
+        return "table"
+    raise DataError(f"{root}: unknown dataset format (expected data.yaml, images/ + masks/ folders, class "
+                    f"folders or a labels .csv); name one with --format {'|'.join(FORMATS)}")
 
 
-def scan_dataset(root: Path, format: str | None = None, *, split_ratios: SplitRatios = DEFAULT_SPLIT) -> Scan:
-    """Every image file of the dataset at `root` with its label status, before anything is dropped.
+def scan_dataset(root: Path, format: str | None = None, *, split_ratios: SplitRatios = DEFAULT_SPLIT,
+                 columns: str | None = None) -> Scan:
+    """Every image file of the dataset at `root` with its label status, before anything is dropped; `columns`
+    names a label table's columns (`raysearch.data.table.parse_columns`).
 
     Paths are made absolute: trials decode the images again from other working directories (Ray's).
     """
@@ -66,7 +78,7 @@ def scan_dataset(root: Path, format: str | None = None, *, split_ratios: SplitRa
         raise ConfigError(f"--format: unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     if not root.exists():
         raise DataError(f"{root}: does not exist")
-    return FORMATS[format](root, split_ratios)
+    return FORMATS[format](root, split_ratios, parse_columns(columns))
 
 
 def load_dataset(
@@ -76,6 +88,7 @@ def load_dataset(
     on_error: OnError = "skip",
     empty_labels: EmptyLabels = "skip",
     split_ratios: SplitRatios = DEFAULT_SPLIT,
+    columns: str | None = None,
 ) -> DatasetIndex:
     """Read the dataset at `root` (format detected unless given) into a DatasetIndex.
 
@@ -83,5 +96,5 @@ def load_dataset(
     skipped and listed in `index.issues`, or with on_error="error" stop with a one-line DataError. Images
     with empty label files are skipped and counted, or with empty_labels="background" kept as "no fracture".
     """
-    scan = scan_dataset(root, format, split_ratios=split_ratios)
+    scan = scan_dataset(root, format, split_ratios=split_ratios, columns=columns)
     return index_from(scan, on_error=on_error, empty_labels=empty_labels)

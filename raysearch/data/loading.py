@@ -11,7 +11,8 @@ from raysearch.errors import ConfigError
 
 
 def load_dataset(data: str | None, *, format: str | None = None, on_error: str = "skip", empty_labels: str = "skip",
-                 split_ratios: str | None = None, binarise_masks: bool = False, progress: bool = True,
+                 split_ratios: str | None = None, binarise_masks: bool = False, columns: str | None = None,
+                 progress: bool = True,
                  out: TextIO = sys.stdout) -> DatasetIndex:
     """The dataset at `data` (any format, see raysearch.data.formats), or the built-in phantom X-rays when None.
 
@@ -27,7 +28,8 @@ def load_dataset(data: str | None, *, format: str | None = None, on_error: str =
     if not root.exists():
         raise ConfigError(f"--data: {root} does not exist")
     ratios = SplitRatios() if split_ratios is None else SplitRatios.parse(split_ratios)
-    index = formats.load_dataset(root, format, on_error=on_error, empty_labels=empty_labels, split_ratios=ratios)
+    index = formats.load_dataset(root, format, on_error=on_error, empty_labels=empty_labels, split_ratios=ratios,
+                                 columns=columns)
     carved = carve_validation(index, ratios)
     binarised, first = check_mask_levels(index, binarise=binarise_masks)
     print(describe_index(index), file=out)

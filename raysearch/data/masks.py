@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raysearch.data.images import is_image
 from raysearch.data.records import (
     DEFAULT_SPLIT,
     Record,
@@ -18,7 +19,6 @@ from raysearch.data.records import (
     SplitRatios,
     image_problem,
     image_size,
-    is_image,
     split_folders,
 )
 from raysearch.data.samples import DataIssue, Sample

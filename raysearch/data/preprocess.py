@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Literal
 import cv2
 import numpy as np
 
+from raysearch.data.images import Intensity
+
 if TYPE_CHECKING:
     import torch
 
@@ -27,11 +29,15 @@ PER_BATCH_FIELDS = ("normalisation", "channels", "mean", "std")
 class Preprocessing:
     """What is done to every image before training; the cached part is everything but PER_BATCH_FIELDS.
 
+    `intensity` maps images deeper than 8 bits (DICOM, 16-bit PNG / TIFF) to 8-bit grey (raysearch.data.images);
+    8-bit images keep their pixels under every choice.
+
     `normalisation` "pretrained" uses `mean` and `std`, the RGB statistics of a model's pretrained weights
     (set by raysearch.training.hparams.preprocessing_of, never searched); with one channel, their averages
     (timm and smp adapt a pretrained first convolution to one channel by summing its RGB weights)."""
 
     image_size: int = 64
+    intensity: Intensity = "window"
     resize: ResizeMode = "letterbox"
     clahe: bool = False
     clahe_clip: float = 2.0

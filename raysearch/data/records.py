@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from raysearch.data.images import ImageError, inspect_image
 from raysearch.data.samples import SPLITS, DataIssue, DatasetIndex, Sample
 from raysearch.errors import ConfigError, DataError
 
@@ -27,7 +28,6 @@ EmptyLabels = Literal["skip", "background"]
 ON_ERROR: tuple[str, ...] = ("skip", "error")
 EMPTY_LABELS: tuple[str, ...] = ("skip", "background")
 BACKGROUND_CLASS = "no fracture"
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 SPLIT_FOLDERS: dict[str, tuple[str, ...]] = {"train": ("train",), "val": ("val", "valid"), "test": ("test",)}
 TRAILERS: dict[str, tuple[bytes, str]] = {".jpg": (b"\xff\xd9", "JPEG end-of-image marker"),
                                          ".jpeg": (b"\xff\xd9", "JPEG end-of-image marker"),
@@ -52,6 +52,7 @@ class Scan:
     format: str
     classes: list[str]
     records: list[Record]
+    ships_splits: bool = False  # whether the format gave every image its split (a label table's split column)
 
 
 @dataclass(frozen=True)
@@ -96,11 +97,6 @@ class SplitRatios:
 DEFAULT_SPLIT = SplitRatios()
 
 
-def is_image(path: Path) -> bool:
-    """Whether a file looks like an image by its suffix (hidden files excluded)."""
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-
-
 def split_folders(root: Path) -> dict[str, Path]:
     """The split folders present under `root` (`train`, `val` or `valid`, `test`), by canonical split name."""
     found = {}
@@ -112,24 +108,26 @@ def split_folders(root: Path) -> dict[str, Path]:
 
 
 def image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the file's header without decoding it; None when the file is not a readable image."""
-    from PIL import Image, UnidentifiedImageError
-
+    """(width, height) as displayed (EXIF orientation applied), from the file's header without decoding it; None
+    when the file is not a readable image (`raysearch.data.images.inspect_image`)."""
     try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, UnidentifiedImageError, ValueError):
+        header = inspect_image(path)
+    except ImageError:
         return None
+    return header.width, header.height
 
 
 def image_problem(path: Path) -> str | None:
-    """Why an image file cannot be trained on (unreadable header, or a JPEG or PNG cut short), or None.
+    """Why an image file cannot be trained on (unreadable or hostile header, colour or multi-frame DICOM, a JPEG
+    or PNG cut short), or None.
 
     A JPEG must end with its end-of-image marker and a PNG with its IEND chunk (trailing padding
     allowed): decoders fill a truncated file's missing part with grey and only warn, so a download or copy
     cut short would otherwise be trained on. Reading the last bytes costs nothing next to decoding."""
-    if image_size(path) is None:
-        return "unreadable or corrupt image"
+    try:
+        inspect_image(path)
+    except ImageError as error:
+        return str(error)
     trailer = TRAILERS.get(path.suffix.lower())
     if trailer is None:
         return None
@@ -150,7 +148,8 @@ def index_from(scan: Scan, *, on_error: OnError = "skip", empty_labels: EmptyLab
         raise ConfigError(f"--on-error: must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
     if empty_labels not in EMPTY_LABELS:
         raise ConfigError(f"--empty-labels: must be one of {', '.join(EMPTY_LABELS)}, got {empty_labels!r}")
-    index = DatasetIndex(root=scan.root, format=scan.format, classes=list(scan.classes), samples=[])
+    index = DatasetIndex(root=scan.root, format=scan.format, classes=list(scan.classes), samples=[],
+                         ships_splits=scan.ships_splits)
     background = None
     if empty_labels == "background" and any(r.status == "empty" for r in scan.records):
         background = len(index.classes)

@@ -25,7 +25,8 @@ class Sample:
     `class_id` is the image-level class (first shape's class for YOLO data, folder name for class
     folders); `polygon` is the 4-point regression target (4, 2) in canonical order, or None;
     `shapes` keeps every polygon of the image (used to rasterise fracture masks); `mask_path` points to
-    a mask image when the dataset has one.
+    a mask image when the dataset has one; `patient` is the patient (or group) a label table names (a DICOM
+    file's PatientID is read from the file: `raysearch.data.splits.patients_of`).
     """
 
     image_path: Path
@@ -34,6 +35,7 @@ class Sample:
     polygon: np.ndarray | None = None
     shapes: tuple[Shape, ...] = ()
     mask_path: Path | None = None
+    patient: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,9 @@ class DataIssue:
 
 @dataclass
 class DatasetIndex:
-    """Every usable sample of a dataset, its class names, the problems that made samples unusable, and the split
-    policy (`raysearch.data.splits`) that gave the samples their splits."""
+    """Every usable sample of a dataset, its class names, the problems that made samples unusable, the split
+    policy (`raysearch.data.splits`) that gave the samples their splits, and whether the dataset's own file
+    (a label table) gave them (split folders and YOLO's data.yaml are found on disk)."""
 
     root: Path
     format: str
@@ -61,6 +64,7 @@ class DatasetIndex:
     issues: list[DataIssue] = field(default_factory=list)
     skipped_empty: int = 0
     split_policy: str = "published"
+    ships_splits: bool = False
 
     def split(self, name: str) -> list[Sample]:
         """The samples of one split, in a stable order."""

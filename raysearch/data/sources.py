@@ -18,6 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from raysearch.data.images import ImageError, read_grey
+
 HASH_SIZE = 16
 NEAR_DUPLICATE_BITS = 32
 ROBOFLOW_MARK = ".rf."
@@ -35,9 +37,12 @@ def perceptual_hash(raw: np.ndarray) -> np.ndarray:
 
 
 def hash_file(path: Path) -> np.ndarray | None:
-    """The perceptual hash of one image file; None when it cannot be decoded."""
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    return None if raw is None else perceptual_hash(raw)
+    """The perceptual hash of one image file (its 8-bit grey, `raysearch.data.images`); None when it cannot be
+    decoded."""
+    try:
+        return perceptual_hash(read_grey(path)[0])
+    except ImageError:
+        return None
 
 
 def near_pairs(a: np.ndarray, b: np.ndarray, limit: int = NEAR_DUPLICATE_BITS,

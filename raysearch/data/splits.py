@@ -9,6 +9,10 @@
 - `grouped`: every usable image pooled, grouped by source, and the groups split with the study's seed and
   `--split-ratios`, stratified by class, so that no group crosses a split.
 
+A patient is part of a source: the images of one patient (a DICOM file's PatientID, else a label table's
+`patient` or `group` column) share one group, so `grouped` never puts a patient in two splits and the
+published split's clean test subset leaves out the test images of a patient seen in train.
+
 A dataset without test images gets a seeded, group-aware, class-stratified test split carved from train
 (`--split-ratios`' test share of train's groups) unless the study asks for none (`--no-test-split`).
 """
@@ -21,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from raysearch.data.images import ImageError, inspect_image, is_dicom
 from raysearch.data.records import SplitRatios, split_folders
 from raysearch.data.samples import SPLITS, DatasetIndex, Sample
 from raysearch.data.sources import source_groups
@@ -98,7 +103,37 @@ def check_policy(policy: str | None) -> str | None:
 def default_policy(index: DatasetIndex) -> str:
     """`published` for a dataset that ships its splits (a YOLO data.yaml, split folders), else `grouped`: the
     reader's split by --split-ratios is per image, so copies of one source could land in two splits."""
-    return PUBLISHED if index.format == "yolo" or split_folders(index.root) else GROUPED
+    return PUBLISHED if index.format == "yolo" or index.ships_splits or split_folders(index.root) else GROUPED
+
+
+def patients_of(samples: list[Sample]) -> list[str | None]:
+    """Each sample's patient: the label table's, else a DICOM file's PatientID, else None."""
+    def patient(sample: Sample) -> str | None:
+        if sample.patient is not None or not is_dicom(sample.image_path):
+            return sample.patient
+        try:
+            return inspect_image(sample.image_path).patient
+        except ImageError:
+            return None
+
+    return [patient(s) for s in samples]
+
+
+def join_patients(groups: np.ndarray, patients: list[str | None]) -> np.ndarray:
+    """Source groups merged so that the images of one patient share one group (the smallest id of those merged)."""
+    parent: dict[int, int] = {}
+
+    def root(group: int) -> int:
+        while parent.get(group, group) != group:
+            group = parent[group]
+        return group
+
+    first: dict[str, int] = {}
+    for group, patient in zip(groups.tolist(), patients, strict=True):
+        if patient is not None:
+            a, b = root(group), root(first.setdefault(patient, group))
+            parent[max(a, b)] = min(a, b)
+    return np.array([root(g) for g in groups.tolist()], dtype=np.int64)
 
 
 def in_train_source(splits: list[str], groups: np.ndarray) -> np.ndarray:
@@ -142,12 +177,14 @@ def apply_split_policy(index: DatasetIndex, policy: str | None, *, ratios: Split
                        test_split: bool = True, groups: np.ndarray | None = None,
                        progress: bool = True) -> SplitOutcome:
     """The samples of `index` under `policy` (None: `default_policy`; see module docstring); `groups`
-    (`sources.source_groups` of the samples' images) are found by hashing every image unless given."""
+    (`sources.source_groups` of the samples' images) are found by hashing every image unless given, then
+    joined by patient (`join_patients`)."""
     policy = check_policy(policy) or default_policy(index)
     samples = index.samples
     published = [s.split for s in samples]
     if groups is None:
         groups = source_groups([s.image_path for s in samples], progress=progress)
+    groups = join_patients(groups, patients_of(samples))
     leaked_mask = in_train_source(published, groups)
     rng = np.random.default_rng(seed)
     if policy == GROUPED:

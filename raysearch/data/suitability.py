@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raysearch.data.images import ImageError, read_array
 from raysearch.data.records import SplitRatios
 from raysearch.data.samples import DatasetIndex, Sample
 from raysearch.errors import DataError
@@ -80,11 +81,10 @@ def carve_validation(index: DatasetIndex, ratios: SplitRatios) -> int:
 
 def mask_levels(path: Path) -> np.ndarray | None:
     """The grey levels of a mask as read for training (colour masks: the brightest channel, or alpha when the
-    colour is empty); None when unreadable."""
-    import cv2
-
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None:
+    colour is empty; EXIF orientation applied, as to images); None when unreadable."""
+    try:
+        raw = read_array(path)
+    except ImageError:
         return None
     if raw.ndim == 3:
         colour = raw[..., :3].max(axis=2)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from raysearch.data.images import is_image
 from raysearch.data.polygons import to_four_points
 from raysearch.data.records import (
     SPLIT_FOLDERS,
@@ -22,7 +23,6 @@ from raysearch.data.records import (
     Scan,
     image_problem,
     index_from,
-    is_image,
 )
 from raysearch.data.samples import DataIssue, DatasetIndex, Sample, Shape
 from raysearch.errors import DataError

@@ -5,7 +5,8 @@
 of every run.
 `export_formats` adds deployment formats beside them: ONNX (`model.onnx`, for onnxruntime; needs the
 `export` extra) and TorchScript (`model.torchscript.pt`, for `torch.jit.load`). Both take the preprocessed
-image batch `image` (float32, N x C x S x S: config.yaml's `preprocessing` applied, as `Model.predict` does)
+image batch `image` (float32, N x C x S x S: config.yaml's `preprocessing` applied, as `Model.predict` does:
+its `intensity` window first for DICOM and 16-bit images, raysearch.data.images.read_grey / array_grey8)
 and return the task's heads by name: `logits` (N x classes), `polygon` (N x 8, points in [0, 1] of the
 input square) and `mask` (N x 1 x S x S logits), whichever the task has.
 """

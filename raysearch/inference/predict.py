@@ -24,8 +24,8 @@ from torch import nn
 
 from raysearch.core.devices import torch_device
 from raysearch.core.layout import CONFIG_FILE, WEIGHTS_FILE, StudyFolder
+from raysearch.data.images import ImageError, array_grey8, is_image, read_grey
 from raysearch.data.preprocess import Placement, Preprocessing
-from raysearch.data.records import is_image
 from raysearch.errors import DataError, RaysearchError
 from raysearch.inference.overlay import draw_overlay
 from raysearch.inference.restore import build_model, model_input, restore_trial
@@ -47,6 +47,7 @@ Images = ImageInput | Iterable[ImageInput]
 class Prediction:
     """What a model says about one image. Coordinates are normalised to the original image; `mask` is 0/1
     at the original size. `overlay` and `mask_file` are set when the prediction was written to a folder;
+    `window` says how the image was mapped to 8-bit grey (the intensity window of a DICOM or 16-bit file);
     `error` when the image could not be read (then nothing else is set)."""
 
     image: str
@@ -57,6 +58,7 @@ class Prediction:
     mask: np.ndarray | None = field(default=None, repr=False)
     overlay: str | None = None
     mask_file: str | None = None
+    window: str | None = None
     error: str | None = None
 
     @property
@@ -71,11 +73,12 @@ class Prediction:
 
 @dataclass(frozen=True)
 class _Source:
-    """One image to label: its name, and its pixels or why there are none."""
+    """One image to label: its name, and its 8-bit grey pixels and their window, or why there are none."""
 
     name: str
     pixels: np.ndarray | None
     error: str | None = None
+    window: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,11 +108,12 @@ class Model:
 
     @torch.no_grad()
     def predict(self, images: Images, *, out: Path | None = None) -> list[Prediction]:
-        """Label `images`: a grey array (H, W) or a stack (N, H, W), image files, folders (every image in
-        them, recursively), glob patterns, or a list of these. With `out`, overlay PNGs (prediction in
-        green), mask PNGs and predictions.json are written there too."""
-        sources = list(_sources(images))
-        predictions = [Prediction(image=s.name, error=s.error) for s in sources]
+        """Label `images`: a grey array (H, W) or a stack (N, H, W) (uint8, uint16 or floats in [0, 1]), image
+        files (DICOM and 16-bit ones too), folders (every image in them, recursively), glob patterns, or a list
+        of these; images over 8 bits are mapped by the model's intensity window. With `out`, overlay PNGs
+        (prediction in green, on the windowed image), mask PNGs and predictions.json are written there too."""
+        sources = list(_sources(images, self.preprocessing.intensity))
+        predictions = [Prediction(image=s.name, error=s.error, window=s.window) for s in sources]
         readable = [(p, s.pixels) for p, s in zip(predictions, sources, strict=True) if s.pixels is not None]
         for start in range(0, len(readable), BATCH_SIZE):
             self._label(readable[start : start + BATCH_SIZE])
@@ -174,62 +178,53 @@ def read_model_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _sources(images: Images) -> Iterator[_Source]:
+def _sources(images: Images, intensity: str) -> Iterator[_Source]:
     """The images named by `images`, in order (see Model.predict); missing or unreadable ones with an error."""
     if isinstance(images, np.ndarray):
-        yield from _array_sources(images)
+        yield from _array_sources(images, intensity)
         return
     if isinstance(images, (str, Path)):
-        yield from _path_sources(images)
+        yield from _path_sources(images, intensity)
         return
     for item in images:
-        yield from _sources(item)
+        yield from _sources(item, intensity)
 
 
-def _array_sources(array: np.ndarray) -> Iterator[_Source]:
+def _array_sources(array: np.ndarray, intensity: str) -> Iterator[_Source]:
     if array.ndim not in (2, 3):
         raise DataError(f"an image array must be (H, W) or (N, H, W) grey levels, got shape {array.shape}")
-    if array.ndim == 2:
-        yield _Source("array", _as_uint8(array))
-        return
-    for i, image in enumerate(array):
-        yield _Source(f"array[{i}]", _as_uint8(image))
+    named = [("array", array)] if array.ndim == 2 else [(f"array[{i}]", image) for i, image in enumerate(array)]
+    for name, image in named:
+        pixels, window = array_grey8(image, intensity)
+        yield _Source(name, pixels, window=window)
 
 
-def _as_uint8(image: np.ndarray) -> np.ndarray:
-    """Grey levels as uint8: integers clipped to 0..255, floats in [0, 1] scaled by 255."""
-    if image.dtype == np.uint8:
-        return image
-    if np.issubdtype(image.dtype, np.floating):
-        return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
-def _path_sources(given: str | Path) -> Iterator[_Source]:
+def _path_sources(given: str | Path, intensity: str) -> Iterator[_Source]:
     path = Path(given)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if is_image(p))
         if not files:
             yield _Source(str(path), None, f"{path}: no image files in this folder")
         for file in files:
-            yield _read(file)
+            yield _read(file, intensity)
     elif path.exists():
-        yield _read(path)
+        yield _read(path, intensity)
     elif GLOB_CHARACTERS & set(str(given)):
         matches = sorted(Path(m) for m in glob.glob(str(given), recursive=True) if Path(m).is_file())
         if not matches:
             yield _Source(str(given), None, f"{given}: no file matches this pattern")
         for match in matches:
-            yield _read(match)
+            yield _read(match, intensity)
     else:
         yield _Source(str(path), None, f"{path}: no such file or folder")
 
 
-def _read(path: Path) -> _Source:
-    pixels = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if pixels is None:
-        return _Source(str(path), None, f"{path}: not a readable image")
-    return _Source(str(path), pixels)
+def _read(path: Path, intensity: str) -> _Source:
+    try:
+        pixels, window = read_grey(path, intensity)
+    except ImageError as error:
+        return _Source(str(path), None, f"{path}: not a readable image ({error})")
+    return _Source(str(path), pixels, window=window)
 
 
 def polygon_to_source(polygon: np.ndarray, where: Placement, width: int, height: int) -> list[float]:

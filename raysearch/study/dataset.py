@@ -16,8 +16,8 @@ def study_dataset(spec: StudySpec, *, progress: bool = True, out: TextIO | None 
     (default: the standard output of the moment)."""
     out = out or sys.stdout
     index = load_dataset(spec.data, format=spec.format, on_error=spec.on_error, empty_labels=spec.empty_labels,
-                         split_ratios=spec.split_ratios, binarise_masks=spec.binarise_masks, progress=progress,
-                         out=out)
+                         split_ratios=spec.split_ratios, binarise_masks=spec.binarise_masks, columns=spec.columns,
+                         progress=progress, out=out)
     outcome = apply_split_policy(index, spec.splits_policy, ratios=SplitRatios.parse(spec.split_ratios),
                                  seed=spec.seed, test_split=spec.test_split, progress=progress)
     print(outcome.describe(), file=out)

@@ -35,6 +35,7 @@ from raysearch.core.devices import torch_device
 from raysearch.core.files import write_table_atomic
 from raysearch.core.layout import PREDICTIONS_DIR, StudyFolder
 from raysearch.data.cache import META_FILE, CachedDataset, cache_key, dataset_fingerprint, ensure_cache, load_cache
+from raysearch.data.images import ImageError, read_grey
 from raysearch.data.preprocess import fit, placement
 from raysearch.data.samples import SPLITS
 from raysearch.data.splits import PUBLISHED, in_train_source
@@ -179,18 +180,18 @@ def _png(image: np.ndarray, path: Path) -> None:
     cv2.imwrite(str(path), image)
 
 
-def _views(study_dir: Path, data: CachedDataset, rows: np.ndarray, resize: str) -> list[str]:
-    """The test radiographs as the model saw their geometry (resize or letterbox) at VIEW_SIZE, written once
-    into the study folder; returns their paths relative to it."""
+def _views(study_dir: Path, data: CachedDataset, rows: np.ndarray, resize: str, intensity: str) -> list[str]:
+    """The test radiographs as the model saw their geometry (resize or letterbox) and intensity window at
+    VIEW_SIZE, written once into the study folder; returns their paths relative to it."""
     relative = []
     for row in rows:
-        path = Path(PREDICTIONS_DIR) / "images" / resize / f"{row}-{Path(data.paths[row]).stem}.png"
+        path = Path(PREDICTIONS_DIR) / "images" / f"{resize}-{intensity}" / f"{row}-{Path(data.paths[row]).stem}.png"
         if not (study_dir / path).is_file():
-            image = cv2.imread(data.paths[row], cv2.IMREAD_GRAYSCALE)
-            if image is None:
-                view = cv2.resize(np.asarray(data.images[row]), (VIEW_SIZE, VIEW_SIZE), interpolation=cv2.INTER_LINEAR)
-            else:
+            try:
+                image, _ = read_grey(Path(data.paths[row]), intensity)
                 view = fit(image, placement(image.shape[1], image.shape[0], VIEW_SIZE, resize))
+            except ImageError:
+                view = cv2.resize(np.asarray(data.images[row]), (VIEW_SIZE, VIEW_SIZE), interpolation=cv2.INTER_LINEAR)
             _png(view, study_dir / path)
         relative.append(path.as_posix())
     return relative
@@ -226,7 +227,7 @@ def _prediction_columns(study_dir: Path, study: Mapping[str, Any], model: Model,
     columns: dict[str, list[Any]] = {
         "study": [study["name"]] * n, "trial_id": [model.trial_id] * n, "repeat": [model.repeat] * n,
         "seed": [model.seed] * n, "image": [data.paths[r] for r in rows],
-        "view": _views(study_dir, data, rows, model.hp["resize"]),
+        "view": _views(study_dir, data, rows, model.hp["resize"], model.hp["intensity"]),
         "true_class": [int(c) if c >= 0 else None for c in labels],
         "true_class_name": [classes[c] if c >= 0 else None for c in labels],
         "true_polygon": _polygons(true_polygons),

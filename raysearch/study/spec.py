@@ -16,6 +16,7 @@ from raysearch.core.layout import DEFAULT_RESULTS, describe_study
 from raysearch.data.formats import FORMATS
 from raysearch.data.records import BACKGROUND_CLASS, EMPTY_LABELS, ON_ERROR, SplitRatios
 from raysearch.data.splits import SPLIT_POLICIES
+from raysearch.data.table import parse_columns
 from raysearch.errors import ConfigError
 from raysearch.search.choices import SCHEDULERS, SEARCHERS
 
@@ -88,6 +89,9 @@ class StudySpec:
     binarise_masks: bool = field(default=False, metadata=flag(
         "accept masks with values other than 0/1/255 (e.g. class labels): nonzero = foreground",
         action="store_true"))
+    columns: str | None = field(default=None, metadata=flag(
+        "a label table's columns, e.g. path=Image Index,label=Finding,split=set,patient=PID (default: found by "
+        "common spellings)", metavar="ROLE=NAME,..."))
     splits_policy: str | None = field(default=None, metadata=flag(
         "published: the dataset's splits, tested also on their leak-free subset; deduplicated: drop val/test images "
         "whose source is in train; grouped: split whole source groups (seeded, stratified by class) (default: "
@@ -155,6 +159,7 @@ class StudySpec:
             raise ConfigError(f"--epoch-budget: must be at least 1, got {self.epoch_budget}")
         self.budget_seconds()
         self.splits()
+        parse_columns(self.columns)
 
     def budget_seconds(self) -> float | None:
         """--time-budget in seconds (None: no time budget); ConfigError if malformed."""

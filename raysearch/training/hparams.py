@@ -2,8 +2,9 @@
 
 The allowed names come from the components' own registries (optimizers and schedulers in
 raysearch.training.optim, losses in raysearch.tasks.losses, resize modes, filters and normalisations in
-raysearch.data.preprocess, model names from timm and smp); a task adds its own (Task.hyperparameters).
-The same schema gives the defaults and validates search spaces (raysearch.search.space) before anything runs.
+raysearch.data.preprocess, intensity windows in raysearch.data.images, model names from timm and smp); a task
+adds its own (Task.hyperparameters). The same schema gives the defaults and validates search spaces
+(raysearch.search.space) before anything runs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from raysearch.core.schema import HParam, checked, choice, defaults_of, flag, integer, real
+from raysearch.data.images import INTENSITIES
 from raysearch.data.preprocess import PRETRAINED, FilterName, Normalisation, Preprocessing, ResizeMode
 from raysearch.training.optim import OPTIMIZERS, SCHEDULERS
 
@@ -49,6 +51,7 @@ OPTIMISATION_SCHEMA: dict[str, HParam] = {
 _PREPROCESSING_DEFAULTS = Preprocessing()
 PREPROCESSING_SCHEMA: dict[str, HParam] = {
     "image_size": integer(_PREPROCESSING_DEFAULTS.image_size, MIN_IMAGE_SIZE),
+    "intensity": choice(_PREPROCESSING_DEFAULTS.intensity, INTENSITIES),
     "resize": choice(_PREPROCESSING_DEFAULTS.resize, get_args(ResizeMode)),
     "clahe": flag(_PREPROCESSING_DEFAULTS.clahe),
     "clahe_clip": real(_PREPROCESSING_DEFAULTS.clahe_clip, 0.0, low_open=True),

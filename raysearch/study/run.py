@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 import yaml
 
 from raysearch.core.columns import score_column
-from raysearch.core.files import write_table_atomic, write_text_atomic
-from raysearch.core.layout import StudyFolder, experiment_dir
+from raysearch.core.files import check_writable_folder, inside, write_table_atomic, write_text_atomic
+from raysearch.core.layout import StudyFolder, check_study_name, experiment_dir
 from raysearch.data.cache import cache_issues, dataset_fingerprint, ensure_cache
 from raysearch.data.records import issues_table
 from raysearch.data.samples import DatasetIndex
@@ -121,8 +121,9 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
     if spec.startup_trials is not None and searcher != "tpe":
         raise ConfigError(f"--startup-trials: only the tpe searcher has start-up trials; this study uses {searcher}")
     name = spec.study_name(space_text)
+    check_writable_folder(Path(spec.results), "--results")
     results_root = Path(spec.results).resolve()
-    study_dir = results_root / name
+    study_dir = inside(results_root, results_root / check_study_name(name, "--name"))
     folder = StudyFolder(study_dir)
     _check_state(name, study_dir, resuming=resuming)
     splits = study_dataset(spec, progress=progress)
@@ -304,9 +305,7 @@ def _signed_experiment(study_dir: Path, recorded: dict[str, Any], *, trust: bool
     load_key()
     if trust:
         return None
-    name = str(recorded.get("name") or "")
-    if not name or Path(name).name != name or name.startswith("."):
-        raise ConfigError(f"{StudyFolder(study_dir).study_file}: name: {name!r} is not a study name")
+    name = check_study_name(recorded.get("name"), f"{StudyFolder(study_dir).study_file}: name")
     try:
         verify_signed_state(study_dir)
     except UntrustedState as error:

@@ -248,12 +248,11 @@ class StudyFolder:
         metric, mode = study["scheduler"]["metric"], study["scheduler"]["mode"]
         return rank_trials(frame[frame["status"] != FAILED], score_column(metric), mode)
 
-    def require_finished_trial(self, doing: str) -> None:
+    def require_finished_trial(self, doing: str, study: Mapping[str, Any] | None = None) -> None:
         """DataError in one line (no trial finished, the commonest failure reason) when the study has no trial to
         rank, so `doing` (evaluate, export) is impossible."""
         import pandas as pd
 
-        study = self.read_study()
         if self.ranked_trials(study).empty:
             said = no_trial_finished(pd.read_parquet(self.trials_file))
             raise DataError(f"{self.directory}: {said}; nothing to {doing}")

@@ -59,6 +59,7 @@ MLFLOW_DIR, MLFLOW_DB, MLFLOW_ARTIFACTS, WANDB_DIR = "mlflow", "mlflow.db", "art
 STATE_FILE, BEST_FILE, HISTORY_FILE = "state.pt", "best_model.pt", "history.json"
 WEIGHTS_KEY = "model"  # best_model.pt, weights.pt and state.pt hold the network's state dict under this key
 STOPPED_MARKER = "stopped_by_scheduler"   # in train/TRIAL/ once the scheduler stopped the trial
+EPOCH_STAGING_PREFIX = ".epoch-"  # in train/TRIAL/: an epoch's checkpoint being written (gone once reported)
 CHECKPOINT_PREFIX = "checkpoint_"
 CHECKPOINT_GLOB = CHECKPOINT_PREFIX + "[0-9]" * 6
 _CHECKPOINT_NUMBER = re.compile(rf"{CHECKPOINT_PREFIX}(\d+)$")

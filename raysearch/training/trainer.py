@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from raysearch.core.layout import STATE_FILE, WEIGHTS_KEY
+from raysearch.core.layout import EPOCH_STAGING_PREFIX, STATE_FILE, WEIGHTS_KEY
 from raysearch.data.augment import augmentation_for
 from raysearch.data.cache import load_cache
 from raysearch.data.device_data import BatchSource
@@ -45,6 +45,7 @@ class LoopSettings:
     seed: int
     threads: int = 1
     cache_hit: bool = False
+    scratch_dir: str | None = None  # where each epoch's checkpoint is staged (the trial's folder); None: the temp dir
 
 
 def default_callbacks(hp: Mapping[str, Any]) -> list[Callback]:
@@ -175,7 +176,9 @@ class Trainer:
             "precision": self.precision.name,
         }
         sign = 1.0 if self.task.mode == "max" else -1.0
-        with tempfile.TemporaryDirectory(prefix="raysearch-ckpt-") as folder:
+        if self.settings.scratch_dir is not None:
+            Path(self.settings.scratch_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=EPOCH_STAGING_PREFIX, dir=self.settings.scratch_dir) as folder:
             end = EpochEnd(metrics, sign * val["score"], Path(folder))
             for callback in self.callbacks:
                 callback.on_epoch_end(self, end)

@@ -17,7 +17,7 @@ import streamlit as st
 import yaml
 from raysearch.dashboard.logic import audit_locations
 
-from raysearch.core.columns import score_column
+from raysearch.core.columns import FAILED, no_trial_finished, score_column
 from raysearch.core.files import inside
 from raysearch.core.layout import DEFAULT_RESULTS, EPOCHS_FILE, PREDICTIONS_FILE, STUDY_FILE, TRIALS_FILE, find_studies
 from raysearch.errors import RaysearchError
@@ -83,6 +83,14 @@ class Study:
     @property
     def score_column(self) -> str:
         return score_column(self.metric)
+
+    @property
+    def nothing_finished(self) -> str | None:
+        """The one line said of a study whose every trial failed (how many, the commonest reason), else None."""
+        trials = self.trials
+        if trials.empty or "status" not in trials or (trials["status"] != FAILED).any():
+            return None
+        return no_trial_finished(trials)
 
     @property
     def classes(self) -> list[str]:

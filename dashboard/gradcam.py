@@ -14,9 +14,10 @@ import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from raysearch.dashboard.logic import safe_path, study_distributions, typed_params
+from raysearch.dashboard.logic import study_distributions, typed_params
 from torch import nn
 
+from raysearch.core.files import inside
 from raysearch.core.layout import StudyFolder
 from raysearch.errors import DataError
 from raysearch.inference.restore import build_model, model_input, trial_hyperparameters
@@ -45,7 +46,7 @@ def trial_model(root: str, directory: str, trial_id: str, _spec: dict[str, Any],
     checkpoint = StudyFolder(Path(directory)).best_checkpoint(trial_id)
     if checkpoint is None:
         raise DataError(f"trial {trial_id}: no checkpoint in {directory}")
-    checkpoint = safe_path(Path(root), checkpoint)
+    checkpoint = inside(Path(root), checkpoint)
     params = {f"param.{k}": v for k, v in typed_params(_row, study_distributions(_spec)).items()}
     hp = trial_hyperparameters(_spec, params)
     network = build_model(create_task(_spec["task"]), hp, len(_spec["data"]["classes"]))

@@ -1,5 +1,5 @@
 """What the dashboard computes, without Streamlit: ranking, filtering, Pareto fronts, hyperparameter
-importance, confusion matrices, and the guard that keeps every file read inside the results folder.
+importance, confusion matrices (every file it reads goes through raysearch.core.files.inside).
 
 Only pandas, numpy and Optuna are imported here, so the dashboard starts without the training stack.
 """
@@ -19,7 +19,6 @@ import pandas as pd
 
 from raysearch.core.columns import EARLY_STOPPED, FINISHED, PRUNED, TEST_PREFIXES, is_count
 from raysearch.core.layout import AUDIT_DIR, AUDIT_FILE
-from raysearch.errors import DataError
 
 CONFUSION_CELL = re.compile(r"^metric\.val_confusion_(\d+)_(\d+)\.best$")
 BONE_FRACTURE_CLASSES = {"elbow positive", "fingers positive", "forearm fracture", "humerus fracture", "humerus",
@@ -28,19 +27,6 @@ BONE_FRACTURE_ATTRIBUTION = (
     "Radiographs: Bone Fracture Detection dataset (Roboflow Universe, version 4), licensed CC BY 4.0 "
     "(https://creativecommons.org/licenses/by/4.0/).")
 IMPORTANCE_EVALUATORS = ("fANOVA", "MeanDecreaseImpurity")
-
-
-def safe_path(root: Path, candidate: str | Path) -> Path:
-    """`candidate` (relative to `root`, or absolute) resolved, if it lies inside `root`; else a DataError.
-
-    Symbolic links are resolved first, so a link pointing out of the folder is refused too.
-    """
-    base = Path(root).resolve()
-    path = Path(candidate)
-    resolved = (path if path.is_absolute() else base / path).resolve()
-    if not resolved.is_relative_to(base):
-        raise DataError(f"{candidate}: refused, the path lies outside the results folder {base}")
-    return resolved
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:

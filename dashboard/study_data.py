@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 import yaml
-from raysearch.dashboard.logic import audit_locations, safe_path
+from raysearch.dashboard.logic import audit_locations
 
-from raysearch.core.columns import score_column
+from raysearch.core.columns import FAILED, no_trial_finished, score_column
+from raysearch.core.files import inside
 from raysearch.core.layout import DEFAULT_RESULTS, EPOCHS_FILE, PREDICTIONS_FILE, STUDY_FILE, TRIALS_FILE, find_studies
 from raysearch.data.images import ImageError, read_grey
 from raysearch.errors import RaysearchError
@@ -84,12 +85,20 @@ class Study:
         return score_column(self.metric)
 
     @property
+    def nothing_finished(self) -> str | None:
+        """The one line said of a study whose every trial failed (how many, the commonest reason), else None."""
+        trials = self.trials
+        if trials.empty or "status" not in trials or (trials["status"] != FAILED).any():
+            return None
+        return no_trial_finished(trials)
+
+    @property
     def classes(self) -> list[str]:
         return list(self.spec.get("data", {}).get("classes", []))
 
     def path(self, relative: str | Path) -> Path:
         """A file named in the study's tables, relative to the study folder; refused outside the root."""
-        return safe_path(self.root, self.directory / relative)
+        return inside(self.root, self.directory / relative)
 
     def grey_image(self, relative: str) -> np.ndarray | None:
         """A PNG named in the study's tables as a grey uint8 array (None if it is not there or unreadable)."""
@@ -101,7 +110,7 @@ class Study:
 
 def read_table(root: Path, directory: Path, name: str) -> pd.DataFrame | None:
     """A Parquet file in a folder inside the results root (cached until it changes), or None if absent."""
-    path = safe_path(root, directory / name)
+    path = inside(root, directory / name)
     return _parquet(str(path), path.stat().st_mtime) if path.is_file() else None
 
 
@@ -116,11 +125,11 @@ def _audit(root: Path, directory: Path, spec: dict[str, Any]) -> tuple[pd.DataFr
 
 def load_study(root: Path, directory: Path) -> Study:
     """Read one study folder's files (cached until they change)."""
-    spec_path = safe_path(root, directory / STUDY_FILE)
+    spec_path = inside(root, directory / STUDY_FILE)
     spec = _yaml(str(spec_path), spec_path.stat().st_mtime) if spec_path.is_file() else {}
     trials = read_table(root, directory, TRIALS_FILE)
     audit, audit_source = _audit(root, directory, spec)
-    return Study(root, safe_path(root, directory), spec, trials if trials is not None else pd.DataFrame(),
+    return Study(root, inside(root, directory), spec, trials if trials is not None else pd.DataFrame(),
                  read_table(root, directory, EPOCHS_FILE), read_table(root, directory, PREDICTIONS_FILE),
                  audit, audit_source)
 
@@ -130,7 +139,7 @@ def studies(root: Path) -> tuple[list[Path], list[str]]:
     found, refused = [], []
     for study in find_studies(root):
         try:
-            found.append(safe_path(root, study))
+            found.append(inside(root, study))
         except RaysearchError as error:
             refused.append(str(error))
     return found, refused

@@ -15,8 +15,9 @@ def label(column: str) -> str:
     return column.removeprefix("metric.").removesuffix(".best").removeprefix("param.")
 
 
-def study_header(study: Study, title: str) -> None:
-    """The page title, the study's task and dataset in one line, and the dataset's attribution."""
+def study_header(study: Study, title: str, *, needs_scores: bool = True) -> None:
+    """The page title, the study's task and dataset in one line, and the dataset's attribution. A study none of whose
+    trials finished gets one line saying so (and why, most often), and a page that shows scores stops there."""
     st.title(title)
     data = study.spec.get("data", {})
     samples = data.get("samples", {})
@@ -25,6 +26,10 @@ def study_header(study: Study, title: str) -> None:
                f"optimising {study.metric} ({study.mode}) · data {data.get('format', '?')} "
                f"({split} train/val/test images)")
     attribution(study)
+    if study.nothing_finished:
+        st.warning(f"Study {study.name}: {study.nothing_finished}.", icon=":material/error:")
+        if needs_scores:
+            st.stop()
 
 
 def attribution(study: Study) -> None:

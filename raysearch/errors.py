@@ -4,7 +4,9 @@ from __future__ import annotations
 
 
 class RaysearchError(Exception):
-    """An error caused by user input; the CLI prints it on one line and exits non-zero."""
+    """An error caused by user input; the CLI prints it on one line and exits with `exit_code`."""
+
+    exit_code = 2
 
 
 class ConfigError(RaysearchError):
@@ -17,3 +19,9 @@ class DataError(RaysearchError):
 
 class StudyInterrupted(RaysearchError):
     """The search stopped before every trial finished; its state is saved for `raysearch resume`."""
+
+
+class NoTrialFinished(RaysearchError):
+    """Every trial of a study failed: the study folder keeps their errors, nothing was evaluated or exported."""
+
+    exit_code = 1

@@ -165,7 +165,7 @@ def test_crafted_prediction_path_is_refused(dashboard, tiny_study_copy) -> None:
     assert any("linked: refused" in e.value for e in app.sidebar.error)
     page(app, "views/models.py")
     errors = app.main.error
-    assert len(errors) == 1 and "refused, the path lies outside the results folder" in errors[0].value
+    assert len(errors) == 1 and "refused, the path lies outside the folder" in errors[0].value
     assert len(app.get("image")) == 11
 
 

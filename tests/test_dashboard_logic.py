@@ -31,7 +31,6 @@ from raysearch.dashboard.logic import (
     pareto_front,
     prediction_errors,
     ray_dashboard_candidates,
-    safe_path,
     stop_points,
     study_distributions,
     top_parameters,
@@ -39,6 +38,7 @@ from raysearch.dashboard.logic import (
 )
 
 from raysearch.core.columns import lower_is_better
+from raysearch.core.files import inside
 from raysearch.errors import DataError
 from raysearch.search.space import parse_space
 
@@ -76,18 +76,18 @@ def trials(n: int = 40, seed: int = 0) -> pd.DataFrame:
     })
 
 
-def test_safe_path_accepts_inside_and_refuses_outside(tmp_path: Path) -> None:
+def test_inside_accepts_inside_and_refuses_outside(tmp_path: Path) -> None:
     root = tmp_path / "results"
     (root / "study" / "predictions").mkdir(parents=True)
-    inside = root / "study" / "predictions" / "a.png"
-    assert safe_path(root, "study/predictions/a.png") == inside
-    assert safe_path(root, inside) == inside
+    expected = root / "study" / "predictions" / "a.png"
+    assert inside(root, "study/predictions/a.png") == expected
+    assert inside(root, expected) == expected
     for crafted in ("study/../../secret.png", "../results-other/x.png", "/etc/passwd", str(tmp_path / "x.png")):
-        with pytest.raises(DataError, match="refused, the path lies outside the results folder"):
-            safe_path(root, crafted)
+        with pytest.raises(DataError, match="refused, the path lies outside the folder"):
+            inside(root, crafted)
     (root / "study" / "link.png").symlink_to(tmp_path / "elsewhere.png")
     with pytest.raises(DataError, match="outside"):
-        safe_path(root, "study/link.png")
+        inside(root, "study/link.png")
 
 
 def test_crafted_parquet_path_is_refused(tmp_path: Path) -> None:
@@ -96,9 +96,9 @@ def test_crafted_parquet_path_is_refused(tmp_path: Path) -> None:
     (tmp_path / "outside.png").write_bytes(b"secret")
     pq.write_table(pa.table({"view": ["predictions/ok.png", "../../outside.png"]}), root / "study" / "p.parquet")
     views = pd.read_parquet(root / "study" / "p.parquet")["view"]
-    assert safe_path(root, root / "study" / views[0]) == root / "study" / "predictions" / "ok.png"
+    assert inside(root, root / "study" / views[0]) == root / "study" / "predictions" / "ok.png"
     with pytest.raises(DataError, match="outside.png: refused"):
-        safe_path(root, root / "study" / views[1])
+        inside(root, root / "study" / views[1])
 
 
 def test_filter_trials_by_status_task_choices_and_ranges() -> None:

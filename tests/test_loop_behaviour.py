@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from raysearch.core.layout import BEST_FILE, STATE_FILE, WEIGHTS_KEY
+from raysearch.core.layout import BEST_FILE, EPOCH_STAGING_PREFIX, STATE_FILE, WEIGHTS_KEY
 from raysearch.data.cache import CachedDataset, dataset_fingerprint, ensure_cache, load_cache
 from raysearch.data.formats import load_dataset
 from raysearch.data.phantom import PhantomSpec, write_phantom
@@ -219,3 +219,27 @@ def test_a_diverged_trial_stops_after_patience_epochs_of_nan_scores(cached: Cach
         early.on_validation_end(trainer, metrics)
         seen.append((early.best.improved, metrics["stopped_early"], trainer.should_stop))
     assert seen == [(False, 0.0, False), (False, 1.0, True), (False, 1.0, True)]
+
+
+class _StagingSession(LocalSession):
+    """Records where each epoch's checkpoint was staged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.staged: list[Path] = []
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None, *, improved: bool = False) -> None:
+        super().report(metrics, checkpoint, improved=improved)
+        self.staged.append(checkpoint)
+
+
+def test_epochs_are_staged_in_the_trials_folder_never_in_the_temp_dir(cached: CachedDataset, tmp_path: Path) -> None:
+    """A trial killed mid-epoch (SIGTERM, SIGKILL) leaves its staging in its own folder, which the trial's next start
+    clears (raysearch.training.session.discard_leftovers), not a `raysearch-ckpt-*` in the temporary directory."""
+    trial = tmp_path / "train" / "trial_1"
+    session = _StagingSession()
+    settings = LoopSettings("classification", str(cached.directory), max_epochs=2, seed=0, scratch_dir=str(trial))
+    train(_hp(), settings, session)
+    assert len(session.staged) == 2
+    assert all(folder.parent == trial and folder.name.startswith(EPOCH_STAGING_PREFIX) for folder in session.staged)
+    assert list(trial.iterdir()) == []  # each staging is gone once its epoch was reported

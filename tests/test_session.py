@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from raysearch.core.layout import BEST_FILE, HISTORY_FILE, STATE_FILE
+from raysearch.core.layout import BEST_FILE, EPOCH_STAGING_PREFIX, HISTORY_FILE, STATE_FILE
 from raysearch.training.session import (
     BEST_ONLY_PREFIX,
     TuneSession,
     checkpoint_name,
-    discard_best_weights_links,
+    discard_leftovers,
     latest_checkpoint,
     link_best_weights,
     publish_checkpoint,
@@ -128,14 +128,15 @@ def test_a_one_worker_trial_trains_on_the_first_gpu_only_when_asked_and_present(
     assert TuneSession(use_gpu=use_gpu, directory=Path("unused")).device == device
 
 
-def test_leftover_best_weights_links_are_discarded_and_nothing_else(tmp_path: Path) -> None:
-    discard_best_weights_links(tmp_path / "absent")  # a trial's first start: no folder yet
+def test_leftover_best_weights_links_and_epoch_stagings_are_discarded_and_nothing_else(tmp_path: Path) -> None:
+    discard_leftovers(tmp_path / "absent")  # a trial's first start: no folder yet
     trial = tmp_path / "trial"
     kept = _checkpoint_with_best(trial / "checkpoint_000000", 1)
     link_best_weights(kept / BEST_FILE)
     (trial / f".{BEST_ONLY_PREFIX}checkpoint_000007").mkdir()
     (trial / ".checkpoint_000001").mkdir()  # an unfinished checkpoint copy is publish_checkpoint's to clean
-    discard_best_weights_links(trial)
+    (trial / f"{EPOCH_STAGING_PREFIX}k2j3h4").mkdir()  # an epoch staged by a run killed before it reported it
+    discard_leftovers(trial)
     assert sorted(p.name for p in trial.iterdir()) == [".checkpoint_000001", "checkpoint_000000"]
     assert sorted(p.name for p in kept.iterdir()) == [BEST_FILE, STATE_FILE]
 

@@ -84,7 +84,7 @@ def reader_findings(study: Study) -> None:
 
 def main() -> None:
     study = current_study()
-    study_header(study, "Data audit")
+    study_header(study, "Data audit", needs_scores=False)
     audit = study.audit
     if audit is None or audit.empty:
         no_data("No audit of this dataset in the results folder: `raysearch data audit DATA` writes one "

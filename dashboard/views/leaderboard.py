@@ -140,7 +140,7 @@ def headline(study: Study) -> None:
 
 def main() -> None:
     study = current_study()
-    study_header(study, "Leaderboard")
+    study_header(study, "Leaderboard", needs_scores=False)
     headline(study)
     everything = st.toggle("Compare every study in this results folder", key="all-studies")
     frame = trials_of(study, everything)

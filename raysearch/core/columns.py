@@ -79,8 +79,21 @@ def rank_trials(frame: pd.DataFrame, column: str, mode: str) -> pd.DataFrame:
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    ranked = frame.sort_values(column, ascending=mode == "min", na_position="last", kind="stable")
+    ranked = frame.sort_values(column, ascending=mode == "min", na_position="last", kind="stable") \
+        if column in frame else frame  # no trial reported the metric (every one failed): nothing to sort by
     return ranked.assign(rank=np.arange(1, len(ranked) + 1)).reset_index(drop=True)
+
+
+def no_trial_finished(frame: pd.DataFrame) -> str:
+    """The one line said of a study none of whose trials (trials.parquet's rows) finished: how many failed and
+    the commonest reason among their errors."""
+    failed = frame[frame["status"] == FAILED] if "status" in frame else frame.iloc[:0]
+    errors = failed["error"].dropna() if "error" in failed else failed.iloc[:0, :0]
+    said = f"no trial finished ({len(failed)} of {len(frame)} failed"
+    if len(errors):
+        counts = errors.value_counts(sort=True)
+        said += f"; commonest reason, {counts.iloc[0]} of them: {counts.index[0]}"
+    return said + ")"
 
 
 def is_epoch_metric(name: str) -> bool:

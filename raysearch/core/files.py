@@ -1,20 +1,56 @@
 """The one way raysearch writes a file or a folder: into a staging sibling, renamed into place only when complete.
 
 A crash, a full disk or an error while writing leaves the earlier file or folder as it was and no staging left
-behind; readers see either the old version or the new one, never half of one.
+behind; readers see either the old version or the new one, never half of one. `inside` keeps every path read or
+written within the folder it belongs to (a study folder, a results folder), and `check_writable_folder` refuses a
+place that cannot hold a folder before anything is created.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from raysearch.errors import ConfigError, DataError
+
 if TYPE_CHECKING:
     import pyarrow as pa
+
+
+def inside(root: Path, candidate: str | Path) -> Path:
+    """`candidate` (relative to `root`, or absolute) resolved, if it lies inside `root`; else a DataError.
+
+    Symbolic links are resolved first, so a link pointing out of the folder is refused too. Every reader and
+    writer of a study or results folder goes through it (the dashboard's reads, evaluate's PNGs, the study folder).
+    """
+    base = Path(root).resolve()
+    path = Path(candidate)
+    resolved = (path if path.is_absolute() else base / path).resolve()
+    if not resolved.is_relative_to(base):
+        raise DataError(f"{candidate}: refused, the path lies outside the folder {base}")
+    return resolved
+
+
+def check_writable_folder(path: Path, flag: str) -> None:
+    """ConfigError (one line naming `flag`) unless `path` is a folder raysearch can write in, or one it can create:
+    checked on the nearest existing folder above it with a probe file (removed at once), before anything is created.
+    """
+    path = Path(path).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        what = "is a file" if existing == path else f"lies under {existing}, which is a file"
+        raise ConfigError(f"{flag} {path}: {what}, not a folder")
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=".raysearch-probe-", dir=existing)
+    except OSError as error:
+        raise ConfigError(f"{flag} {path}: {existing} cannot be written ({error.strerror})") from None
+    os.close(descriptor)
+    os.unlink(probe)
 
 
 def staging_name(path: Path, kind: str = "tmp") -> Path:

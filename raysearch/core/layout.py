@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from raysearch.core.columns import FAILED, rank_trials, score_column
-from raysearch.errors import DataError
+from raysearch.core.columns import FAILED, no_trial_finished, rank_trials, score_column
+from raysearch.core.files import inside
+from raysearch.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,12 +59,25 @@ MLFLOW_DIR, MLFLOW_DB, MLFLOW_ARTIFACTS, WANDB_DIR = "mlflow", "mlflow.db", "art
 STATE_FILE, BEST_FILE, HISTORY_FILE = "state.pt", "best_model.pt", "history.json"
 WEIGHTS_KEY = "model"  # best_model.pt, weights.pt and state.pt hold the network's state dict under this key
 STOPPED_MARKER = "stopped_by_scheduler"   # in train/TRIAL/ once the scheduler stopped the trial
+EPOCH_STAGING_PREFIX = ".epoch-"  # in train/TRIAL/: an epoch's checkpoint being written (gone once reported)
 CHECKPOINT_PREFIX = "checkpoint_"
 CHECKPOINT_GLOB = CHECKPOINT_PREFIX + "[0-9]" * 6
 _CHECKPOINT_NUMBER = re.compile(rf"{CHECKPOINT_PREFIX}(\d+)$")
 
+MAX_NAME = 100
+STUDY_NAME = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{MAX_NAME - 1}}}")  # one portable folder name, not hidden
 STUDY_KEYS = ("name", "task", "spec", "data", "search_space", "defaults", "scheduler", "searcher", "budget",
               "resources", "tracking", "seed", "versions")
+
+
+def check_study_name(name: str, where: str) -> str:
+    """`name` if it is one portable folder name (STUDY_NAME: no separator, no `..`, not hidden, at most MAX_NAME
+    characters), else a one-line ConfigError naming `where` (the flag or file field it came from)."""
+    if not isinstance(name, str) or not STUDY_NAME.fullmatch(name):
+        shown = repr(name) if len(str(name)) <= 60 else f"{str(name)[:40]!r}... ({len(str(name))} characters)"
+        raise ConfigError(f"{where}: {shown} is not a study name: one folder name of at most {MAX_NAME} characters "
+                          "from A-Z a-z 0-9 . _ -, not starting with '.'")
+    return name
 
 
 def experiment_dir(study_dir: Path, name: str) -> Path:
@@ -183,8 +197,15 @@ class StudyFolder:
         return self.directory / SIGNED_DIR
 
 
+    def inside(self, relative: str | Path) -> Path:
+        """A path named relative to the study folder, resolved; DataError when it would lie outside it (a crafted
+        trial id or file name in a received study): every writer of the folder asks this."""
+        path = self.directory / relative
+        inside(self.directory, path)
+        return path
+
     def trial_dir(self, trial_id: str) -> Path:
-        return self.train_dir / trial_id
+        return self.inside(Path(TRAIN_DIR) / trial_id)
 
     def best_checkpoint(self, trial_id: str) -> Path | None:
         """`best_model.pt` in a trial's newest checkpoint (Train run folder, or a Tune trial folder), or None."""
@@ -227,3 +248,12 @@ class StudyFolder:
         frame = pd.read_parquet(self.trials_file)
         metric, mode = study["scheduler"]["metric"], study["scheduler"]["mode"]
         return rank_trials(frame[frame["status"] != FAILED], score_column(metric), mode)
+
+    def require_finished_trial(self, doing: str, study: Mapping[str, Any] | None = None) -> None:
+        """DataError in one line (no trial finished, the commonest failure reason) when the study has no trial to
+        rank, so `doing` (evaluate, export) is impossible."""
+        import pandas as pd
+
+        if self.ranked_trials(study).empty:
+            said = no_trial_finished(pd.read_parquet(self.trials_file))
+            raise DataError(f"{self.directory}: {said}; nothing to {doing}")

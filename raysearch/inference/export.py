@@ -13,6 +13,7 @@ input square) and `mask` (N x 1 x S x S logits), whichever the task has.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from importlib.util import find_spec
@@ -42,16 +43,24 @@ ONNX_PACKAGES = ("onnx", "onnxscript")
 
 
 def export_model(study_dir: Path, trial_id: str | None = None) -> Path:
-    """Export a trial (default: the best by the study's metric) to `<study>/model/`; returns that folder."""
+    """Export a trial (default: the best by the study's metric) to `<study>/model/`, built beside the old one and
+    swapped in when complete; returns that folder."""
+    folder = StudyFolder(study_dir)
+    with atomic_folder(folder.model_dir) as staging:
+        write_model(folder.directory, staging, trial_id)
+    return folder.model_dir
+
+
+def write_model(study_dir: Path, out: Path, trial_id: str | None = None) -> None:
+    """`config.yaml` and `weights.pt` of a trial (default: the best by the study's metric) in the folder `out`;
+    a one-line DataError, before anything is written, when there is no such trial or checkpoint."""
     study_dir = Path(study_dir)
     folder = StudyFolder(study_dir)
     study = folder.read_study()
     metric = study["scheduler"]["metric"]
     if trial_id is None:
-        ranked = folder.ranked_trials(study)
-        if ranked.empty:
-            raise DataError(f"{study_dir}: no finished trial to export")
-        trial_id = str(ranked["trial_id"].iloc[0])
+        folder.require_finished_trial("export", study)
+        trial_id = str(folder.ranked_trials(study)["trial_id"].iloc[0])
     row = folder.trial_row(trial_id)
     checkpoint = folder.best_checkpoint(trial_id)
     if checkpoint is None:
@@ -64,10 +73,9 @@ def export_model(study_dir: Path, trial_id: str | None = None) -> Path:
         "test": {k: v for k, v in row.items() if k.startswith(("test.", "test_clean.")) and v is not None},
         "params": row.get("params"), "latency_ms": row.get("latency_ms"),
     }
-    with atomic_folder(folder.model_dir) as staging:
-        save_weights(read_weights(checkpoint, torch.device("cpu")), staging / WEIGHTS_FILE)
-        (staging / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
-    return folder.model_dir
+    weights = read_weights(checkpoint, torch.device("cpu"))
+    save_weights(weights, out / WEIGHTS_FILE)
+    (out / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 class NamedOutputs(nn.Module):
@@ -146,11 +154,18 @@ def export_formats(model_dir: Path, formats: Sequence[str]) -> dict[str, Path]:
 
 def export_study(path: Path, formats: Sequence[str], *, trial_id: str | None = None) -> dict[str, Path]:
     """Write `formats` for a study's model: `path` is a study folder (its `model/` is exported first when
-    absent, or replaced by `trial_id`'s) or an exported model folder itself; returns the files by format."""
+    absent, or replaced by `trial_id`'s) or an exported model folder itself; returns the files by format.
+
+    The whole model folder is built beside the old one (its files copied, or the trial's written) and swapped in
+    only when every format is written: a failed export leaves the earlier folder as it was."""
+    formats = parse_formats(",".join(formats))
     path = Path(path)
-    if (path / CONFIG_FILE).is_file() and trial_id is None:
-        return export_formats(path, formats)
-    folder = StudyFolder(path)
-    if trial_id is not None or not folder.model_dir.is_dir():
-        export_model(folder.directory, trial_id)
-    return export_formats(folder.model_dir, formats)
+    reexport = (path / CONFIG_FILE).is_file() and trial_id is None
+    model_dir = path if reexport else StudyFolder(path).model_dir
+    with atomic_folder(model_dir) as staging:
+        if reexport or (trial_id is None and model_dir.is_dir()):
+            shutil.copytree(model_dir, staging, dirs_exist_ok=True, symlinks=True)
+        else:
+            write_model(path, staging, trial_id)
+        written = export_formats(staging, formats)
+    return {name: model_dir / file.name for name, file in written.items()}

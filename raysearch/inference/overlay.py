@@ -6,13 +6,22 @@ Needs only OpenCV and numpy, so that the dashboard can draw without importing th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
 
+from raysearch.errors import DataError
+
 TRUE_COLOUR = (0, 0, 255)  # BGR red
 PREDICTED_COLOUR = (0, 200, 0)  # BGR green
 MASK_ALPHA = 0.4
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """An image written as PNG at `path`; a DataError naming it when OpenCV cannot write it (OpenCV says nothing)."""
+    if not cv2.imwrite(str(path), image):
+        raise DataError(f"{path}: could not be written")
 
 
 def _bgr(image: np.ndarray) -> np.ndarray:

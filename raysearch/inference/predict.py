@@ -23,11 +23,12 @@ import yaml
 from torch import nn
 
 from raysearch.core.devices import torch_device
+from raysearch.core.files import atomic_folder, check_writable_folder
 from raysearch.core.layout import CONFIG_FILE, WEIGHTS_FILE, StudyFolder
 from raysearch.data.images import ImageError, array_grey8, is_image, read_grey
 from raysearch.data.preprocess import Placement, Preprocessing
-from raysearch.errors import DataError, RaysearchError
-from raysearch.inference.overlay import draw_overlay
+from raysearch.errors import ConfigError, DataError, RaysearchError
+from raysearch.inference.overlay import draw_overlay, write_png
 from raysearch.inference.restore import build_model, model_input, restore_trial
 from raysearch.tasks import create_task
 from raysearch.tasks.base import Task
@@ -111,7 +112,11 @@ class Model:
         """Label `images`: a grey array (H, W) or a stack (N, H, W) (uint8, uint16 or floats in [0, 1]), image
         files (DICOM and 16-bit ones too), folders (every image in them, recursively), glob patterns, or a list
         of these; images over 8 bits are mapped by the model's intensity window. With `out`, overlay PNGs
-        (prediction in green, on the windowed image), mask PNGs and predictions.json are written there too."""
+        (prediction in green, on the windowed image), mask PNGs and predictions.json are written there too: built
+        beside the folder and swapped in for it when complete, so `out` must be new, empty, or an earlier
+        prediction folder (checked first)."""
+        if out is not None:
+            _check_out(Path(out))
         sources = list(_sources(images, self.preprocessing.intensity))
         predictions = [Prediction(image=s.name, error=s.error, window=s.window) for s in sources]
         readable = [(p, s.pixels) for p, s in zip(predictions, sources, strict=True) if s.pixels is not None]
@@ -251,18 +256,29 @@ def _output_names(predictions: Sequence[Prediction]) -> Iterator[str]:
         yield stem if used[stem] == 1 else f"{stem}-{used[stem]}"
 
 
+def _check_out(out: Path) -> None:
+    """ConfigError unless `out` can be replaced as a whole: absent, empty, or an earlier prediction folder (one
+    holding predictions.json), and writable."""
+    check_writable_folder(out, "--out")
+    if out.is_dir() and any(out.iterdir()) and not (out / PREDICTIONS_JSON).is_file():
+        raise ConfigError(f"--out {out}: holds files that are not raysearch predictions (no {PREDICTIONS_JSON}); "
+                          "give a new or empty folder")
+
+
 def _write(predictions: Sequence[Prediction], pixels: Sequence[np.ndarray | None], out: Path) -> None:
-    """Overlay and mask PNGs of the labelled images, and predictions.json with every prediction."""
-    out.mkdir(parents=True, exist_ok=True)
-    for prediction, image, name in zip(predictions, pixels, _output_names(predictions), strict=True):
-        if image is None:
-            continue
-        if prediction.mask is not None:
-            prediction.mask_file = str(out / f"{name}_mask.png")
-            cv2.imwrite(prediction.mask_file, prediction.mask * np.uint8(255))
-        label = f"{prediction.class_name} {prediction.probability:.0%}" if prediction.class_name else None
-        prediction.overlay = str(out / f"{name}.png")
-        cv2.imwrite(prediction.overlay, draw_overlay(image, predicted_polygon=prediction.polygon,
-                                                     mask=prediction.mask, label=label))
-    (out / PREDICTIONS_JSON).write_text(json.dumps([p.to_dict() for p in predictions], indent=2))
+    """Overlay and mask PNGs of the labelled images, and predictions.json with every prediction, built beside
+    `out` and swapped in for it when complete (a failure leaves the earlier predictions as they were)."""
+    with atomic_folder(out) as staging:
+        for prediction, image, name in zip(predictions, pixels, _output_names(predictions), strict=True):
+            if image is None:
+                continue
+            if prediction.mask is not None:
+                prediction.mask_file = str(out / f"{name}_mask.png")
+                write_png(staging / f"{name}_mask.png", prediction.mask * np.uint8(255))
+            label = f"{prediction.class_name} {prediction.probability:.0%}" if prediction.class_name else None
+            prediction.overlay = str(out / f"{name}.png")
+            write_png(staging / f"{name}.png", draw_overlay(image, predicted_polygon=prediction.polygon,
+                                                       mask=prediction.mask, label=label))
+        (staging / PREDICTIONS_JSON).write_text(json.dumps([p.to_dict() for p in predictions], indent=2))
+
 

@@ -5,6 +5,13 @@ processes: Ray Train's PlacementGroupCleaner, which frees the workers' CPUs of a
 asks the State API whether the trial's Train controller is still alive, and without that address the
 State API guesses the cluster. With several Ray instances on one machine it then fails ("Found multiple
 active Ray instances"), the cleaner stops, and the next multi-worker trial never gets its CPUs.
+
+A local instance is private: every process of it (driver, GCS, raylet and object manager, dashboard and its agent,
+runtime-env agent, workers) listens on 127.0.0.1 only. Ray 2.60 binds its servers to the node's IP address when
+that is loopback, and makes the node IP loopback only where it runs single-machine (macOS and Windows, or
+RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0): on Linux it turns a loopback `_node_ip_address` back into the machine's
+network address. So the local instance starts in that single-machine mode, the setting exported to the processes
+it starts (they inherit the environment) and restored when it stops. Joining a cluster (`address`) changes nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 API_SERVER_VARIABLE = "RAY_API_SERVER_ADDRESS"
+LOOPBACK = "127.0.0.1"
 LOWEST_PORT = 20000   # Ray's worker processes listen on 10002-19999 by default
 PORT_TRIES = 200
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
@@ -34,18 +42,41 @@ def connected(address: str | None) -> Iterator[None]:
         yield
         return
     port = _free_local_port()
-    previous = os.environ.get(API_SERVER_VARIABLE)
-    os.environ[API_SERVER_VARIABLE] = f"http://127.0.0.1:{port}"
+    with _environment(API_SERVER_VARIABLE, f"http://{LOOPBACK}:{port}"), _single_machine():
+        try:
+            ray.init(include_dashboard=True, dashboard_host=LOOPBACK, dashboard_port=port, _node_ip_address=LOOPBACK,
+                     log_to_driver=True, configure_logging=False)
+            yield
+        finally:
+            ray.shutdown()
+
+
+@contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """The environment variable `name` set to `value` inside the block, as it was afterwards."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
     try:
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=True,
-                 configure_logging=False)
         yield
     finally:
-        ray.shutdown()
         if previous is None:
-            os.environ.pop(API_SERVER_VARIABLE, None)
+            os.environ.pop(name, None)
         else:
-            os.environ[API_SERVER_VARIABLE] = previous
+            os.environ[name] = previous
+
+
+@contextmanager
+def _single_machine() -> Iterator[None]:
+    """Ray's single-machine mode (see the module docstring): its node IP is loopback, so all of it listens there."""
+    from ray._private import ray_constants
+
+    previous = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        with _environment(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "0"):
+            yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = previous
 
 
 def _free_local_port() -> int:

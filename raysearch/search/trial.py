@@ -13,7 +13,7 @@ from raysearch.search.resources import TrialShape
 from raysearch.tasks import create_task
 from raysearch.training.callbacks import Monitor
 from raysearch.training.hparams import preprocessing_of, schema
-from raysearch.training.session import TuneSession, discard_best_weights_links
+from raysearch.training.session import TuneSession, discard_leftovers
 from raysearch.training.trainer import LoopSettings, train
 
 
@@ -66,11 +66,12 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
                  where=f"trial {trial_id}")
     cache_dir, hit = ensure_cache(settings.index, settings.fingerprint, preprocessing_of(hp), Path(settings.cache_root),
                                 progress=False)
-    loop = LoopSettings(settings.task, str(cache_dir), settings.max_epochs, settings.seed,
-                        threads=max(int(settings.cpus_per_worker), 1), cache_hit=hit, monitor=settings.monitor)
-    use_gpu = settings.gpus_per_worker > 0
     trial_dir = Path(settings.storage_path) / trial_id
-    discard_best_weights_links(trial_dir)
+    loop = LoopSettings(settings.task, str(cache_dir), settings.max_epochs, settings.seed,
+                        threads=max(int(settings.cpus_per_worker), 1), cache_hit=hit, scratch_dir=str(trial_dir),
+                        monitor=settings.monitor)
+    use_gpu = settings.gpus_per_worker > 0
+    discard_leftovers(trial_dir)
     if settings.workers == 1:
         train(hp, loop, TuneSession(use_gpu=use_gpu, directory=trial_dir))
         return

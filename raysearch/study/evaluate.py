@@ -5,8 +5,10 @@ retrained with R seeds (the study's seed, +1, ...) by the same training loop, ev
 with the resources of one of the study's workers (GPUs on a GPU cluster), all submitted at once so that
 they run side by side as far as the cluster allows, and the test metrics are reported as mean and sample
 standard deviation. Results go to `predictions.parquet`
-(one row per test image per evaluated model) and to `test.*` columns of `trials.parquet`, both replaced
-as a whole by each evaluation.
+(one row per test image per evaluated model, its PNGs under `predictions/`) and to `test.*` columns of
+`trials.parquet`, all replaced as a whole by each evaluation: the data is checked and every model evaluated
+first, the new `predictions/` is built beside the old one and swapped in with the tables only when complete,
+so an evaluation that fails (the dataset moved, a full disk) leaves the earlier results as they were.
 
 Under the `published` split policy the test split may share sources with train (`raysearch.data.splits`):
 the metrics are then also computed on its clean subset, the test images whose source group has no image in
@@ -32,7 +34,7 @@ from torch import nn
 
 from raysearch.core.columns import headline_columns, metric_name
 from raysearch.core.devices import torch_device
-from raysearch.core.files import write_table_atomic
+from raysearch.core.files import atomic_folder, inside, write_table_atomic
 from raysearch.core.layout import PREDICTIONS_DIR, StudyFolder
 from raysearch.data.cache import META_FILE, CachedDataset, cache_key, dataset_fingerprint, ensure_cache, load_cache
 from raysearch.data.images import ImageError, read_grey
@@ -40,6 +42,7 @@ from raysearch.data.preprocess import fit, placement
 from raysearch.data.samples import SPLITS
 from raysearch.data.splits import PUBLISHED, in_train_source
 from raysearch.errors import ConfigError, DataError
+from raysearch.inference.overlay import write_png
 from raysearch.inference.restore import build_model, restore_trial, trial_hyperparameters
 from raysearch.study.dataset import study_dataset
 from raysearch.tasks import create_task
@@ -175,35 +178,49 @@ def _predict(task: Task, model: Model, data: CachedDataset, rows: np.ndarray) ->
     return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]} if parts else {}
 
 
-def _png(image: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), image)
+@dataclass(frozen=True)
+class PredictionFolder:
+    """The new `predictions/` being built (`staging`, swapped in when complete) beside the current one (`kept`)."""
+
+    staging: Path
+    kept: Path
+
+    def target(self, relative: Path) -> Path:
+        """Where a PNG named `relative` (under predictions/) is written; DataError if a crafted trial id or file
+        name would put it outside the folder."""
+        path = inside(self.staging, self.staging / relative)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
 
-def _views(study_dir: Path, data: CachedDataset, rows: np.ndarray, resize: str, intensity: str) -> list[str]:
+def _views(out: PredictionFolder, data: CachedDataset, rows: np.ndarray, resize: str, intensity: str) -> list[str]:
     """The test radiographs as the model saw their geometry (resize or letterbox) and intensity window at
-    VIEW_SIZE, written once into the study folder; returns their paths relative to it."""
+    VIEW_SIZE (the earlier evaluation's copy kept when it has one); returns their paths relative to the study
+    folder."""
     relative = []
     for row in rows:
-        path = Path(PREDICTIONS_DIR) / "images" / f"{resize}-{intensity}" / f"{row}-{Path(data.paths[row]).stem}.png"
-        if not (study_dir / path).is_file():
+        name = Path("images") / f"{resize}-{intensity}" / f"{row}-{Path(data.paths[row]).stem}.png"
+        target = out.target(name)
+        if (out.kept / name).is_file() and not target.is_file():
+            shutil.copyfile(inside(out.kept, out.kept / name), target)
+        elif not target.is_file():
             try:
                 image, _ = read_grey(Path(data.paths[row]), intensity)
                 view = fit(image, placement(image.shape[1], image.shape[0], VIEW_SIZE, resize))
             except ImageError:
                 view = cv2.resize(np.asarray(data.images[row]), (VIEW_SIZE, VIEW_SIZE), interpolation=cv2.INTER_LINEAR)
-            _png(view, study_dir / path)
-        relative.append(path.as_posix())
+            write_png(target, view)
+        relative.append((PREDICTIONS_DIR / name).as_posix())
     return relative
 
 
-def _masks(study_dir: Path, folder: str, data: CachedDataset, rows: np.ndarray, masks: np.ndarray) -> list[str]:
+def _masks(out: PredictionFolder, folder: str, data: CachedDataset, rows: np.ndarray, masks: np.ndarray) -> list[str]:
     """Binary masks written as 0/255 PNGs under predictions/<folder>/; their paths relative to the study."""
     relative = []
     for row, mask in zip(rows, masks, strict=True):
-        path = Path(PREDICTIONS_DIR) / folder / f"{row}-{Path(data.paths[row]).stem}.png"
-        _png(mask.astype(np.uint8) * np.uint8(255), study_dir / path)
-        relative.append(path.as_posix())
+        name = Path(folder) / f"{row}-{Path(data.paths[row]).stem}.png"
+        write_png(out.target(name), mask.astype(np.uint8) * np.uint8(255))
+        relative.append((PREDICTIONS_DIR / name).as_posix())
     return relative
 
 
@@ -218,7 +235,7 @@ def _polygons(values: np.ndarray) -> list[list[float] | None]:
     return [None if np.isnan(v).any() else v.tolist() for v in values]
 
 
-def _prediction_columns(study_dir: Path, study: Mapping[str, Any], model: Model, data: CachedDataset,
+def _prediction_columns(out: PredictionFolder, study: Mapping[str, Any], model: Model, data: CachedDataset,
                         predicted: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, list[Any]]:
     """The predictions.parquet columns of one model, one entry per test image."""
     classes, n = data.classes, len(rows)
@@ -227,7 +244,7 @@ def _prediction_columns(study_dir: Path, study: Mapping[str, Any], model: Model,
     columns: dict[str, list[Any]] = {
         "study": [study["name"]] * n, "trial_id": [model.trial_id] * n, "repeat": [model.repeat] * n,
         "seed": [model.seed] * n, "image": [data.paths[r] for r in rows],
-        "view": _views(study_dir, data, rows, model.hp["resize"], model.hp["intensity"]),
+        "view": _views(out, data, rows, model.hp["resize"], model.hp["intensity"]),
         "true_class": [int(c) if c >= 0 else None for c in labels],
         "true_class_name": [classes[c] if c >= 0 else None for c in labels],
         "true_polygon": _polygons(true_polygons),
@@ -245,10 +262,19 @@ def _prediction_columns(study_dir: Path, study: Mapping[str, Any], model: Model,
     if "mask" in predicted:
         true_masks = np.asarray(data.masks[rows])
         geometry = f"{model.hp['resize']}-{model.hp['image_size']}"
-        columns["true_mask"] = _masks(study_dir, f"truth/{geometry}", data, rows, true_masks)
-        columns["mask"] = _masks(study_dir, f"masks/{model.trial_id}-r{model.repeat}", data, rows, predicted["mask"])
+        columns["true_mask"] = _masks(out, f"truth/{geometry}", data, rows, true_masks)
+        columns["mask"] = _masks(out, f"masks/{model.trial_id}-r{model.repeat}", data, rows, predicted["mask"])
         columns["iou"] = _iou(predicted["mask"], true_masks)
     return columns
+
+
+def _prediction_table(out: PredictionFolder, study: Mapping[str, Any], model: Model, data: CachedDataset,
+                      predicted: dict[str, np.ndarray]) -> pa.Table:
+    """One model's predictions.parquet rows, its PNGs written into the new predictions folder."""
+    rows = data.indices("test")
+    columns = _prediction_columns(out, study, model, data, predicted, rows)
+    return pa.table({f.name: pa.array(columns.get(f.name, [None] * len(rows)), f.type) for f in PREDICTION_SCHEMA},
+                    schema=PREDICTION_SCHEMA)
 
 
 def _summary(runs: list[dict[str, float]], prefix: str = "test") -> dict[str, float]:
@@ -330,10 +356,8 @@ def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epoch
     study_dir = Path(study_dir)
     folder = StudyFolder(study_dir)
     study = folder.read_study()
+    folder.require_finished_trial("evaluate", study)
     ranked = folder.ranked_trials(study).head(top)
-    if ranked.empty:
-        print("No finished trial to evaluate on the test split.", file=out)
-        return ranked
     if not study["data"].get("samples", {}).get("test", 1):
         print(no_test_figure(study), file=out)
         return ranked.iloc[:0]
@@ -348,9 +372,10 @@ def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epoch
             caches[key] = _study_cache(study_dir, study, hp, progress)
         return caches[key]
 
-    shutil.rmtree(folder.predictions_dir / "masks", ignore_errors=True)
+    for trial_id in ranked["trial_id"]:  # the data of every model, checked (present, unchanged) before any is built
+        data_for(trial_hyperparameters(study, rows[trial_id]))
     results: dict[str, dict[str, float]] = {}
-    predictions: list[pa.Table] = []
+    evaluated: list[tuple[Model, CachedDataset, dict[str, np.ndarray]]] = []
     epochs = max_epochs or study["spec"]["max_epochs"]
     models = _models(study_dir, study, [rows[t] for t in ranked["trial_id"]], data_for, repeats, epochs, address,
                      progress, out)
@@ -365,15 +390,16 @@ def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epoch
             runs.append(_test_metrics(task, model, data, test_rows))
             if _policy(study) == PUBLISHED:
                 clean_runs.append(_test_metrics(task, model, data, clean_rows))
-            predicted = _predict(task, model, data, test_rows)
-            columns = _prediction_columns(study_dir, study, model, data, predicted, test_rows)
-            predictions.append(pa.table({f.name: pa.array(columns.get(f.name, [None] * len(test_rows)), f.type)
-                                         for f in PREDICTION_SCHEMA}, schema=PREDICTION_SCHEMA))
+            evaluated.append((model, data, _predict(task, model, data, test_rows)))
         results[trial_id] = {**_summary(runs), f"{TEST}.images": len(test_rows)}
         if clean_runs:
             results[trial_id] |= {**_summary(clean_runs, TEST_CLEAN), f"{TEST_CLEAN}.images": len(clean_rows)}
-    write_table_atomic(pa.concat_tables(predictions), folder.predictions_file)
-    write_table_atomic(_with_test_columns(table, results), folder.trials_file)
+    with atomic_folder(folder.predictions_dir) as staging:
+        written = PredictionFolder(staging, folder.predictions_dir)
+        predictions = [_prediction_table(written, study, model, data, predicted)
+                       for model, data, predicted in evaluated]
+        write_table_atomic(pa.concat_tables(predictions), folder.predictions_file)
+        write_table_atomic(_with_test_columns(table, results), folder.trials_file)
     print(f"\nTest split ({repeats} repeat{'s' if repeats > 1 else ''} per trial):", file=out)
     print(_readable(results).to_string(index=False), file=out)
     return pd.DataFrame([{"trial_id": t, **m} for t, m in results.items()])

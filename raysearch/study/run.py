@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
-from raysearch.core.columns import rank_trials, score_column
-from raysearch.core.files import write_table_atomic, write_text_atomic
-from raysearch.core.layout import StudyFolder, experiment_dir
+from raysearch.core.columns import FAILED, no_trial_finished, rank_trials, score_column
+from raysearch.core.files import check_writable_folder, inside, write_table_atomic, write_text_atomic
+from raysearch.core.layout import StudyFolder, check_study_name, experiment_dir
 from raysearch.data.cache import cache_issues, dataset_fingerprint, ensure_cache
 from raysearch.data.records import issues_table
 from raysearch.data.samples import DatasetIndex
 from raysearch.data.splits import SplitOutcome
 from raysearch.data.suitability import check_task_data
-from raysearch.errors import ConfigError, DataError, StudyInterrupted
+from raysearch.errors import ConfigError, DataError, NoTrialFinished, StudyInterrupted
 from raysearch.search.results import epochs_table, trials_table
 from raysearch.search.space import SearchSpace, load_space
 from raysearch.search.tracking import log_exported_model, tracking_plan
@@ -108,8 +108,9 @@ def _check_state(name: str, study_dir: Path, *, resuming: bool) -> None:
         raise ConfigError(f"study {name} in {study_dir} has no Ray Tune state to resume; start it with `raysearch run`")
 
 
-def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
-    """Resolve `spec`; ConfigError when the study folder's state does not allow a run (or a resume)."""
+def _plan(spec: StudySpec, *, progress: bool, resuming: bool, recorded: Mapping[str, Any] | None = None) -> _Plan:
+    """Resolve `spec`; ConfigError when the study folder's state does not allow a run (or a resume), or when a
+    resumed study's space or data differ from its `recorded` study.yaml (checked before any cache is built)."""
     from raysearch.search.scheduler import scheduler_settings
     from raysearch.search.searcher import Budget, sampler_settings
     from raysearch.search.trial import TrialSettings
@@ -122,14 +123,17 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
     if spec.startup_trials is not None and searcher != "tpe":
         raise ConfigError(f"--startup-trials: only the tpe searcher has start-up trials; this study uses {searcher}")
     name = spec.study_name(space_text)
+    check_writable_folder(Path(spec.results), "--results")
     results_root = Path(spec.results).resolve()
-    study_dir = results_root / name
+    study_dir = inside(results_root, results_root / check_study_name(name, "--name"))
     folder = StudyFolder(study_dir)
     _check_state(name, study_dir, resuming=resuming)
     splits = study_dataset(spec, progress=progress)
     index = splits.index
     check_task_data(index, spec.task, task.needs)
     fingerprint = dataset_fingerprint(index)
+    if recorded is not None:
+        _check_unchanged(recorded, folder, name=name, space=space, fingerprint=fingerprint, spec=spec, index=index)
     cache_root = folder.cache_root
     base_cache, _ = ensure_cache(index, fingerprint, preprocessing_of({**hp_defaults, **space.fixed}), cache_root,
                                  progress=progress)
@@ -153,6 +157,16 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
         budget=Budget(seconds=spec.budget_seconds(), trial_epochs=spec.epoch_budget), loggers=spec.log,
     )
     return _Plan(spec, name, study_dir, space, hp_defaults, index, splits, fingerprint, base_cache, trial, search)
+
+
+def _check_unchanged(recorded: Mapping[str, Any], folder: StudyFolder, *, name: str, space: SearchSpace,
+                     fingerprint: str, spec: StudySpec, index: DatasetIndex) -> None:
+    """ConfigError naming the study.yaml field when a resumed study's search space or dataset changed."""
+    if name != recorded["name"] or space.to_dict() != recorded["search_space"]:
+        raise ConfigError(f"{folder.study_file}: search_space: {spec.space_path()} changed since the study started")
+    if fingerprint != recorded["data"]["fingerprint"]:
+        raise ConfigError(f"{folder.study_file}: data.fingerprint: the dataset at {index.root} changed since the "
+                          "study started")
 
 
 @contextmanager
@@ -276,12 +290,7 @@ def resume_study(study_dir: Path, *, address: str | None = None, wait_for_nodes:
     experiment = _signed_experiment(Path(study_dir), recorded, trust=trust)
     with study_lock(Path(study_dir)):
         _put_back_signed_state(Path(study_dir), experiment, out)
-        plan = _plan(spec, progress=progress, resuming=True)
-        if plan.name != recorded["name"] or plan.space.to_dict() != recorded["search_space"]:
-            raise ConfigError(f"{study_file}: search_space: {spec.space_path()} changed since the study started")
-        if plan.fingerprint != recorded["data"]["fingerprint"]:
-            raise ConfigError(f"{study_file}: data.fingerprint: the dataset at {plan.index.root} changed since the "
-                              "study started")
+        plan = _plan(spec, progress=progress, resuming=True, recorded=recorded)
         return _restore(plan, address, progress=progress, out=out)
 
 
@@ -306,9 +315,7 @@ def _signed_experiment(study_dir: Path, recorded: dict[str, Any], *, trust: bool
     load_key()
     if trust:
         return None
-    name = str(recorded.get("name") or "")
-    if not name or Path(name).name != name or name.startswith("."):
-        raise ConfigError(f"{StudyFolder(study_dir).study_file}: name: {name!r} is not a study name")
+    name = check_study_name(recorded.get("name"), f"{StudyFolder(study_dir).study_file}: name")
     try:
         verify_signed_state(study_dir)
     except UntrustedState as error:
@@ -341,6 +348,8 @@ def _finish(plan: _Plan, records: list[TrialRecord], search_seconds: float, *, p
     table = trials_table(records, plan.space, score=metric, mode=mode, max_epochs=plan.spec.max_epochs)
     write_table_atomic(epochs_table(records), folder.epochs_file)
     write_table_atomic(table, folder.trials_file)
+    if all(status == FAILED for status in table.column("status").to_pylist()):
+        raise NoTrialFinished(f"{plan.directory}: {no_trial_finished(table.to_pandas())}")
     exported = finish_study(plan.directory, progress=progress, out=out)
     if exported is not None:
         log_exported_model(plan.spec.log, plan.directory, plan.name, exported)
@@ -402,14 +411,13 @@ def _require_finished(grid: Any, plan: _Plan, search_seconds: float) -> None:
 
 def finish_study(study_dir: Path, *, progress: bool = True, out: TextIO = sys.stdout) -> Path | None:
     """What `raysearch run` does after the search: evaluate the best trial on the test split, export it.
-    Returns the exported model's folder (None without a finished trial)."""
+    Returns the exported model's folder (None when the test split could not be used: the evaluation said why)."""
     from raysearch.inference.export import export_model
     from raysearch.study.evaluate import evaluate_study
 
-    folder = StudyFolder(study_dir)
     evaluated = evaluate_study(study_dir, top=1, repeats=1, progress=progress, out=out)
-    if evaluated.empty and (folder.read_study()["data"]["samples"]["test"] or folder.ranked_trials().empty):
-        return None  # nothing finished, or a test split the evaluation could not use: it said why
+    if evaluated.empty and StudyFolder(study_dir).read_study()["data"]["samples"]["test"]:
+        return None
     exported = export_model(study_dir)
     print(f"Best model exported to {exported}", file=out)
     return exported

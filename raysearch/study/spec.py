@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from raysearch.core.bundled import search_spaces_dir
-from raysearch.core.layout import DEFAULT_RESULTS, describe_study
+from raysearch.core.layout import DEFAULT_RESULTS, check_study_name, describe_study
 from raysearch.data.formats import FORMATS
 from raysearch.data.records import BACKGROUND_CLASS, EMPTY_LABELS, ON_ERROR, SplitRatios
 from raysearch.data.splits import SPLIT_POLICIES
@@ -26,6 +26,7 @@ VERSIONED_PACKAGES = ("raysearch", "ray", "torch", "torchvision", "timm", "segme
 MAX_SEED = 2**32 - 1
 AUTO = "auto"
 DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
+MAX_STEM = 60  # of the space file's name, in a derived study name
 RUNTIME_FIELDS = ("name", "results", "address", "concurrency", "wait_for_nodes", "log")
 
 
@@ -120,6 +121,8 @@ class StudySpec:
         from raysearch.search.tracking import parse_loggers
 
         object.__setattr__(self, "log", parse_loggers(self.log))
+        if self.name is not None:
+            check_study_name(self.name, "--name")
         positive = {"trials": self.trials, "max_epochs": self.max_epochs, "workers_per_trial": self.workers_per_trial,
                     "grace_period": self.grace_period}
         if self.reduction_factor < 2:
@@ -179,7 +182,7 @@ class StudySpec:
             return self.name
         shaping = {k: v for k, v in asdict(self).items() if k not in RUNTIME_FIELDS}
         digest = hashlib.blake2b(json.dumps([shaping, space_text], sort_keys=True).encode(), digest_size=4).hexdigest()
-        stem = self.space_path().stem
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", self.space_path().stem)[:MAX_STEM]  # a portable folder name
         return f"{self.task}-{digest}" if stem == self.task else f"{self.task}-{stem}-{digest}"
 
 

@@ -14,10 +14,13 @@ from raysearch.errors import DataError
 
 def read_weights(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
     """The network state dict in a weights file (best_model.pt, weights.pt), loaded with `weights_only=True`;
-    a DataError naming the file when it is truncated or not a weights file."""
+    a DataError naming the file when it is truncated, carries pickled objects, or is not a weights file."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as error:
+    except pickle.UnpicklingError:  # PyTorch's message advises the unsafe load: never passed on
+        raise DataError(f"{path}: not a plain weights file (it holds Python objects other than tensors); raysearch "
+                        "will not unpickle it, since unpickling a received file can run any code") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as error:
         raise DataError(f"{path}: not a readable weights file, truncated or damaged ({_line(error, 0)})") from None
     if not isinstance(state, dict) or not isinstance(state.get(WEIGHTS_KEY), dict):
         raise DataError(f"{path}: not a raysearch weights file (no {WEIGHTS_KEY!r} state dict)")

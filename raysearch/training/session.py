@@ -40,6 +40,7 @@ from raysearch.core.files import atomic_folder
 from raysearch.core.layout import (
     BEST_FILE,
     CHECKPOINT_GLOB,
+    EPOCH_STAGING_PREFIX,
     HISTORY_FILE,
     checkpoint_name,
     latest_checkpoint,
@@ -91,10 +92,12 @@ def link_best_weights(best: Path) -> Path:
     return folder
 
 
-def discard_best_weights_links(directory: Path) -> None:
-    """Remove the folders of `link_best_weights` that a killed run of a trial left in its `directory` before it
-    reported them to Tune (call only while nothing of the trial runs: at its start)."""
-    for folder in directory.glob(f".{BEST_ONLY_PREFIX}*") if directory.is_dir() else ():
+def discard_leftovers(directory: Path) -> None:
+    """Remove what a killed run of a trial left in its `directory` (a SIGTERM or SIGKILL gives no process the
+    time to clean up): the folders of `link_best_weights` not yet reported to Tune, and epoch checkpoints being
+    staged (call only while nothing of the trial runs: at its start)."""
+    patterns = (f".{BEST_ONLY_PREFIX}*", f"{EPOCH_STAGING_PREFIX}*")
+    for folder in [f for p in patterns for f in directory.glob(p)] if directory.is_dir() else ():
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from raysearch.core.columns import VALIDATION_PREFIX
-from raysearch.core.layout import STATE_FILE, WEIGHTS_KEY
+from raysearch.core.layout import EPOCH_STAGING_PREFIX, STATE_FILE, WEIGHTS_KEY
 from raysearch.data.augment import augmentation_for
 from raysearch.data.cache import load_cache
 from raysearch.data.device_data import BatchSource
@@ -48,6 +48,7 @@ class LoopSettings:
     threads: int = 1
     cache_hit: bool = False
     monitor: Monitor | None = None  # what decides the best epoch; None: the task's own score and mode
+    scratch_dir: str | None = None  # where each epoch's checkpoint is staged (the trial's folder); None: the temp dir
 
 
 def _is_conv_net(model: nn.Module) -> bool:
@@ -187,7 +188,9 @@ class Trainer:
         self.epoch += 1
         metrics = self._epoch_record(train_loss, val, lr, time.perf_counter() - started)
         self._fire("on_validation_end", metrics)
-        with tempfile.TemporaryDirectory(prefix="raysearch-ckpt-") as folder:
+        if self.settings.scratch_dir is not None:
+            Path(self.settings.scratch_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=EPOCH_STAGING_PREFIX, dir=self.settings.scratch_dir) as folder:
             checkpoint = Path(folder) if self.session.world_rank == 0 else None
             if checkpoint is not None:
                 torch.save(self.state_dict(), checkpoint / STATE_FILE)

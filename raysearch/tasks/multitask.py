@@ -24,7 +24,8 @@ from raysearch.data.cache import CachedDataset
 from raysearch.models import HeadNet, backbone_from
 from raysearch.tasks.base import LABEL_SMOOTHING, REG_LOSS, Batch, Task, TaskContext
 from raysearch.tasks.losses import regression_loss
-from raysearch.tasks.metrics import classification_metrics, classification_sums, polygon_metrics, polygon_sums
+from raysearch.tasks.metrics import (
+    classification_metrics, classification_samples, classification_sums, polygon_metrics, polygon_sums)
 from raysearch.tasks.registry import register_task
 
 LOSS_WEIGHTINGS = ("fixed", "uncertainty")
@@ -72,6 +73,9 @@ class MultitaskTask(Task):
     def metric_sums(self, output: Any, batch: Batch, context: TaskContext) -> dict[str, torch.Tensor]:
         return {**classification_sums(output["logits"], batch["label"], context.num_classes),
                 **polygon_sums(output["polygon"], batch["polygon"])}
+
+    def metric_samples(self, output: Any, batch: Batch, context: TaskContext) -> dict[str, torch.Tensor]:
+        return classification_samples(output["logits"], batch["label"])
 
     def summarise(self, sums: dict[str, torch.Tensor], context: TaskContext) -> dict[str, float]:
         count = max(sums["count"].item(), 1.0)

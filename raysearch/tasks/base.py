@@ -89,5 +89,9 @@ class Task(ABC):
         return found
 
     @abstractmethod
+    def score_of(self, figures: Mapping[str, Any]) -> Any:
+        """`score` from the other figures (floats, or numpy arrays of bootstrap replicates alike)."""
+
+    @abstractmethod
     def summarise(self, sums: dict[str, torch.Tensor], context: TaskContext) -> dict[str, float]:
         """Metrics from the summed state and the gathered samples, including `score`, without the `val_` prefix."""

@@ -60,4 +60,7 @@ class ClassificationTask(Task):
     def summarise(self, sums: dict[str, torch.Tensor], context: TaskContext) -> dict[str, float]:
         metrics = classification_metrics(sums)
         loss = sums["class_loss"].item() / max(sums["count"].item(), 1.0)
-        return {"loss": loss, "score": metrics["balanced_accuracy"], **metrics}
+        return {"loss": loss, "score": self.score_of(metrics), **metrics}
+
+    def score_of(self, figures: Mapping[str, Any]) -> Any:
+        return figures["balanced_accuracy"]

@@ -127,7 +127,10 @@ def probability_metrics(probabilities: torch.Tensor, labels: torch.Tensor) -> di
     and `specificity_<i>` one-vs-rest (NaN when the split has no image of, or only images of, that class).
     """
     from torchmetrics.functional.classification import (
-        multiclass_auroc, multiclass_calibration_error, multiclass_cohen_kappa)
+        multiclass_auroc,
+        multiclass_calibration_error,
+        multiclass_cohen_kappa,
+    )
 
     classes = probabilities.shape[1]
     labels = labels.long()
@@ -242,3 +245,31 @@ def mask_metrics(counts: torch.Tensor) -> dict[str, float]:
     scores = {"iou": metrics.iou_score, "f1": metrics.f1_score, "precision": metrics.precision,
               "recall": metrics.recall}
     return {name: score(tp, fp, fn, tn, zero_division=1.0).item() for name, score in scores.items()}
+
+
+def surface_distances(predicted: np.ndarray, target: np.ndarray,
+                      spacing: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image 95th-percentile Hausdorff distance and average symmetric surface distance of binary masks
+    (N, H, W), from MONAI (`compute_hausdorff_distance`, `compute_average_surface_distance`, Euclidean), in
+    pixels, or in the units of `spacing` (row, column size of a pixel, e.g. mm) when given.
+
+    Where both masks are empty the distances are 0 (nothing to find, nothing found); where exactly one is,
+    they are undefined and NaN (MONAI's answer too), left out of the means.
+    """
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+
+    predicted, target = np.asarray(predicted, dtype=bool), np.asarray(target, dtype=bool)
+    hd95, assd = np.full(len(target), np.nan), np.full(len(target), np.nan)
+    filled_p, filled_t = predicted.any(axis=(1, 2)), target.any(axis=(1, 2))
+    both = filled_p & filled_t
+    hd95[~filled_p & ~filled_t] = assd[~filled_p & ~filled_t] = 0.0
+    if both.any():
+        y_pred = torch.from_numpy(predicted[both, None]).float()
+        y = torch.from_numpy(target[both, None]).float()
+        options = {"include_background": True, "spacing": None if spacing is None else list(spacing)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # MONAI's own deprecated argument, passed internally
+            hd95[both] = compute_hausdorff_distance(y_pred, y, percentile=95, **options)[:, 0].numpy()
+            assd[both] = compute_average_surface_distance(y_pred, y, symmetric=True, **options)[:, 0].numpy()
+    return hd95, assd
+

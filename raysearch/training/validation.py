@@ -1,5 +1,6 @@
 """Validation of a trial's network: task metrics over every validation row once, sharded across workers,
-their sums all-reduced and their per-image samples gathered; the always-the-mean polygon baseline that APD is compared with; inference latency."""
+their sums all-reduced and their per-image samples gathered; the always-the-mean polygon baseline that APD is
+compared with; inference latency."""
 
 from __future__ import annotations
 

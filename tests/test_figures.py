@@ -9,7 +9,10 @@ import pytest
 import torch
 from scipy import stats
 from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, f1_score, roc_auc_score, roc_curve
+from torch import nn
 
+from raysearch.data.polygons import canonical_order
+from raysearch.models.ensemble import EnsembleNet, mirrored_polygons
 from raysearch.tasks.bootstrap import ImageFigures, interval, paired, replicates, resample_counts
 from raysearch.tasks.metrics import operating_point, probability_metrics, surface_distances, youden_threshold
 
@@ -134,3 +137,45 @@ def test_surface_distances_of_empty_masks() -> None:
     empty, filled = np.zeros((1, 16, 16), dtype=bool), np.ones((1, 16, 16), dtype=bool)
     assert surface_distances(empty, empty) == (0.0, 0.0)
     assert all(np.isnan(value[0]) for value in surface_distances(empty, filled))
+
+
+class MirrorSymmetricNet(nn.Module):
+    """A flip-equivariant network: class logits from image means, a polygon symmetric about x = ½ scaled by
+    the image mean, and a mask from a convolution whose kernel is mirror-symmetric."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(1, 3)
+        self.conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([[[[1.0, 2.0, 1.0], [0.5, -3.0, 0.5], [1.0, 2.0, 1.0]]]]))
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        level = image.mean(dim=(1, 2, 3))[:, None]
+        half = 0.1 + 0.2 * level.sigmoid()
+        polygon = torch.cat([0.5 - half, 0.3 + 0 * half, 0.5 + half, 0.3 + 0 * half,
+                             0.5 + half, 0.7 + 0 * half, 0.5 - half, 0.7 + 0 * half], dim=1)
+        return {"logits": self.head(level), "polygon": polygon, "mask": self.conv(image)}
+
+
+def test_an_ensemble_of_one_network_is_that_network() -> None:
+    net, image = MirrorSymmetricNet().eval(), torch.rand(4, 1, 16, 16)
+    alone, ensemble = net(image), EnsembleNet([net])(image)
+    assert torch.allclose(ensemble["logits"].softmax(dim=1), alone["logits"].softmax(dim=1), atol=1e-6)
+    assert torch.allclose(ensemble["polygon"], alone["polygon"])
+    assert torch.equal(ensemble["mask"] > 0, alone["mask"] > 0)
+
+
+def test_flip_tta_of_a_mirror_symmetric_network_equals_no_tta() -> None:
+    net, image = MirrorSymmetricNet().eval(), torch.rand(4, 1, 16, 16)
+    plain, flipped = EnsembleNet([net])(image), EnsembleNet([net], tta="flip")(image)
+    assert torch.allclose(flipped["logits"], plain["logits"], atol=1e-6)
+    assert torch.allclose(flipped["polygon"], plain["polygon"], atol=1e-6)
+    assert torch.allclose(flipped["mask"], plain["mask"], atol=1e-4)
+
+
+def test_mirrored_polygons_are_mapped_back_in_canonical_order() -> None:
+    polygon = np.array([[0.1, 0.2], [0.6, 0.1], [0.7, 0.8], [0.2, 0.7]], dtype=np.float32)
+    mirror = canonical_order(polygon * [-1, 1] + [1, 0])
+    back = mirrored_polygons(torch.from_numpy(mirror.reshape(1, 8)))
+    assert np.allclose(back.numpy().reshape(4, 2), canonical_order(polygon))

@@ -12,7 +12,7 @@ the same resamples for both models (`paired`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -81,6 +81,12 @@ class ImageFigures:
     assd: np.ndarray | None = None            # (N,)
     positive: int | None = None               # two classes: the positive class ...
     threshold: float | None = None            # ... and the operating threshold on its probability
+
+    def take(self, index: np.ndarray, baseline_apd: float) -> ImageFigures:
+        """These figures for the images at `index` only, with that subset's polygon baseline."""
+        arrays = {f.name: getattr(self, f.name)[index] for f in fields(self)
+                  if isinstance(getattr(self, f.name), np.ndarray)}
+        return replace(self, **arrays, baseline_apd=baseline_apd)
 
 
 def weighted_mean(weights: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -146,6 +146,15 @@ def _add_results(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--max-epochs", type=int, help="epochs per retraining (default: the study's)")
     evaluate.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
                           help="Ray cluster that retrains (default: $RAY_ADDRESS, else a local Ray)")
+    evaluate.add_argument("--positive-class", help="two-class studies: the positive class's name, whose operating "
+                          "point (threshold chosen on validation) is reported (default: the second class)")
+    evaluate.add_argument("--target-sensitivity", type=float,
+                          help="choose the threshold reaching this validation sensitivity (default: Youden's J)")
+    evaluate.add_argument("--resamples", type=int,
+                          help="bootstrap resamples of the test images, for the 95 %% intervals (default: 1000)")
+    evaluate.add_argument("--ensemble", type=int, default=0,
+                          help="also evaluate the mean of the K best trials as one model (default: none)")
+    evaluate.add_argument("--tta", default="none", help="test-time augmentation of the ensemble: none or flip")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     predict = commands.add_parser("predict", help="label new radiographs with an exported model")
     predict.add_argument("model", type=Path, help="exported model folder (STUDY/model) or a study folder")
@@ -249,9 +258,12 @@ def _audit(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from raysearch.study.evaluate import evaluate_study
+    from raysearch.tasks.bootstrap import RESAMPLES
 
     evaluate_study(args.study, top=args.top, repeats=args.repeats, max_epochs=args.max_epochs, address=args.address,
-                   progress=not args.quiet)
+                   progress=not args.quiet, positive_class=args.positive_class,
+                   target_sensitivity=args.target_sensitivity, resamples=args.resamples or RESAMPLES,
+                   ensemble=args.ensemble, tta=args.tta)
 
 
 def _predict(args: argparse.Namespace) -> int:

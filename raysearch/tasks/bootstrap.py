@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from raysearch.tasks.metrics import ECE_BINS
+from raysearch.tasks.metrics import ECE_BINS, calibration_bins
 
 RESAMPLES = 1000
 CONFIDENCE = 0.95
@@ -151,7 +151,7 @@ def _classification(weights: np.ndarray, probabilities: np.ndarray, labels: np.n
     counted = (~np.isnan(stacked)).sum(axis=1)
     out["auroc"] = _ratio(np.nansum(stacked, axis=1), counted, np.nan)
     confidence = probabilities.max(axis=1)
-    bins = np.searchsorted(np.linspace(0, 1, ECE_BINS + 1), confidence, side="right") - 1
+    bins = calibration_bins(confidence)
     gaps = np.zeros((len(labels), ECE_BINS + 1))
     gaps[np.arange(len(labels)), bins] = (predicted == labels) - confidence
     out["ece"] = _ratio(np.abs(weights @ gaps).sum(axis=1), total, np.nan)

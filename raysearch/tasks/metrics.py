@@ -273,3 +273,36 @@ def surface_distances(predicted: np.ndarray, target: np.ndarray,
             assd[both] = compute_average_surface_distance(y_pred, y, symmetric=True, **options)[:, 0].numpy()
     return hd95, assd
 
+
+
+def roc_points(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC curve's (false positive rate, true positive rate) points of one-vs-rest scores (torchmetrics
+    `binary_roc`, every distinct score a threshold); empty when `positive` holds a single class."""
+    from torchmetrics.functional.classification import binary_roc
+
+    positive = np.asarray(positive, dtype=bool)
+    if positive.all() or not positive.any():
+        return np.empty(0), np.empty(0)
+    fpr, tpr, _ = binary_roc(torch.as_tensor(np.asarray(scores), dtype=torch.float64),
+                             torch.as_tensor(positive, dtype=torch.long), thresholds=None)
+    return fpr.numpy(), tpr.numpy()
+
+
+def reliability_points(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """The reliability diagram of the top class: per non-empty bin of the ECE's `ECE_BINS` equal-width
+    confidence bins (torchmetrics' binning), its mean confidence, accuracy and image count."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    confidence = probabilities.max(axis=1)
+    correct = (probabilities.argmax(axis=1) == np.asarray(labels)).astype(np.float64)
+    bins = calibration_bins(confidence)
+    count = np.bincount(bins, minlength=ECE_BINS + 1).astype(np.float64)
+    filled = count > 0
+    return {"confidence": (np.bincount(bins, confidence, ECE_BINS + 1) / np.maximum(count, 1))[filled],
+            "accuracy": (np.bincount(bins, correct, ECE_BINS + 1) / np.maximum(count, 1))[filled],
+            "images": count[filled]}
+
+
+def calibration_bins(confidence: np.ndarray) -> np.ndarray:
+    """Each confidence's bin among `ECE_BINS` equal-width bins, as torchmetrics bins them (`bucketize` on the
+    edges, right-closed: a confidence of exactly 1 has a bin of its own, index ECE_BINS)."""
+    return np.searchsorted(np.linspace(0, 1, ECE_BINS + 1), confidence, side="right") - 1

@@ -10,13 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
+from test_dashboard import chart_text, dashboard, page  # noqa: F401  (dashboard: the fixture)
 
 from raysearch.study.evaluate import evaluate_study
 from raysearch.tasks.bootstrap import ImageFigures, replicates
 
 
 @pytest.mark.slow
-def test_evaluate_reports_figures_with_intervals_the_paired_comparison_and_an_ensemble(tiny_study_copy) -> None:
+def test_evaluate_reports_figures_with_intervals_the_paired_comparison_and_an_ensemble(
+        tiny_study_copy, dashboard) -> None:  # noqa: F811
     study = tiny_study_copy.study
     out = io.StringIO()
     evaluate_study(study, top=2, ensemble=1, resamples=400, progress=False, out=out)
@@ -58,3 +60,14 @@ def test_evaluate_reports_figures_with_intervals_the_paired_comparison_and_an_en
     for name in ("accuracy", "auroc", "apd", "score", "accuracy.ci_low", "score.ci_high"):
         assert ensemble[f"test.{name}"] == pytest.approx(row[f"test.{name}"], abs=1e-5), name
     assert ensemble["paired.score.difference"] == pytest.approx(0, abs=1e-6)
+
+    # the dashboard: intervals, the paired comparison and the ensemble on the leaderboard; ROC curves, the
+    # reliability diagram and error bars on the models page, where the ensemble is one more model
+    app = page(dashboard(tiny_study_copy.results), "views/leaderboard.py")
+    headers = " ".join(h.value for h in app.subheader)
+    assert "Paired bootstrap" in headers and "Ensembles" in headers
+    assert "test.score.ci_low" in app.dataframe[0].value.columns
+    page(app, "views/models.py")
+    charts = chart_text(app)
+    assert all(text in charts for text in ("sensitivity", "accuracy of the bin", "95 % bootstrap interval"))
+    assert "ensemble-top1 (ensemble)" in app.selectbox(key="model").options

@@ -166,6 +166,9 @@ def _add_results(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--format", default="onnx,torchscript",
                         help="comma-separated: onnx, torchscript (default: %(default)s)")
     export.add_argument("--trial", help="export this trial instead of the best (replaces STUDY/model)")
+    export.add_argument("--ensemble", type=int, default=0,
+                        help="export the mean of the K best trials as one model instead (replaces STUDY/model)")
+    export.add_argument("--tta", default="none", help="test-time augmentation of the exported ensemble: none or flip")
     dashboard = commands.add_parser("dashboard", help="open the Streamlit dashboard on a results folder")
     dashboard.add_argument("results", type=Path, nargs="?", default=Path("raysearch-results"),
                            help="results folder (default: %(default)s)")
@@ -293,7 +296,8 @@ def _predict(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> None:
     from raysearch.inference.export import export_study, parse_formats
 
-    for name, path in export_study(args.study, parse_formats(args.format), trial_id=args.trial).items():
+    for name, path in export_study(args.study, parse_formats(args.format), trial_id=args.trial,
+                                    ensemble=args.ensemble, tta=args.tta).items():
         print(f"{name}: {path}")
 
 

@@ -3,6 +3,8 @@
 `<study>/model/` holds `config.yaml` (task, hyperparameters, classes, preprocessing, provenance) and
 `weights.pt` (the state dict under layout.WEIGHTS_KEY, loaded with `weights_only=True`), written at the end
 of every run.
+`export_ensemble` writes the K best trials as one model there instead (config.yaml's `ensemble`: members, test-time
+augmentation, each member's hyperparameters).
 `export_formats` adds deployment formats beside them: ONNX (`model.onnx`, for onnxruntime; needs the
 `export` extra) and TorchScript (`model.torchscript.pt`, for `torch.jit.load`). Both take the preprocessed
 image batch `image` (float32, N x C x S x S: config.yaml's `preprocessing` applied, as `Model.predict` does)
@@ -31,8 +33,9 @@ from raysearch.core.layout import (
     StudyFolder,
 )
 from raysearch.errors import ConfigError, DataError
-from raysearch.inference.restore import trial_hyperparameters
-from raysearch.training.checkpoints import read_weights, save_weights
+from raysearch.inference.restore import build_model, check_ensemble, trial_hyperparameters
+from raysearch.tasks import create_task
+from raysearch.training.checkpoints import load_weights, read_weights, save_weights
 from raysearch.training.hparams import preprocessing_of
 
 INPUT_NAME = "image"
@@ -65,6 +68,41 @@ def export_model(study_dir: Path, trial_id: str | None = None) -> Path:
     }
     with atomic_folder(folder.model_dir) as staging:
         save_weights(read_weights(checkpoint, torch.device("cpu")), staging / WEIGHTS_FILE)
+        (staging / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+    return folder.model_dir
+
+
+def export_ensemble(study_dir: Path, ensemble: int, tta: str = "none") -> Path:
+    """Export the `ensemble` best trials as one model (`models.ensemble.EnsembleNet`, with `tta`) to
+    `<study>/model/`: config.yaml names the members and keeps each one's hyperparameters under `ensemble`,
+    weights.pt holds the ensemble's state dict; `predict`, `Model` and ONNX then run it as one network."""
+    from raysearch.models.ensemble import TTA_MODES, EnsembleNet
+
+    if ensemble < 1:
+        raise ConfigError(f"--ensemble: must be at least 1, got {ensemble}")
+    if tta not in TTA_MODES:
+        raise ConfigError(f"--tta: unknown {tta!r}; valid: {', '.join(TTA_MODES)}")
+    folder = StudyFolder(Path(study_dir))
+    study = folder.read_study()
+    members = [folder.trial_row(t) for t in folder.ranked_trials(study)["trial_id"][:ensemble]]
+    check_ensemble(study, members, ensemble)
+    task = create_task(study["task"])
+    networks, hps = [], []
+    for row in members:
+        checkpoint = folder.best_checkpoint(row["trial_id"])
+        if checkpoint is None:
+            raise DataError(f"{study_dir}: trial {row['trial_id']} has no checkpoint to export")
+        hps.append(trial_hyperparameters(study, row))
+        networks.append(load_weights(build_model(task, hps[-1], len(study["data"]["classes"])), checkpoint,
+                                     torch.device("cpu")))
+    name = f"ensemble-top{ensemble}" + ("" if tta == "none" else f"-{tta}")
+    config = {
+        "study": study["name"], "trial_id": name, "task": study["task"], "classes": study["data"]["classes"],
+        "hyperparameters": hps[0], "preprocessing": asdict(preprocessing_of(hps[0])),
+        "ensemble": {"members": [row["trial_id"] for row in members], "tta": tta, "hyperparameters": hps},
+    }
+    with atomic_folder(folder.model_dir) as staging:
+        save_weights(EnsembleNet(networks, tta).state_dict(), staging / WEIGHTS_FILE)
         (staging / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
     return folder.model_dir
 
@@ -143,13 +181,19 @@ def export_formats(model_dir: Path, formats: Sequence[str]) -> dict[str, Path]:
     return written
 
 
-def export_study(path: Path, formats: Sequence[str], *, trial_id: str | None = None) -> dict[str, Path]:
+def export_study(path: Path, formats: Sequence[str], *, trial_id: str | None = None, ensemble: int = 0,
+                 tta: str = "none") -> dict[str, Path]:
     """Write `formats` for a study's model: `path` is a study folder (its `model/` is exported first when
-    absent, or replaced by `trial_id`'s) or an exported model folder itself; returns the files by format."""
+    absent, or replaced by `trial_id`'s, or by the ensemble of the `ensemble` best trials) or an exported model
+    folder itself; returns the files by format."""
     path = Path(path)
-    if (path / CONFIG_FILE).is_file() and trial_id is None:
+    if (path / CONFIG_FILE).is_file() and trial_id is None and not ensemble:
         return export_formats(path, formats)
     folder = StudyFolder(path)
-    if trial_id is not None or not folder.model_dir.is_dir():
+    if trial_id is not None and ensemble:
+        raise ConfigError("--trial and --ensemble: export one trial or an ensemble, not both")
+    if ensemble:
+        export_ensemble(folder.directory, ensemble, tta)
+    elif trial_id is not None or not folder.model_dir.is_dir():
         export_model(folder.directory, trial_id)
     return export_formats(folder.model_dir, formats)

@@ -40,7 +40,7 @@ from raysearch.data.preprocess import fit, placement
 from raysearch.data.samples import SPLITS
 from raysearch.data.splits import PUBLISHED, in_train_source
 from raysearch.errors import ConfigError, DataError
-from raysearch.inference.restore import build_model, restore_trial, trial_hyperparameters
+from raysearch.inference.restore import build_model, check_ensemble, restore_trial, trial_hyperparameters
 from raysearch.models.ensemble import TTA_MODES, EnsembleNet
 from raysearch.study import scoring
 from raysearch.study.dataset import study_dataset
@@ -425,7 +425,7 @@ def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epoch
     scorer = Scorer(task, scoring.scoring_for(study["data"]["classes"], study["seed"], positive_class,
                                               target_sensitivity, resamples))
     members = list(ranked["trial_id"][:ensemble])
-    _check_ensemble(study, [rows[t] for t in members], ensemble)
+    check_ensemble(study, [rows[t] for t in members], ensemble)
     caches: dict[str, CachedDataset] = {}
 
     def data_for(hp: Mapping[str, Any]) -> CachedDataset:
@@ -479,24 +479,6 @@ def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epoch
     for line in _comparison_lines(study, results):
         print(line, file=out)
     return pd.DataFrame([{"trial_id": t, **m} for t, m in results.items()])
-
-
-def _check_ensemble(study: Mapping[str, Any], members: list[Mapping[str, Any]], ensemble: int) -> None:
-    """Refuse an ensemble of more trials than finished, or of trials that see the images differently."""
-    if len(members) < ensemble:
-        raise ConfigError(f"--ensemble {ensemble}: the study has only {len(members)} finished trials")
-    if not members:
-        return
-    first = trial_hyperparameters(study, members[0])
-    for row in members[1:]:
-        hp = trial_hyperparameters(study, row)
-        for name in ("image_size", "resize", "channels"):
-            if hp[name] != first[name]:
-                raise ConfigError(f"--ensemble {ensemble}: trial {row['trial_id']} has {name} {hp[name]}, the best "
-                                  f"trial {members[0]['trial_id']} {first[name]}; an ensemble needs one input")
-        if preprocessing_of(hp) != preprocessing_of(first):
-            raise ConfigError(f"--ensemble {ensemble}: trial {row['trial_id']} preprocesses images differently from "
-                              f"the best trial {members[0]['trial_id']}; an ensemble needs one input")
 
 
 def _compare_with_best(study: Mapping[str, Any], results: dict[str, dict[str, float]],

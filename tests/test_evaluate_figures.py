@@ -48,7 +48,7 @@ def test_evaluate_reports_figures_with_intervals_the_paired_comparison_and_an_en
     assert row["test.ece"] == pytest.approx(plain["ece"][0], abs=1e-5)
 
     # a 95 % interval beside each headline figure, around it
-    for name in ("score", "accuracy", "auroc", "kappa", "ece", "apd", "polygon_iou"):
+    for name in ("score", "accuracy", "auroc", "kappa", "apd", "polygon_iou"):  # not ECE: biased up under resampling
         low, high = row[f"test.{name}.ci_low"], row[f"test.{name}.ci_high"]
         assert low <= row[f"test.{name}"] + 1e-9 and row[f"test.{name}"] - 1e-9 <= high, name
     # the runner-up against the best on the same resamples

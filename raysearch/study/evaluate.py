@@ -8,6 +8,10 @@ standard deviation. Results go to `predictions.parquet`
 (one row per test image per evaluated model) and to `test.*` columns of `trials.parquet`, both replaced
 as a whole by each evaluation.
 
+Every test figure gets a 95 % bootstrap interval (`test.<metric>.ci_low` / `.ci_high`; with repeats, of the
+mean), and each other model a paired comparison with the best trial on the same resamples (`paired.*`);
+see `study.scoring`, `tasks.bootstrap` and docs/metrics.md.
+
 Under the `published` split policy the test split may share sources with train (`raysearch.data.splits`):
 the metrics are then also computed on its clean subset, the test images whose source group has no image in
 train, as `test_clean.*` columns; `test.images` and `test_clean.images` give both sizes.
@@ -397,16 +401,16 @@ def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epoch
     Retraining runs on the Ray cluster at `address` (default: the current connection, else a local Ray).
 
     Two-class studies also get the operating point at a threshold chosen on validation for `positive_class`
-    (`study.scoring`); `ensemble` K > 0 adds the mean of the K best trials (with `tta` "flip", of each image
-    and its mirror) as one more row, written to ensembles.parquet."""
+    (`study.scoring`); `ensemble` K > 0 evaluates at least the K best trials and adds their mean (with `tta`
+    "flip", of each image and its mirror) as one more row, written to ensembles.parquet."""
     from tqdm.auto import tqdm
 
     epochs_flag = 1 if max_epochs is None else max_epochs
-    for flag, value in (("--top", top), ("--repeats", repeats), ("--max-epochs", epochs_flag),
-                        ("--ensemble", ensemble + 1)):
+    for flag, value in (("--top", top), ("--repeats", repeats), ("--max-epochs", epochs_flag)):
         if value < 1:
-            raise ConfigError(f"{flag}: must be at least {1 if flag != '--ensemble' else 0}, got "
-                              f"{value if flag != '--ensemble' else ensemble}")
+            raise ConfigError(f"{flag}: must be at least 1, got {value}")
+    if ensemble < 0:
+        raise ConfigError(f"--ensemble: must be at least 1 (0: no ensemble), got {ensemble}")
     if tta not in TTA_MODES:
         raise ConfigError(f"--tta: unknown {tta!r}; valid: {', '.join(TTA_MODES)}")
     study_dir = Path(study_dir)

@@ -1,7 +1,8 @@
 """What the dashboard computes, without Streamlit: ranking, filtering, Pareto fronts, hyperparameter
 importance, confusion matrices (every file it reads goes through raysearch.core.files.inside).
 
-Only pandas, numpy and Optuna are imported here, so the dashboard starts without the training stack.
+Only pandas, numpy and Optuna are imported here, so the dashboard starts without the training stack (the ROC
+and reliability points import torchmetrics inside their functions, on the models page only).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
-from raysearch.core.columns import EARLY_STOPPED, FINISHED, PRUNED, TEST_PREFIXES, is_count
+from raysearch.core.columns import EARLY_STOPPED, FINISHED, PAIRED_PREFIX, PRUNED, TEST_PREFIXES, is_count
 from raysearch.core.layout import AUDIT_DIR, AUDIT_FILE
 
 CONFUSION_CELL = re.compile(r"^metric\.val_confusion_(\d+)_(\d+)\.best$")
@@ -329,3 +330,60 @@ def model_names(trials: pd.DataFrame, study: Mapping[str, Any]) -> pd.Series:
     fixed = study.get("search_space", {}).get("fixed", {}).get("model") or study.get("defaults", {}).get("model")
     sampled = trials["param.model"] if "param.model" in trials else pd.Series(None, index=trials.index, dtype=object)
     return sampled.astype(object).where(sampled.notna(), fixed)
+
+
+def with_intervals(columns: Sequence[str], available: Iterable[str]) -> list[str]:
+    """`columns` with each one's 95 % bootstrap interval (`<column>.ci_low`, `.ci_high`, the `.mean` of repeats
+    dropped) right after it, where the table has them."""
+    present = set(available)
+    ordered: list[str] = []
+    for column in columns:
+        base = column.removesuffix(".mean")
+        ordered += [column, *(c for c in (f"{base}.ci_low", f"{base}.ci_high") if c in present)]
+    return ordered
+
+
+def interval_text(row: Mapping[str, Any], column: str) -> str | None:
+    """`[low, high]` of a test column's bootstrap interval, None without one."""
+    base = column.removesuffix(".mean")
+    low, high = row.get(f"{base}.ci_low"), row.get(f"{base}.ci_high")
+    return None if low is None or high is None or pd.isna(low) or pd.isna(high) else f"[{low:.3f}, {high:.3f}]"
+
+
+def paired_comparisons(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Each runner-up against the best trial on the same test resamples (`paired.<metric>.*`), best first."""
+    prefix = f"{PAIRED_PREFIX}{metric.removeprefix('val_')}"
+    columns = [f"{prefix}.{part}" for part in ("difference", "ci_low", "ci_high", "share_better")]
+    if columns[0] not in trials:
+        return pd.DataFrame(columns=["trial_id", "difference", "ci_low", "ci_high", "share_better"])
+    found = trials[trials[columns[0]].notna()][["trial_id", *columns]]
+    return found.rename(columns=dict(zip(columns, ["difference", "ci_low", "ci_high", "share_better"], strict=True)))
+
+
+def roc_curves(predictions: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+    """One-vs-rest ROC points of each class present in a model's test predictions (torchmetrics, imported
+    here only), as rows of class, false positive rate and true positive rate."""
+    from raysearch.tasks.metrics import roc_points
+
+    labelled = predictions[predictions["true_class"].notna() & predictions["probabilities"].notna()]
+    if labelled.empty:
+        return pd.DataFrame(columns=["class", "fpr", "tpr"])
+    probabilities, labels = np.stack(labelled["probabilities"]), labelled["true_class"].to_numpy(dtype=int)
+    parts = []
+    for i, name in enumerate(classes):
+        fpr, tpr = roc_points(probabilities[:, i], labels == i)
+        if len(fpr):
+            parts.append(pd.DataFrame({"class": name, "fpr": fpr, "tpr": tpr}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["class", "fpr", "tpr"])
+
+
+def reliability(predictions: pd.DataFrame) -> pd.DataFrame:
+    """The reliability diagram of a model's test predictions: per confidence bin of the ECE, its mean
+    confidence, accuracy and images."""
+    from raysearch.tasks.metrics import reliability_points
+
+    labelled = predictions[predictions["true_class"].notna() & predictions["probabilities"].notna()]
+    if labelled.empty:
+        return pd.DataFrame(columns=["confidence", "accuracy", "images"])
+    return pd.DataFrame(reliability_points(np.stack(labelled["probabilities"]),
+                                           labelled["true_class"].to_numpy(dtype=int)))

@@ -18,7 +18,15 @@ from raysearch.dashboard.logic import audit_locations
 
 from raysearch.core.columns import FAILED, no_trial_finished, score_column
 from raysearch.core.files import inside
-from raysearch.core.layout import DEFAULT_RESULTS, EPOCHS_FILE, PREDICTIONS_FILE, STUDY_FILE, TRIALS_FILE, find_studies
+from raysearch.core.layout import (
+    DEFAULT_RESULTS,
+    ENSEMBLES_FILE,
+    EPOCHS_FILE,
+    PREDICTIONS_FILE,
+    STUDY_FILE,
+    TRIALS_FILE,
+    find_studies,
+)
 from raysearch.data.images import ImageError, read_grey
 from raysearch.errors import RaysearchError
 
@@ -63,6 +71,7 @@ class Study:
     predictions: pd.DataFrame | None
     audit: pd.DataFrame | None
     audit_source: Path | None
+    ensembles: pd.DataFrame | None = None  # `evaluate --ensemble K`: one row per ensemble, test columns
 
     @property
     def name(self) -> str:
@@ -100,6 +109,13 @@ class Study:
         """A file named in the study's tables, relative to the study folder; refused outside the root."""
         return inside(self.root, self.directory / relative)
 
+    def test_row(self, model: str) -> pd.Series | None:
+        """The test columns of a trial, or of an ensemble (ensembles.parquet), by its id; None if unknown."""
+        for table, key in ((self.trials, "trial_id"), (self.ensembles, "ensemble")):
+            if table is not None and key in table and (table[key] == model).any():
+                return table[table[key] == model].iloc[0]
+        return None
+
     def grey_image(self, relative: str) -> np.ndarray | None:
         """A PNG named in the study's tables as a grey uint8 array (None if it is not there or unreadable)."""
         try:
@@ -131,7 +147,7 @@ def load_study(root: Path, directory: Path) -> Study:
     audit, audit_source = _audit(root, directory, spec)
     return Study(root, inside(root, directory), spec, trials if trials is not None else pd.DataFrame(),
                  read_table(root, directory, EPOCHS_FILE), read_table(root, directory, PREDICTIONS_FILE),
-                 audit, audit_source)
+                 audit, audit_source, read_table(root, directory, ENSEMBLES_FILE))
 
 
 def studies(root: Path) -> tuple[list[Path], list[str]]:

@@ -128,6 +128,7 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
 
 def _add_results(commands: argparse._SubParsersAction) -> None:
     from raysearch.core.layout import DEFAULT_RESULTS
+    from raysearch.core.options import RESAMPLES, TTA_MODES
 
     evaluate = commands.add_parser("evaluate", help="evaluate a finished study's best trials on the test split")
     evaluate.add_argument("study", type=Path, help="study folder (RESULTS/STUDY_NAME)")
@@ -136,6 +137,16 @@ def _add_results(commands: argparse._SubParsersAction) -> None:
                           help="1: reload each trial's best checkpoint; R > 1: retrain with R seeds, mean ± std")
     evaluate.add_argument("--max-epochs", type=int, help="epochs per retraining (default: the study's)")
     add_spec_flag(evaluate, *spec_fields(("address",)))
+    evaluate.add_argument("--positive-class", help="two-class studies: the positive class's name, whose operating "
+                          "point (threshold chosen on validation) is reported (default: the second class)")
+    evaluate.add_argument("--target-sensitivity", type=float,
+                          help="choose the threshold reaching this validation sensitivity (default: Youden's J)")
+    evaluate.add_argument("--resamples", type=int, default=RESAMPLES,
+                          help="bootstrap resamples of the test images, for the 95 %% intervals (default: %(default)s)")
+    evaluate.add_argument("--ensemble", type=int, default=0,
+                          help="also evaluate the mean of the K best trials as one model (default: none)")
+    evaluate.add_argument("--tta", default=TTA_MODES[0], choices=TTA_MODES,
+                          help="test-time augmentation of the ensemble (default: %(default)s)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     predict = commands.add_parser("predict", help="label new radiographs with an exported model")
     predict.add_argument("model", type=Path, help="exported model folder (STUDY/model) or a study folder")
@@ -147,6 +158,10 @@ def _add_results(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--format", default="onnx,torchscript",
                         help="comma-separated: onnx, torchscript (default: %(default)s)")
     export.add_argument("--trial", help="export this trial instead of the best (replaces STUDY/model)")
+    export.add_argument("--ensemble", type=int, default=0,
+                        help="export the mean of the K best trials as one model instead (replaces STUDY/model)")
+    export.add_argument("--tta", default=TTA_MODES[0], choices=TTA_MODES,
+                        help="test-time augmentation of the exported ensemble (default: %(default)s)")
     dashboard = commands.add_parser("dashboard", help="open the Streamlit dashboard on a results folder")
     dashboard.add_argument("results", type=Path, nargs="?", default=Path(DEFAULT_RESULTS),
                            help="results folder (default: %(default)s)")
@@ -261,7 +276,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     from raysearch.study.evaluate import evaluate_study
 
     evaluate_study(args.study, top=args.top, repeats=args.repeats, max_epochs=args.max_epochs, address=args.address,
-                   progress=not args.quiet)
+                   progress=not args.quiet, positive_class=args.positive_class,
+                   target_sensitivity=args.target_sensitivity, resamples=args.resamples,
+                   ensemble=args.ensemble, tta=args.tta)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -291,7 +308,8 @@ def _predict(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> None:
     from raysearch.inference.export import export_study, parse_formats
 
-    for name, path in export_study(args.study, parse_formats(args.format), trial_id=args.trial).items():
+    for name, path in export_study(args.study, parse_formats(args.format), trial_id=args.trial,
+                                    ensemble=args.ensemble, tta=args.tta).items():
         print(f"{name}: {path}")
 
 

@@ -75,7 +75,9 @@ def test_polygon_skill_and_score() -> None:
     task = create_task("multitask")
     sums = {"class_loss": torch.tensor(3.0), "polygon_loss": torch.tensor(1.0), "count": torch.tensor(4.0),
             "distance": torch.tensor(0.4), "squared_error": torch.tensor(0.08), "polygon_iou": torch.tensor(2.0),
-            "confusion": torch.tensor([[2, 0], [1, 1]])}
+            "confusion": torch.tensor([[2, 0], [1, 1]]),
+            "probabilities": torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.3, 0.7]]),
+            "labels": torch.tensor([0, 0, 1, 1])}
     metrics = task.summarise(sums, TaskContext(2, 1, baseline_apd=0.2))
     assert metrics["accuracy"] == pytest.approx(0.75)
     assert metrics["apd"] == pytest.approx(0.1) and metrics["mse"] == pytest.approx(0.02)

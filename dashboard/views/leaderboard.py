@@ -15,7 +15,9 @@ from raysearch.dashboard.logic import (
     log_grid,
     log_parameters,
     metric_columns,
+    paired_comparisons,
     study_distributions,
+    with_intervals,
 )
 from study_data import Study, current_study, load_study, studies
 from widgets import label, numeric_format, study_header
@@ -138,6 +140,29 @@ def headline(study: Study) -> None:
                         f"{best[f'{test}.mean']:.4g} ± {best[f'{test}.std']:.2g}", border=True)
 
 
+def comparisons(study: Study) -> None:
+    """The paired bootstrap of each evaluated runner-up (and ensemble) against the best trial, and the ensembles'
+    test figures with their intervals."""
+    paired = paired_comparisons(study.trials, study.metric)
+    if study.ensembles is not None:
+        paired = pd.concat([paired, paired_comparisons(study.ensembles.rename(columns={"ensemble": "trial_id"}),
+                                                       study.metric)], ignore_index=True)
+    if not paired.empty:
+        metric = study.metric.removeprefix("val_")
+        st.subheader(f"Does the best trial really win? Paired bootstrap of test {metric}")
+        st.dataframe(paired, hide_index=True, key="paired", column_config={
+            "difference": st.column_config.NumberColumn(f"{metric} − best's", format="%+.4f"),
+            "ci_low": st.column_config.NumberColumn("95 % interval from", format="%+.4f"),
+            "ci_high": st.column_config.NumberColumn("to", format="%+.4f"),
+            "share_better": st.column_config.NumberColumn("resamples where it is better", format="percent")})
+        st.caption("The same bootstrap resamples of the test images for both models: an interval that contains 0 "
+                   "means the test split cannot tell the two apart.")
+    if study.ensembles is not None and not study.ensembles.empty:
+        st.subheader("Ensembles of the best trials")
+        columns = with_intervals(headline_columns(study.ensembles.columns, "test."), study.ensembles.columns)
+        st.dataframe(study.ensembles[["ensemble", "members", "tta", *columns]], hide_index=True, key="ensembles")
+
+
 def main() -> None:
     study = current_study()
     study_header(study, "Leaderboard", needs_scores=False)
@@ -177,6 +202,7 @@ def main() -> None:
         reset.button("Show every trial", on_click=reset_filters, args=(scope,), key=f"reset:{scope}",
                      help="Reset the status, task and parameter filters of this view")
     tests = [c for name in ("test.", "test_clean.") for c in headline_columns(shown.columns, name) if c != column][:8]
+    tests = with_intervals(tests, shown.columns)
     vals = [c for c in headline_columns(shown.columns, "metric.val_") if c.endswith(".best") and c != column][:6]
     params = [c for c in shown.columns if c.startswith("param.") and shown[c].nunique(dropna=True) > 1]
     order = ["rank", *(["study", "task"] if everything else []), "trial_id", "status", column, *tests, *vals,
@@ -186,6 +212,7 @@ def main() -> None:
                  column_config={**{c: st.column_config.Column(label(c)) for c in params},
                                 **numeric_format(shown[[c for c in order if c in shown]]),
                                 "rank": st.column_config.NumberColumn("#", width="small")})
+    comparisons(study)
     failed = frame[frame["status"] == FAILED]
     if not failed.empty and "error" in failed:
         with st.expander(f"{len(failed)} failed trials"):

@@ -1,4 +1,5 @@
-"""Per model: test metrics, confusion matrix, a gallery of test radiographs (true polygon red, predicted
+"""Per model: test metrics with their bootstrap intervals, ROC curves and the reliability diagram, confusion
+matrix, a gallery of test radiographs (true polygon red, predicted
 green, masks overlaid), and Grad-CAM heat maps for models with a class head."""
 
 from __future__ import annotations
@@ -8,7 +9,14 @@ import numpy as np
 import pandas as pd
 import plotly.express as px
 import streamlit as st
-from raysearch.dashboard.logic import confusion_from_metrics, confusion_from_predictions, prediction_errors
+from raysearch.dashboard.logic import (
+    confusion_from_metrics,
+    confusion_from_predictions,
+    interval_text,
+    prediction_errors,
+    reliability,
+    roc_curves,
+)
 from study_data import Study, current_study
 from widgets import no_data, study_header, trial_order
 
@@ -23,20 +31,24 @@ def pick_model(study: Study, predictions: pd.DataFrame) -> tuple[str, pd.DataFra
     """A selectbox over the evaluated models (trial × seed), best trial first."""
     order = {t: i for i, t in enumerate(trial_order(study))}
     models = predictions[["trial_id", "repeat", "seed"]].drop_duplicates()
-    models = models.assign(position=models["trial_id"].map(order)).sort_values(["position", "repeat"])
+    models = models.assign(position=models["trial_id"].map(order)).sort_values(["position", "repeat"],
+                                                                                 na_position="last")
     keys = list(zip(models["trial_id"], models["repeat"], models["seed"], strict=True))
-    trial_id, repeat, _ = st.selectbox("Model", keys, format_func=lambda k: f"trial {k[0]} · seed {k[2]}",
-                                       key="model")
+    trial_id, repeat, _ = st.selectbox("Model", keys, key="model", format_func=lambda k: (
+        f"trial {k[0]} · seed {k[2]}" if k[0] in order else f"{k[0]} (ensemble)"))
     return trial_id, predictions[(predictions["trial_id"] == trial_id) & (predictions["repeat"] == repeat)]
 
 
 def test_metrics(study: Study, trial_id: str) -> None:
     """Cards of the model's test metrics; under the published split policy, a table of the whole test split
     beside its clean subset (the test images without a source in train)."""
-    row = study.trials.set_index("trial_id").loc[trial_id]
+    row = study.test_row(trial_id)
+    if row is None:
+        return
     values = {c: row[c] for c in headline_columns(row.index, "test.") if not c.endswith(".std") and pd.notna(row[c])}
     if not values:
         return
+    intervals(row, values)
     clean = {c: row.get(c.replace("test.", "test_clean.", 1)) for c in values}
     if any(pd.notna(v) for v in clean.values()):
         sizes = (row.get("test.images"), row.get("test_clean.images"))
@@ -51,16 +63,57 @@ def test_metrics(study: Study, trial_id: str) -> None:
     cards = st.columns(min(len(values), 6))
     for card, (column, value) in zip(cards, list(values.items())[:6], strict=False):
         spread = row.get(column.replace(".mean", ".std")) if column.endswith(".mean") else None
+        ci = interval_text(row, column)
         card.metric(column.removeprefix("test.").removesuffix(".mean"), f"{value:.3f}",
                     help="test split" + (f", ± {spread:.3f} (std over {int(row['test.repeats'])} seeds)"
-                                         if spread is not None and pd.notna(spread) else ""))
+                                         if spread is not None and pd.notna(spread) else "")
+                    + (f", 95 % bootstrap interval {ci}" if ci else ""))
+
+
+def intervals(row: pd.Series, values: dict[str, float]) -> None:
+    """The test figures in [0, 1] as points with their 95 % bootstrap intervals as error bars."""
+    shown = {c: v for c, v in values.items() if interval_text(row, c) and 0 <= v <= 1}
+    if not shown:
+        return
+    bases = [c.removesuffix(".mean") for c in shown]
+    frame = pd.DataFrame({"figure": [metric_name(c) for c in shown], "value": list(shown.values()),
+                          "above": [row[f"{b}.ci_high"] - v for b, v in zip(bases, shown.values(), strict=True)],
+                          "below": [v - row[f"{b}.ci_low"] for b, v in zip(bases, shown.values(), strict=True)]})
+    figure = px.scatter(frame, x="figure", y="value", error_y="above", error_y_minus="below",
+                        labels={"value": "test value (95 % bootstrap interval)", "figure": ""})
+    figure.update_layout(height=280, margin={"t": 10})
+    st.plotly_chart(figure, key="test-intervals")
+
+
+def curves(study: Study, rows: pd.DataFrame) -> None:
+    """ROC curves one-vs-rest per class and the reliability diagram of the model's test predictions."""
+    roc, calibration = roc_curves(rows, study.classes), reliability(rows)
+    left, right = st.columns(2)
+    left.subheader("ROC curves (test split)")
+    if roc.empty:
+        left.caption("No class has both positive and negative test images.")
+    else:
+        figure = px.line(roc, x="fpr", y="tpr", color="class",
+                         labels={"fpr": "1 − specificity", "tpr": "sensitivity"})
+        figure.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line={"dash": "dot", "color": "grey"})
+        figure.update_layout(height=360, margin={"t": 10})
+        left.plotly_chart(figure, key="roc")
+    right.subheader("Reliability diagram")
+    figure = px.scatter(calibration, x="confidence", y="accuracy", size="images", range_x=[0, 1], range_y=[0, 1],
+                        labels={"confidence": "mean confidence of the bin", "accuracy": "accuracy of the bin"})
+    figure.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line={"dash": "dot", "color": "grey"})
+    figure.update_layout(height=360, margin={"t": 10})
+    right.plotly_chart(figure, key="reliability")
+    right.caption("15 equal-width confidence bins of the top class (those of the ECE); on the diagonal a model is "
+                  "as often right as it is confident.")
 
 
 def confusion(study: Study, trial_id: str, rows: pd.DataFrame) -> None:
     """The test split's confusion matrix of this model, and the validation one the trial reported."""
     classes = study.classes
     matrices = {"Test split (this model)": confusion_from_predictions(rows, len(classes))}
-    validation = confusion_from_metrics(study.trials.set_index("trial_id").loc[trial_id].to_dict(), len(classes))
+    row = study.test_row(trial_id)
+    validation = None if row is None else confusion_from_metrics(row.to_dict(), len(classes))
     if validation is not None:
         matrices["Validation split (best epoch)"] = validation
     st.subheader("Confusion matrix")
@@ -81,6 +134,8 @@ def caption(row: pd.Series) -> str:
         parts.append(f"APD {row['apd']:.3f}")
     if pd.notna(row.get("iou")):
         parts.append(f"IoU {row['iou']:.2f}")
+    if pd.notna(row.get("hd95")):
+        parts.append(f"HD95 {row['hd95']:.1f} px")
     return " · ".join(parts)
 
 
@@ -177,9 +232,10 @@ def main() -> None:
     test_metrics(study, trial_id)
     has_classes = rows["pred_class"].notna().any()
     if has_classes:
+        curves(study, rows)
         confusion(study, trial_id, rows)
     shown = gallery(study, rows)
-    if has_classes and not shown.empty:
+    if has_classes and not shown.empty and trial_id in set(study.trials["trial_id"]):  # an ensemble has no Grad-CAM
         grad_cam(study, trial_id, shown)
 
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 COMPLETED, EARLY_STOPPED, PRUNED, FAILED = STATUSES = ("COMPLETED", "EARLY_STOPPED", "PRUNED", "FAILED")
 FINISHED = (COMPLETED, EARLY_STOPPED)  # trials that ran to their end (all epochs, or patience)
 MODES = ("max", "min")  # a study's `mode`: higher or lower of its metric is better
-LOWER_IS_BETTER = re.compile(r"(loss|apd|mse|mae|error|latency|params|time|epochs|\.std$)")
+LOWER_IS_BETTER = re.compile(r"(loss|apd|mse|mae|error|latency|params|time|epochs|\.std$|(^|_)(ece|hd95|assd)(\.|$))")
 PER_CLASS = re.compile(r"_\d+(_\d+)?$")
 # An epoch record (epochs.parquet's row, Tune's result): the training loop's own keys beside its `val_*` metrics,
 # and those of them that describe the trial rather than measure the epoch (no `metric.*` column in trials.parquet).
@@ -27,6 +27,8 @@ EPOCH_KEYS = ("epoch", "train_loss", "lr", "epoch_time_s", "params", "latency_ms
 BOOKKEEPING = frozenset({"epoch", "trial_id", "stopped_early", "params", "latency_ms"})
 VALIDATION_PREFIX = "val_"
 TEST_PREFIXES = ("test.", "test_clean.")  # the whole test split, and its subset without a source in train
+PAIRED_PREFIX = "paired."  # a runner-up against the best trial on the same test resamples
+CI_SUFFIXES = (".ci_low", ".ci_high")  # the 95 % bootstrap interval beside a test metric
 
 
 def _unprefixed(column: str) -> str:
@@ -43,8 +45,11 @@ def lower_is_better(column: str) -> bool:
 
 
 def metric_name(column: str) -> str:
-    """The metric a column holds: `metric.val_recall_2.best` → `val_recall_2`, `test.iou.mean` → `iou`."""
+    """The metric a column holds: `metric.val_recall_2.best` → `val_recall_2`, `test.iou.mean` → `iou`,
+    `test.auroc.ci_low` → `auroc`."""
     name = _unprefixed(column)
+    for suffix in CI_SUFFIXES:
+        name = name.removesuffix(suffix)
     for suffix in (".best", ".last", ".mean", ".std"):
         name = name.removesuffix(suffix)
     return name
@@ -62,7 +67,8 @@ def is_count(column: str) -> bool:
 
 def headline_columns(columns: Iterable[str], prefix: str) -> list[str]:
     """The columns starting with `prefix` that summarise a model (no per-class ones, no counts), the score first."""
-    chosen = [c for c in columns if c.startswith(prefix) and not is_per_class(c) and not is_count(c)]
+    chosen = [c for c in columns if c.startswith(prefix) and not is_per_class(c) and not is_count(c)
+              and not c.endswith(CI_SUFFIXES)]
     return sorted(chosen, key=lambda c: metric_name(c).removeprefix("val_") != "score")
 
 

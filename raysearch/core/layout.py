@@ -10,6 +10,7 @@ RESULTS/                      results root (`--results`)
     trials.parquet            one row per trial (written when the search ends)
     epochs.parquet            one row per trial per epoch
     predictions.parquet       test-split predictions of the evaluated trials; PNGs under predictions/
+    ensembles.parquet         test figures of `evaluate --ensemble K`
     data_issues.parquet       images and labels left out, and why
     driver.lock               the lock of the driver running the study (raysearch.study.lock)
     splits.parquet            each image's published split, its split under --splits, its source group
@@ -49,6 +50,7 @@ DEFAULT_RESULTS = "raysearch-results"
 CACHE_DIR, AUDIT_DIR = "cache", "audit"
 STUDY_FILE, TRIALS_FILE, EPOCHS_FILE = "study.yaml", "trials.parquet", "epochs.parquet"
 PREDICTIONS_FILE, PREDICTIONS_DIR = "predictions.parquet", "predictions"
+ENSEMBLES_FILE = "ensembles.parquet"  # the test figures of `evaluate --ensemble K`, one row per ensemble
 DATA_ISSUES_FILE, AUDIT_FILE, OPTUNA_FILE = "data_issues.parquet", "audit.parquet", "optuna.db"
 LOCK_FILE = "driver.lock"
 SPLITS_FILE = "splits.parquet"
@@ -165,6 +167,10 @@ class StudyFolder:
     @property
     def predictions_file(self) -> Path:
         return self.directory / PREDICTIONS_FILE
+
+    @property
+    def ensembles_file(self) -> Path:
+        return self.directory / ENSEMBLES_FILE
 
     @property
     def predictions_dir(self) -> Path:

@@ -3,6 +3,8 @@
 `<study>/model/` holds `config.yaml` (task, hyperparameters, classes, preprocessing, provenance) and
 `weights.pt` (the state dict under layout.WEIGHTS_KEY, loaded with `weights_only=True`), written at the end
 of every run.
+`export_ensemble` writes the K best trials as one model there instead (config.yaml's `ensemble`: members, test-time
+augmentation, each member's hyperparameters).
 `export_formats` adds deployment formats beside them: ONNX (`model.onnx`, for onnxruntime; needs the
 `export` extra) and TorchScript (`model.torchscript.pt`, for `torch.jit.load`). Both take the preprocessed
 image batch `image` (float32, N x C x S x S: config.yaml's `preprocessing` applied, as `Model.predict` does:
@@ -33,8 +35,9 @@ from raysearch.core.layout import (
     StudyFolder,
 )
 from raysearch.errors import ConfigError, DataError
-from raysearch.inference.restore import trial_hyperparameters
-from raysearch.training.checkpoints import read_weights, save_weights
+from raysearch.inference.restore import build_model, check_ensemble, trial_hyperparameters
+from raysearch.tasks import create_task
+from raysearch.training.checkpoints import load_weights, read_weights, save_weights
 from raysearch.training.hparams import preprocessing_of
 
 INPUT_NAME = "image"
@@ -75,6 +78,48 @@ def write_model(study_dir: Path, out: Path, trial_id: str | None = None) -> None
     }
     weights = read_weights(checkpoint, torch.device("cpu"))
     save_weights(weights, out / WEIGHTS_FILE)
+    (out / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def export_ensemble(study_dir: Path, ensemble: int, tta: str = "none") -> Path:
+    """Export the `ensemble` best trials as one model to `<study>/model/` (see `write_ensemble`), built beside the
+    old folder and swapped in when complete; returns that folder."""
+    folder = StudyFolder(study_dir)
+    with atomic_folder(folder.model_dir) as staging:
+        write_ensemble(folder.directory, staging, ensemble, tta)
+    return folder.model_dir
+
+
+def write_ensemble(study_dir: Path, out: Path, ensemble: int, tta: str = "none") -> None:
+    """The `ensemble` best trials as one model (`models.ensemble.EnsembleNet`, with `tta`) in the folder `out`:
+    config.yaml names the members and keeps each one's hyperparameters under `ensemble`, weights.pt holds the
+    ensemble's state dict; `predict`, `Model` and ONNX then run it as one network."""
+    from raysearch.models.ensemble import TTA_MODES, EnsembleNet
+
+    if ensemble < 1:
+        raise ConfigError(f"--ensemble: must be at least 1, got {ensemble}")
+    if tta not in TTA_MODES:
+        raise ConfigError(f"--tta: unknown {tta!r}; valid: {', '.join(TTA_MODES)}")
+    folder = StudyFolder(Path(study_dir))
+    study = folder.read_study()
+    members = [folder.trial_row(t) for t in folder.ranked_trials(study)["trial_id"][:ensemble]]
+    check_ensemble(study, members, ensemble)
+    task = create_task(study["task"])
+    networks, hps = [], []
+    for row in members:
+        checkpoint = folder.best_checkpoint(row["trial_id"])
+        if checkpoint is None:
+            raise DataError(f"{study_dir}: trial {row['trial_id']} has no checkpoint to export")
+        hps.append(trial_hyperparameters(study, row))
+        networks.append(load_weights(build_model(task, hps[-1], len(study["data"]["classes"])), checkpoint,
+                                     torch.device("cpu")))
+    name = f"ensemble-top{ensemble}" + ("" if tta == "none" else f"-{tta}")
+    config = {
+        "study": study["name"], "trial_id": name, "task": study["task"], "classes": study["data"]["classes"],
+        "hyperparameters": hps[0], "preprocessing": asdict(preprocessing_of(hps[0])),
+        "ensemble": {"members": [row["trial_id"] for row in members], "tta": tta, "hyperparameters": hps},
+    }
+    save_weights(EnsembleNet(networks, tta).state_dict(), out / WEIGHTS_FILE)
     (out / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
 
 
@@ -152,18 +197,24 @@ def export_formats(model_dir: Path, formats: Sequence[str]) -> dict[str, Path]:
     return written
 
 
-def export_study(path: Path, formats: Sequence[str], *, trial_id: str | None = None) -> dict[str, Path]:
+def export_study(path: Path, formats: Sequence[str], *, trial_id: str | None = None, ensemble: int = 0,
+                 tta: str = "none") -> dict[str, Path]:
     """Write `formats` for a study's model: `path` is a study folder (its `model/` is exported first when
-    absent, or replaced by `trial_id`'s) or an exported model folder itself; returns the files by format.
+    absent, or replaced by `trial_id`'s, or by the ensemble of the `ensemble` best trials) or an exported model
+    folder itself; returns the files by format.
 
-    The whole model folder is built beside the old one (its files copied, or the trial's written) and swapped in
-    only when every format is written: a failed export leaves the earlier folder as it was."""
+    The whole model folder is built beside the old one (its files copied, or the trial's or ensemble's written)
+    and swapped in only when every format is written: a failed export leaves the earlier folder as it was."""
     formats = parse_formats(",".join(formats))
     path = Path(path)
-    reexport = (path / CONFIG_FILE).is_file() and trial_id is None
+    if trial_id is not None and ensemble:
+        raise ConfigError("--trial and --ensemble: export one trial or an ensemble, not both")
+    reexport = (path / CONFIG_FILE).is_file() and trial_id is None and not ensemble
     model_dir = path if reexport else StudyFolder(path).model_dir
     with atomic_folder(model_dir) as staging:
-        if reexport or (trial_id is None and model_dir.is_dir()):
+        if ensemble:
+            write_ensemble(path, staging, ensemble, tta)
+        elif reexport or (trial_id is None and model_dir.is_dir()):
             shutil.copytree(model_dir, staging, dirs_exist_ok=True, symlinks=True)
         else:
             write_model(path, staging, trial_id)

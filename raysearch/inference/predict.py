@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import glob
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from raysearch.data.preprocess import Placement, Preprocessing
 from raysearch.errors import ConfigError, DataError, RaysearchError
 from raysearch.inference.overlay import draw_overlay, write_png
 from raysearch.inference.restore import build_model, model_input, restore_trial
+from raysearch.models.ensemble import EnsembleNet
 from raysearch.tasks import create_task
 from raysearch.tasks.base import Task
 from raysearch.training.checkpoints import load_weights
@@ -160,10 +161,22 @@ def load_model(model_dir: Path) -> Model:
     except TypeError as error:
         raise DataError(f"{config_path}: preprocessing: {error}") from None
     try:
-        network = build_model(task, config["hyperparameters"], len(config["classes"]))
+        network = _network(task, config)
     except (RaysearchError, KeyError, TypeError, ValueError) as error:
-        raise DataError(f"{config_path}: hyperparameters: cannot build the network ({error})") from None
+        field = "ensemble" if "ensemble" in config else "hyperparameters"
+        raise DataError(f"{config_path}: {field}: cannot build the network ({error})") from None
     return Model(task, load_weights(network, weights, torch_device()), list(config["classes"]), preprocessing, config)
+
+
+def _network(task: Task, config: Mapping[str, Any]) -> nn.Module:
+    """The untrained network of an exported model: the task's, or an ensemble of its members' (config `ensemble`)."""
+    if "ensemble" not in config:
+        return build_model(task, config["hyperparameters"], len(config["classes"]))
+    ensemble = config["ensemble"]
+    if not isinstance(ensemble, dict) or not isinstance(ensemble.get("hyperparameters"), list):
+        raise ValueError("expected a mapping with a list of members' hyperparameters")
+    return EnsembleNet([build_model(task, hp, len(config["classes"])) for hp in ensemble["hyperparameters"]],
+                       ensemble.get("tta", "none"))
 
 
 def read_model_config(path: Path) -> dict[str, Any]:

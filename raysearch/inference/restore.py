@@ -13,11 +13,11 @@ from torch import nn
 
 from raysearch.core.layout import BEST_FILE, StudyFolder
 from raysearch.data.preprocess import Preprocessing, enhance, fit, normalise, placement
-from raysearch.errors import DataError
+from raysearch.errors import ConfigError, DataError
 from raysearch.tasks import create_task
 from raysearch.tasks.base import Task, TaskContext
 from raysearch.training.checkpoints import load_weights
-from raysearch.training.hparams import defaults
+from raysearch.training.hparams import defaults, preprocessing_of
 
 
 def trial_hyperparameters(study: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
@@ -31,6 +31,22 @@ def trial_hyperparameters(study: Mapping[str, Any], params: Mapping[str, Any]) -
                if k.startswith("param.") and v is not None and v == v}
     current = defaults(create_task(study["task"]).hyperparameters)
     return {**current, **study["defaults"], **study["search_space"]["fixed"], **sampled}
+
+
+def check_ensemble(study: Mapping[str, Any], members: list[Mapping[str, Any]], ensemble: int) -> None:
+    """Refuse (ConfigError) an ensemble of more trials than finished, or of trials that see the images differently
+    (`members`: their trials.parquet rows, best first)."""
+    if len(members) < ensemble:
+        raise ConfigError(f"--ensemble {ensemble}: the study has only {len(members)} finished trials")
+    if not members:
+        return
+    first = trial_hyperparameters(study, members[0])
+    for row in members[1:]:
+        hp = trial_hyperparameters(study, row)
+        if preprocessing_of(hp) != preprocessing_of(first):
+            raise ConfigError(f"--ensemble {ensemble}: trial {row['trial_id']} preprocesses images differently from "
+                              f"the best trial {members[0]['trial_id']} ({preprocessing_of(hp)} against "
+                              f"{preprocessing_of(first)}); an ensemble needs one input")
 
 
 def build_model(task: Task, hp: Mapping[str, Any], num_classes: int) -> nn.Module:

@@ -10,6 +10,10 @@ standard deviation. Results go to `predictions.parquet`
 first, the new `predictions/` is built beside the old one and swapped in with the tables only when complete,
 so an evaluation that fails (the dataset moved, a full disk) leaves the earlier results as they were.
 
+Every test figure gets a 95 % bootstrap interval (`test.<metric>.ci_low` / `.ci_high`; with repeats, of the
+mean), and each other model a paired comparison with the best trial on the same resamples (`paired.*`);
+see `study.scoring`, `tasks.bootstrap` and docs/metrics.md.
+
 Under the `published` split policy the test split may share sources with train (`raysearch.data.splits`):
 the metrics are then also computed on its clean subset, the test images whose source group has no image in
 train, as `test_clean.*` columns; `test.images` and `test_clean.images` give both sizes.
@@ -32,7 +36,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from raysearch.core.columns import headline_columns, metric_name
+from raysearch.core.columns import PAIRED_PREFIX, headline_columns, metric_name
 from raysearch.core.devices import torch_device
 from raysearch.core.files import atomic_folder, inside, write_table_atomic
 from raysearch.core.layout import PREDICTIONS_DIR, StudyFolder
@@ -43,11 +47,13 @@ from raysearch.data.samples import SPLITS
 from raysearch.data.splits import PUBLISHED, in_train_source
 from raysearch.errors import ConfigError, DataError
 from raysearch.inference.overlay import write_png
-from raysearch.inference.restore import build_model, restore_trial, trial_hyperparameters
+from raysearch.inference.restore import build_model, check_ensemble, restore_trial, trial_hyperparameters
+from raysearch.models.ensemble import TTA_MODES, EnsembleNet
+from raysearch.study import scoring
 from raysearch.study.dataset import study_dataset
 from raysearch.tasks import create_task
 from raysearch.tasks.base import Task, TaskContext
-from raysearch.tasks.metrics import point_distances
+from raysearch.tasks.bootstrap import Replicates, mean_replicates, resample_counts
 from raysearch.training.batches import make_batch
 from raysearch.training.callbacks import BestWeights, EarlyStopping, Monitor
 from raysearch.training.hparams import preprocessing_of
@@ -66,7 +72,8 @@ PREDICTION_SCHEMA = pa.schema([
     ("true_class", pa.int64()), ("true_class_name", pa.string()),
     ("pred_class", pa.int64()), ("pred_class_name", pa.string()), ("probabilities", FLOAT_LIST),
     ("true_polygon", FLOAT_LIST), ("pred_polygon", FLOAT_LIST), ("apd", pa.float64()),
-    ("true_mask", pa.string()), ("mask", pa.string()), ("iou", pa.float64()),
+    ("true_mask", pa.string()), ("mask", pa.string()), ("iou", pa.float64()), ("hd95", pa.float64()),
+    ("assd", pa.float64()),
 ])
 
 
@@ -168,6 +175,56 @@ def _test_metrics(task: Task, model: Model, data: CachedDataset, rows: np.ndarra
     return evaluate_rows(task, model.network, data, test_rows, model.hp, context, LocalSession(torch_device()))
 
 
+@dataclass
+class Scored:
+    """One model's test figures on some images, and the same figures on each bootstrap resample of them."""
+
+    metrics: dict[str, float]
+    replicates: Replicates
+    rows: bytes  # which cache rows, so that only models scored on the same images are compared
+
+
+class Scorer:
+    """Scores each model's predictions on the test split and on its clean subset, with one set of resamples per
+    set of images (so that every model, repeat and ensemble is bootstrapped on the same draws)."""
+
+    def __init__(self, task: Task, scoring: scoring.Scoring) -> None:
+        self.task, self.scoring = task, scoring
+        self.counts: dict[bytes, np.ndarray] = {}
+
+    def threshold(self, model: Model, data: CachedDataset) -> float | None:
+        """A two-class model's operating threshold, chosen on its validation predictions."""
+        if self.scoring.positive is None:
+            return None
+        val_rows = self.task.usable(data, data.indices("val"))
+        return scoring.threshold_on(_predict(self.task, model, data, val_rows), data.labels[val_rows], self.scoring)
+
+    def score(self, model: Model, data: CachedDataset, rows: np.ndarray, test_rows: np.ndarray,
+              figures: scoring.ImageFigures) -> Scored:
+        """Figures on the usable images among `rows`; `figures` are the model's per-image ones on `test_rows`."""
+        usable = self.task.usable(data, rows)
+        metrics = _test_metrics(self.task, model, data, rows)
+        if not len(usable):
+            return Scored(metrics, {}, usable.tobytes())
+        train_rows = self.task.usable(data, data.indices("train"))
+        subset = figures.take(np.flatnonzero(np.isin(test_rows, usable)), baseline_apd(data, train_rows, usable))
+        key = usable.tobytes()
+        if key not in self.counts:
+            self.counts[key] = resample_counts(scoring.strata_of(data, usable), self.scoring.resamples,
+                                               self.scoring.seed)
+        return Scored(metrics | scoring.point_figures(subset), scoring.bootstrap(self.task, subset, self.counts[key]),
+                      key)
+
+
+def _combined(scored: list[Scored], prefix: str) -> tuple[dict[str, float], Scored]:
+    """A trial's `<prefix>.*` columns over its repeats (mean ± std, bootstrap interval of the mean), and its
+    replicates averaged over the repeats."""
+    merged = Scored(scored[0].metrics, mean_replicates([s.replicates for s in scored]) if scored[0].replicates
+                    else {}, scored[0].rows)
+    return {**_summary([s.metrics for s in scored], prefix),
+            **scoring.ci_columns(merged.replicates, scored[0].metrics, prefix)}, merged
+
+
 @torch.no_grad()
 def _predict(task: Task, model: Model, data: CachedDataset, rows: np.ndarray) -> dict[str, np.ndarray]:
     """Per-image predictions (Task.predictions) for cache `rows`, in order."""
@@ -236,7 +293,8 @@ def _polygons(values: np.ndarray) -> list[list[float] | None]:
 
 
 def _prediction_columns(out: PredictionFolder, study: Mapping[str, Any], model: Model, data: CachedDataset,
-                        predicted: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, list[Any]]:
+                        predicted: dict[str, np.ndarray], rows: np.ndarray,
+                        figures: scoring.ImageFigures) -> dict[str, list[Any]]:
     """The predictions.parquet columns of one model, one entry per test image."""
     classes, n = data.classes, len(rows)
     labels = np.asarray(data.labels[rows])
@@ -254,27 +312,30 @@ def _prediction_columns(out: PredictionFolder, study: Mapping[str, Any], model: 
         columns["pred_class_name"] = [classes[c] for c in predicted["class"]]
         columns["probabilities"] = predicted["probabilities"].tolist()
     if "polygon" in predicted:
-        distances = point_distances(torch.from_numpy(predicted["polygon"]),
-                                    torch.from_numpy(np.nan_to_num(true_polygons))).mean(dim=1).numpy()
         columns["pred_polygon"] = predicted["polygon"].tolist()
-        columns["apd"] = [None if np.isnan(t).any() else float(d)
-                          for t, d in zip(true_polygons, distances, strict=True)]
+        columns["apd"] = _floats(figures.apd)
     if "mask" in predicted:
         true_masks = np.asarray(data.masks[rows])
         geometry = f"{model.hp['resize']}-{model.hp['image_size']}"
         columns["true_mask"] = _masks(out, f"truth/{geometry}", data, rows, true_masks)
         columns["mask"] = _masks(out, f"masks/{model.trial_id}-r{model.repeat}", data, rows, predicted["mask"])
         columns["iou"] = _iou(predicted["mask"], true_masks)
+        columns["hd95"], columns["assd"] = _floats(figures.hd95), _floats(figures.assd)
     return columns
 
 
 def _prediction_table(out: PredictionFolder, study: Mapping[str, Any], model: Model, data: CachedDataset,
-                      predicted: dict[str, np.ndarray]) -> pa.Table:
+                      predicted: dict[str, np.ndarray], figures: scoring.ImageFigures) -> pa.Table:
     """One model's predictions.parquet rows, its PNGs written into the new predictions folder."""
     rows = data.indices("test")
-    columns = _prediction_columns(out, study, model, data, predicted, rows)
+    columns = _prediction_columns(out, study, model, data, predicted, rows, figures)
     return pa.table({f.name: pa.array(columns.get(f.name, [None] * len(rows)), f.type) for f in PREDICTION_SCHEMA},
                     schema=PREDICTION_SCHEMA)
+
+
+def _floats(values: np.ndarray | None) -> list[float | None]:
+    """Per-image values as Parquet floats, NaN (undefined) as null."""
+    return [] if values is None else [None if np.isnan(v) else float(v) for v in values]
 
 
 def _summary(runs: list[dict[str, float]], prefix: str = "test") -> dict[str, float]:
@@ -291,7 +352,7 @@ def _summary(runs: list[dict[str, float]], prefix: str = "test") -> dict[str, fl
 
 
 def _is_test_column(name: str) -> bool:
-    return name.startswith((f"{TEST}.", f"{TEST_CLEAN}."))
+    return name.startswith((f"{TEST}.", f"{TEST_CLEAN}.", PAIRED_PREFIX))
 
 
 def _with_test_columns(table: pa.Table, results: Mapping[str, Mapping[str, float]]) -> pa.Table:
@@ -344,26 +405,40 @@ def _models(study_dir: Path, study: Mapping[str, Any], rows: list[Mapping[str, A
 
 
 def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epochs: int | None = None,
-                   address: str | None = None, progress: bool = True, out: TextIO = sys.stdout) -> pd.DataFrame:
+                   address: str | None = None, progress: bool = True, out: TextIO = sys.stdout,
+                   positive_class: str | None = None, target_sensitivity: float | None = None,
+                   resamples: int = scoring.RESAMPLES, ensemble: int = 0, tta: str = "none") -> pd.DataFrame:
     """Evaluate the `top` best trials on the test split (see module docstring); returns their test metrics.
-    Retraining runs on the Ray cluster at `address` (default: the current connection, else a local Ray)."""
+    Retraining runs on the Ray cluster at `address` (default: the current connection, else a local Ray).
+
+    Two-class studies also get the operating point at a threshold chosen on validation for `positive_class`
+    (`study.scoring`); `ensemble` K > 0 evaluates at least the K best trials and adds their mean (with `tta`
+    "flip", of each image and its mirror) as one more row, written to ensembles.parquet."""
     from tqdm.auto import tqdm
 
     epochs_flag = 1 if max_epochs is None else max_epochs
     for flag, value in (("--top", top), ("--repeats", repeats), ("--max-epochs", epochs_flag)):
         if value < 1:
             raise ConfigError(f"{flag}: must be at least 1, got {value}")
+    if ensemble < 0:
+        raise ConfigError(f"--ensemble: must be at least 1 (0: no ensemble), got {ensemble}")
+    if tta not in TTA_MODES:
+        raise ConfigError(f"--tta: unknown {tta!r}; valid: {', '.join(TTA_MODES)}")
     study_dir = Path(study_dir)
     folder = StudyFolder(study_dir)
     study = folder.read_study()
     folder.require_finished_trial("evaluate", study)
-    ranked = folder.ranked_trials(study).head(top)
+    ranked = folder.ranked_trials(study).head(max(top, ensemble))
     if not study["data"].get("samples", {}).get("test", 1):
         print(no_test_figure(study), file=out)
         return ranked.iloc[:0]
     table = pq.read_table(folder.trials_file)
     rows = {r["trial_id"]: r for r in table.to_pylist()}
     task = create_task(study["task"])
+    scorer = Scorer(task, scoring.scoring_for(study["data"]["classes"], study["seed"], positive_class,
+                                              target_sensitivity, resamples))
+    members = list(ranked["trial_id"][:ensemble])
+    check_ensemble(study, [rows[t] for t in members], ensemble)
     caches: dict[str, CachedDataset] = {}
 
     def data_for(hp: Mapping[str, Any]) -> CachedDataset:
@@ -374,35 +449,96 @@ def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epoch
 
     for trial_id in ranked["trial_id"]:  # the data of every model, checked (present, unchanged) before any is built
         data_for(trial_hyperparameters(study, rows[trial_id]))
-    results: dict[str, dict[str, float]] = {}
-    evaluated: list[tuple[Model, CachedDataset, dict[str, np.ndarray]]] = []
     epochs = max_epochs or study["spec"]["max_epochs"]
     models = _models(study_dir, study, [rows[t] for t in ranked["trial_id"]], data_for, repeats, epochs, address,
                      progress, out)
+    if ensemble:
+        first = models[members[0]][0]
+        name = f"ensemble-top{ensemble}" + ("" if tta == "none" else f"-{tta}")
+        models[name] = [Model(name, 0, study["seed"], EnsembleNet([models[t][0].network for t in members], tta).eval(),
+                              first.hp)]
+    results: dict[str, dict[str, float]] = {}
+    scored: dict[str, Scored] = {}
+    evaluated: list[tuple[Model, CachedDataset, dict[str, np.ndarray], scoring.ImageFigures]] = []
     leaked: set[str] | None = None
-    for trial_id in tqdm(ranked["trial_id"], desc="evaluate", disable=not progress):
+    for trial_id in tqdm(list(models), desc="evaluate", disable=not progress):
         runs, clean_runs = [], []
         for model in models[trial_id]:
             data = data_for(model.hp)
             test_rows = data.indices("test")
             leaked = _sources_in_train(study_dir, study, data, progress) if leaked is None else leaked
             clean_rows = np.array([r for r in test_rows if data.paths[r] not in leaked], dtype=np.int64)
-            runs.append(_test_metrics(task, model, data, test_rows))
+            predicted = _predict(task, model, data, test_rows)
+            figures = scoring.image_figures(predicted, data, test_rows, 0.0, scorer.scoring.positive,
+                                            scorer.threshold(model, data))
+            runs.append(scorer.score(model, data, test_rows, test_rows, figures))
             if _policy(study) == PUBLISHED:
-                clean_runs.append(_test_metrics(task, model, data, clean_rows))
-            evaluated.append((model, data, _predict(task, model, data, test_rows)))
-        results[trial_id] = {**_summary(runs), f"{TEST}.images": len(test_rows)}
+                clean_runs.append(scorer.score(model, data, clean_rows, test_rows, figures))
+            evaluated.append((model, data, predicted, figures))
+        results[trial_id], scored[trial_id] = _combined(runs, TEST)
+        results[trial_id][f"{TEST}.images"] = len(test_rows)
         if clean_runs:
-            results[trial_id] |= {**_summary(clean_runs, TEST_CLEAN), f"{TEST_CLEAN}.images": len(clean_rows)}
+            results[trial_id] |= {**_combined(clean_runs, TEST_CLEAN)[0], f"{TEST_CLEAN}.images": len(clean_rows)}
+    _compare_with_best(study, results, scored)
+    trial_results = {t: m for t, m in results.items() if t in rows}
     with atomic_folder(folder.predictions_dir) as staging:
         written = PredictionFolder(staging, folder.predictions_dir)
-        predictions = [_prediction_table(written, study, model, data, predicted)
-                       for model, data, predicted in evaluated]
+        predictions = [_prediction_table(written, study, model, data, predicted, figures)
+                       for model, data, predicted, figures in evaluated]
         write_table_atomic(pa.concat_tables(predictions), folder.predictions_file)
-        write_table_atomic(_with_test_columns(table, results), folder.trials_file)
-    print(f"\nTest split ({repeats} repeat{'s' if repeats > 1 else ''} per trial):", file=out)
+        write_table_atomic(_with_test_columns(table, trial_results), folder.trials_file)
+        if ensemble:
+            write_table_atomic(_ensemble_table(results, members, tta), folder.ensembles_file)
+    print(f"\nTest split ({repeats} repeat{'s' if repeats > 1 else ''} per trial; [95 % bootstrap interval], "
+          f"{scorer.scoring.resamples} resamples):", file=out)
     print(_readable(results).to_string(index=False), file=out)
+    for line in _comparison_lines(study, results):
+        print(line, file=out)
     return pd.DataFrame([{"trial_id": t, **m} for t, m in results.items()])
+
+
+def _compare_with_best(study: Mapping[str, Any], results: dict[str, dict[str, float]],
+                       scored: Mapping[str, Scored]) -> None:
+    """Add to each other model's results the paired comparison with the best trial on the study's metric."""
+    metric, mode = study["scheduler"]["metric"].removeprefix("val_"), study["scheduler"]["mode"]
+    best = next(iter(results))
+    value = _point(results[best], metric)
+    for trial_id, found in scored.items():
+        if trial_id != best and found.rows == scored[best].rows and value is not None:
+            other = _point(results[trial_id], metric)
+            if other is not None:
+                results[trial_id] |= scoring.paired_columns(scored[best].replicates, found.replicates, value, other,
+                                                            metric, mode == "max")
+
+
+def _point(metrics: Mapping[str, float], metric: str) -> float | None:
+    """A test metric's value: of the one run, or the mean over repeats."""
+    return metrics.get(f"{TEST}.{metric}", metrics.get(f"{TEST}.{metric}.mean"))
+
+
+def _comparison_lines(study: Mapping[str, Any], results: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """One line per model compared with the best trial: the difference, its interval, how often it wins."""
+    metric = study["scheduler"]["metric"].removeprefix("val_")
+    best = next(iter(results))
+    lines = []
+    for trial_id, metrics in results.items():
+        prefix = f"{PAIRED_PREFIX}{metric}"
+        if f"{prefix}.difference" in metrics:
+            lines.append(f"{trial_id} vs best {best}: test {metric} difference {metrics[f'{prefix}.difference']:+.4g} "
+                         f"[{metrics[f'{prefix}.ci_low']:+.3g}, {metrics[f'{prefix}.ci_high']:+.3g}], better in "
+                         f"{100 * metrics[f'{prefix}.share_better']:.1f} % of resamples")
+    return ([f"\nPaired bootstrap against the best trial ({metric}, same resamples):", *lines] if lines else [])
+
+
+def _ensemble_table(results: Mapping[str, Mapping[str, float]], members: list[str], tta: str) -> pa.Table:
+    """ensembles.parquet: the ensemble's name, members, test-time augmentation and test columns."""
+    name = next(t for t in results if t.startswith("ensemble-"))
+    metrics = results[name]
+    columns: dict[str, pa.Array] = {"ensemble": pa.array([name]), "members": pa.array([",".join(members)]),
+                                    "tta": pa.array([tta])}
+    for column, value in metrics.items():
+        columns[column] = pa.array([value], pa.int64() if column in COUNT_COLUMNS else pa.float64())
+    return pa.table(columns)
 
 
 def _policy(study: Mapping[str, Any]) -> str:
@@ -423,8 +559,9 @@ def _sources_in_train(study_dir: Path, study: Mapping[str, Any], data: CachedDat
 
 
 def _readable(results: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
-    """The headline test metrics per trial as text, `mean ± std` over repeats (per-class ones left out), on the
-    whole test split and, when it is smaller, on its clean subset (`clean <metric>`), with both sizes."""
+    """The headline test metrics per trial as text, `mean ± std` over repeats and `[low, high]` the bootstrap
+    interval (per-class ones left out), on the whole test split and, when it is smaller, on its clean subset
+    (`clean <metric>`), with both sizes."""
     rows = []
     for trial_id, metrics in results.items():
         row = {"trial_id": trial_id}
@@ -434,12 +571,14 @@ def _readable(results: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
                 row[f"{label}images"] = str(metrics[f"{prefix}.images"])
             for column in headline_columns(metrics, f"{prefix}."):
                 if not column.endswith(".std"):
-                    spread = metrics.get(column.removesuffix(".mean") + ".std") if column.endswith(".mean") else None
+                    base = column.removesuffix(".mean")
+                    spread = metrics.get(base + ".std") if column.endswith(".mean") else None
+                    low, high = metrics.get(base + ".ci_low"), metrics.get(base + ".ci_high")
                     row[label + metric_name(column)] = (f"{metrics[column]:.4g}"
-                                                        + (f" ± {spread:.2g}" if spread is not None else ""))
+                                                        + (f" ± {spread:.2g}" if spread is not None else "")
+                                                        + (f" [{low:.3g}, {high:.3g}]" if low is not None else ""))
         rows.append(row)
     return pd.DataFrame(rows)
-
 
 
 def no_test_figure(study: Mapping[str, Any]) -> str:

@@ -41,8 +41,10 @@ class Task(ABC):
     Output convention (every task's model): a dict with some of "logits" (N, classes), "polygon"
     (N, 8) in [0, 1], "mask" (N, 1, H, W) logits; `predictions` turns it into numpy for evaluation.
 
-    `metric_sums` returns tensors that are summed over batches and over workers (all-reduce) before
-    `summarise` turns them into the reported metrics, so validation covers every sample exactly once.
+    `metric_sums` returns tensors that are summed over batches and over workers (all-reduce), and
+    `metric_samples` per-image rows that are concatenated over batches and gathered from every worker (the
+    figures that need all the scores at once, such as AUROC); `summarise` receives both in one dict and turns
+    them into the reported metrics, so validation covers every sample exactly once.
     """
 
     name: ClassVar[str]
@@ -69,6 +71,10 @@ class Task(ABC):
     def metric_sums(self, output: Any, batch: Batch, context: TaskContext) -> dict[str, torch.Tensor]:
         """Per-batch sums (counts, error sums, confusion matrices) to be added up over the split."""
 
+    def metric_samples(self, output: Any, batch: Batch, context: TaskContext) -> dict[str, torch.Tensor]:
+        """Per-image rows (first dimension = the batch's images) to be gathered over the split; none by default."""
+        return {}
+
     def predictions(self, output: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         """Per-image predictions as numpy: class probabilities and class, polygon, binary mask."""
         found: dict[str, np.ndarray] = {}
@@ -83,5 +89,9 @@ class Task(ABC):
         return found
 
     @abstractmethod
+    def score_of(self, figures: Mapping[str, Any]) -> Any:
+        """`score` from the other figures (floats, or numpy arrays of bootstrap replicates alike)."""
+
+    @abstractmethod
     def summarise(self, sums: dict[str, torch.Tensor], context: TaskContext) -> dict[str, float]:
-        """Metrics from the summed state, including `score`, without the `val_` prefix."""
+        """Metrics from the summed state and the gathered samples, including `score`, without the `val_` prefix."""

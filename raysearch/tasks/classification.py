@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from raysearch.data.cache import CachedDataset
 from raysearch.models import HeadNet, backbone_from
 from raysearch.tasks.base import LABEL_SMOOTHING, Batch, Task, TaskContext
-from raysearch.tasks.metrics import classification_metrics, classification_sums
+from raysearch.tasks.metrics import classification_metrics, classification_samples, classification_sums
 from raysearch.tasks.registry import register_task
 
 
@@ -54,7 +54,13 @@ class ClassificationTask(Task):
     def metric_sums(self, output: Any, batch: Batch, context: TaskContext) -> dict[str, torch.Tensor]:
         return classification_sums(output["logits"], batch["label"], context.num_classes)
 
+    def metric_samples(self, output: Any, batch: Batch, context: TaskContext) -> dict[str, torch.Tensor]:
+        return classification_samples(output["logits"], batch["label"])
+
     def summarise(self, sums: dict[str, torch.Tensor], context: TaskContext) -> dict[str, float]:
         metrics = classification_metrics(sums)
         loss = sums["class_loss"].item() / max(sums["count"].item(), 1.0)
-        return {"loss": loss, "score": metrics["balanced_accuracy"], **metrics}
+        return {"loss": loss, "score": self.score_of(metrics), **metrics}
+
+    def score_of(self, figures: Mapping[str, Any]) -> Any:
+        return figures["balanced_accuracy"]

@@ -24,7 +24,13 @@ from raysearch.data.cache import CachedDataset
 from raysearch.models import HeadNet, backbone_from
 from raysearch.tasks.base import LABEL_SMOOTHING, REG_LOSS, Batch, Task, TaskContext
 from raysearch.tasks.losses import regression_loss
-from raysearch.tasks.metrics import classification_metrics, classification_sums, polygon_metrics, polygon_sums
+from raysearch.tasks.metrics import (
+    classification_metrics,
+    classification_samples,
+    classification_sums,
+    polygon_metrics,
+    polygon_sums,
+)
 from raysearch.tasks.registry import register_task
 
 LOSS_WEIGHTINGS = ("fixed", "uncertainty")
@@ -73,13 +79,19 @@ class MultitaskTask(Task):
         return {**classification_sums(output["logits"], batch["label"], context.num_classes),
                 **polygon_sums(output["polygon"], batch["polygon"])}
 
+    def metric_samples(self, output: Any, batch: Batch, context: TaskContext) -> dict[str, torch.Tensor]:
+        return classification_samples(output["logits"], batch["label"])
+
+    def score_of(self, figures: Mapping[str, Any]) -> Any:
+        return 0.5 * figures["accuracy"] + 0.5 * figures["polygon_skill"]
+
     def summarise(self, sums: dict[str, torch.Tensor], context: TaskContext) -> dict[str, float]:
         count = max(sums["count"].item(), 1.0)
         classes = classification_metrics(sums)
         polygons = polygon_metrics(sums, count, context.baseline_apd)
         return {
             "loss": (sums["class_loss"].item() + sums["polygon_loss"].item()) / count,
-            "score": 0.5 * classes["accuracy"] + 0.5 * polygons["polygon_skill"],
+            "score": self.score_of({**classes, **polygons}),
             **classes,
             **polygons,
         }

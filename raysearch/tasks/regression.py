@@ -53,4 +53,7 @@ class RegressionTask(Task):
     def summarise(self, sums: dict[str, torch.Tensor], context: TaskContext) -> dict[str, float]:
         count = max(sums["count"].item(), 1.0)
         metrics = polygon_metrics(sums, count, context.baseline_apd)
-        return {"loss": sums["polygon_loss"].item() / count, "score": metrics["polygon_skill"], **metrics}
+        return {"loss": sums["polygon_loss"].item() / count, "score": self.score_of(metrics), **metrics}
+
+    def score_of(self, figures: Mapping[str, Any]) -> Any:
+        return figures["polygon_skill"]

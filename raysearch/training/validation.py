@@ -1,5 +1,6 @@
-"""Validation of a trial's network: task metrics over every validation row once, sharded across workers and
-all-reduced; the always-the-mean polygon baseline that APD is compared with; inference latency."""
+"""Validation of a trial's network: task metrics over every validation row once, sharded across workers,
+their sums all-reduced and their per-image samples gathered; the always-the-mean polygon baseline that APD is
+compared with; inference latency."""
 
 from __future__ import annotations
 
@@ -38,6 +39,17 @@ def _all_reduce(sums: dict[str, torch.Tensor], world: int) -> dict[str, torch.Te
     return sums
 
 
+def _gathered(samples: dict[str, list[torch.Tensor]], world: int) -> dict[str, torch.Tensor]:
+    """Each per-image sample concatenated over batches and, with several workers, gathered from all of them
+    (torchmetrics' `gather_all_tensors`, which pads the workers' unequal shards)."""
+    joined = {name: torch.cat(parts) for name, parts in samples.items()}
+    if world > 1:
+        from torchmetrics.utilities.distributed import gather_all_tensors
+
+        joined = {name: torch.cat(gather_all_tensors(tensor)) for name, tensor in joined.items()}
+    return joined
+
+
 def _as_float(output: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A model's output dict with its tensors in float32 (mixed-precision outputs are bf16 / fp16)."""
     return {k: v.float() for k, v in output.items()}
@@ -56,18 +68,23 @@ def evaluate(task: Task, model: nn.Module, data: CachedDataset, rows: np.ndarray
     model.eval()
     shard = rows[session.world_rank :: session.world_size]
     sums: dict[str, torch.Tensor] = {}
+    samples: dict[str, list[torch.Tensor]] = {}
     for batch in source.batches(shard[start : start + hp["batch_size"]] for start in range(0, len(shard),
                                                                                            hp["batch_size"])):
         with autocast:
             output = _as_float(model(batch["image"]))
         for name, value in task.metric_sums(output, batch, context).items():
             sums[name] = sums[name] + value if name in sums else value.clone()
+        for name, value in task.metric_samples(output, batch, context).items():
+            samples.setdefault(name, []).append(value)
     if not sums:
         probe = source.batch(rows[:1])
         with autocast:
             output = _as_float(model(probe["image"]))
         sums = {k: torch.zeros_like(v) for k, v in task.metric_sums(output, probe, context).items()}
-    return task.summarise(_all_reduce(sums, session.world_size), context)
+        samples = {k: [v[:0]] for k, v in task.metric_samples(output, probe, context).items()}
+    return task.summarise({**_all_reduce(sums, session.world_size), **_gathered(samples, session.world_size)},
+                          context)
 
 
 def measure_latency(model: nn.Module, shape: tuple[int, ...], device: torch.device, repeats: int = 10) -> float:

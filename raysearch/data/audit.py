@@ -14,7 +14,6 @@ the summary states how many validation and test images have a source in train an
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -22,16 +21,16 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pyarrow as pa
 
 from raysearch.core.files import write_table_atomic
 from raysearch.core.layout import AUDIT_FILE
 from raysearch.data.formats import scan_dataset
+from raysearch.data.imageindex import HASH_SIZE, Pixels, image_facts
 from raysearch.data.records import DEFAULT_SPLIT, Record, Scan, SplitRatios
 from raysearch.data.samples import SPLITS, DataIssue
-from raysearch.data.sources import HASH_SIZE, NEAR_DUPLICATE_BITS, group_sources, near_pairs, perceptual_hash
+from raysearch.data.sources import NEAR_DUPLICATE_BITS, group_sources, near_pairs
 from raysearch.data.splits import EVALUATED, in_train_source, recommend_policy
 from raysearch.data.suitability import describe_levels, other_levels
 
@@ -52,17 +51,6 @@ class Finding:
     detail: str = ""
     path: str = ""
     line: int | None = None
-
-
-@dataclass(frozen=True)
-class Pixels:
-    """What decoding one image tells: its size, channel count, content hash and perceptual hash (packed bits)."""
-
-    width: int
-    height: int
-    channels: int
-    content: str
-    phash: np.ndarray
 
 
 @dataclass
@@ -98,16 +86,6 @@ class Audit:
                                                f.line), strict=True):
                 columns[column].append(value)
         return pa.table(columns, schema=SCHEMA)
-
-
-def inspect_image(path: Path) -> Pixels | None:
-    """Decode one image (any depth and channel count); None when it cannot be decoded."""
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        return None
-    channels = 1 if raw.ndim == 2 else raw.shape[2]
-    digest = hashlib.blake2b(f"{raw.shape}{raw.dtype}".encode() + raw.tobytes(), digest_size=16).hexdigest()
-    return Pixels(raw.shape[1], raw.shape[0], channels, digest, perceptual_hash(raw))
 
 
 def _instances(record: Record) -> list[int]:
@@ -265,16 +243,13 @@ def _fatal(audit: Audit) -> None:
 
 
 def audit_dataset(root: Path, format: str | None = None, *, split_ratios: SplitRatios = DEFAULT_SPLIT,
-                  progress: bool = True) -> Audit:
-    """Audit the dataset at `root` (format detected unless given); decodes and hashes every image once."""
-    from tqdm.auto import tqdm
-
+                  index_file: Path | None = None, progress: bool = True) -> Audit:
+    """Audit the dataset at `root` (format detected unless given); every image's decode facts come from the
+    dataset's image index `index_file` (`raysearch.data.imageindex`: images new or changed since are decoded)."""
     root = Path(root)
     scan = scan_dataset(root, format, split_ratios=split_ratios)
     paths = [r.sample.image_path for r in scan.records]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        pixels = list(tqdm(pool.map(inspect_image, paths), total=len(paths), desc="audit: decode and hash",
-                           disable=not progress))
+    pixels = [f.pixels for f in image_facts(paths, index_file, progress=progress, desc="audit: decode and hash")]
     name = (root.parent if root.is_file() else root).resolve().name
     audit = Audit(name=name, root=scan.root, format=scan.format, classes=scan.classes)
     _count_files(audit, scan, pixels)

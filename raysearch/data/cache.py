@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from raysearch.core.files import atomic_folder
+from raysearch.data.imageindex import file_digest, image_facts
 from raysearch.data.preprocess import Preprocessing, enhance, fit, placement
 from raysearch.data.samples import SPLITS, DataIssue, DatasetIndex, Sample
 from raysearch.data.suitability import mask_levels
@@ -50,14 +51,18 @@ class CachedDataset:
         return np.flatnonzero(self.splits == SPLITS.index(split))
 
 
-def dataset_fingerprint(index: DatasetIndex) -> str:
+def dataset_fingerprint(index: DatasetIndex, index_file: Path | None = None, *, progress: bool = True) -> str:
     """A hash of the split policy and every sample's split, image bytes, labels and mask bytes: equal datasets
-    under equal policies, equal keys."""
+    under equal policies, equal keys. The images' byte digests come from the dataset's image index
+    `index_file` (`raysearch.data.imageindex`): unchanged files are not read again."""
+    paths = [sample.image_path for sample in index.samples]
+    digests = ([f.file_digest for f in image_facts(paths, index_file, progress=progress)] if index_file is not None
+               else [file_digest(path) for path in paths])
     digest = hashlib.blake2b(digest_size=16)
     digest.update(json.dumps([index.format, index.classes, index.split_policy]).encode())
-    for sample in index.samples:
+    for sample, image_digest in zip(index.samples, digests, strict=True):
         digest.update(f"{sample.split}|{sample.image_path.name}|{sample.class_id}".encode())
-        digest.update(hashlib.blake2b(sample.image_path.read_bytes(), digest_size=16).digest())
+        digest.update(bytes.fromhex(image_digest))
         if sample.polygon is not None:
             digest.update(np.ascontiguousarray(sample.polygon, dtype=np.float32).tobytes())
         for shape in sample.shapes:

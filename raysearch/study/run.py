@@ -128,7 +128,7 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool) -> _Plan:
     splits = study_dataset(spec, progress=progress)
     index = splits.index
     check_task_data(index, spec.task, task.needs)
-    fingerprint = dataset_fingerprint(index)
+    fingerprint = dataset_fingerprint(index, folder.image_index_file(index.root), progress=progress)
     cache_root = folder.cache_root
     base_cache, _ = ensure_cache(index, fingerprint, preprocessing_of({**hp_defaults, **space.fixed}), cache_root,
                                  progress=progress)

@@ -30,6 +30,7 @@ EXAMPLES = """examples:
 
 def _add_run(commands: argparse._SubParsersAction) -> None:
     from raysearch.data.splits import SPLIT_POLICIES
+    from raysearch.study.retention import DEFAULT_KEEP
 
     run = commands.add_parser("run", help="run a hyperparameter search study", epilog=EXAMPLES,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,6 +69,9 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--log", action="append", default=[], metavar="BACKEND",
                      help="track the study in mlflow, wandb or tensorboard (repeat the flag or give a comma list); "
                      "MLflow goes to $MLFLOW_TRACKING_URI, else to STUDY/mlflow/")
+    run.add_argument("--keep-checkpoints", default=DEFAULT_KEEP, metavar="best|top-K|all",
+                     help="once the study ends: every trial keeps its best weights, the K best trials everything "
+                     "(optimizer state included); best: none keeps more; all: nothing removed (default: %(default)s)")
     _add_cluster_options(run, wait_default=900.0)
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_dataset_options(run)
@@ -210,7 +214,7 @@ def _run(args: argparse.Namespace) -> None:
         binarise_masks=args.binarise_masks, log=tuple(args.log),
         splits_policy=args.splits, test_split=not args.no_test_split,
         searcher=args.searcher, startup_trials=args.startup_trials, scheduler=args.scheduler,
-        time_budget=args.time_budget, epoch_budget=args.epoch_budget,
+        time_budget=args.time_budget, epoch_budget=args.epoch_budget, keep_checkpoints=args.keep_checkpoints,
     )
     run_study(spec, progress=not args.quiet)
 

@@ -28,6 +28,7 @@ from raysearch.search.space import SearchSpace, load_space
 from raysearch.search.tracking import log_exported_model, tracking_plan
 from raysearch.study.dataset import study_dataset
 from raysearch.study.lock import refuse_if_held, study_lock
+from raysearch.study.retention import describe_size, folder_size, keep_checkpoints
 from raysearch.study.spec import StudySpec, resolved_study
 from raysearch.tasks import create_task
 from raysearch.training.hparams import defaults, preprocessing_of, schema
@@ -342,6 +343,7 @@ def _finish(plan: _Plan, records: list[TrialRecord], search_seconds: float, *, p
     exported = finish_study(plan.directory, progress=progress, out=out)
     if exported is not None:
         log_exported_model(plan.spec.log, plan.directory, plan.name, exported)
+    keep_checkpoints(plan.directory, plan.spec.keep_checkpoints)
     devices = plan.trial.workers * (plan.trial.gpus_per_worker or 1.0)
     outcome = StudyOutcome(plan.directory, table.to_pandas(), metric, mode, search_seconds,
                            trial_epochs=sum(len(r.epochs) for r in records),
@@ -368,7 +370,7 @@ def print_summary(outcome: StudyOutcome, space: SearchSpace, out: TextIO, top: i
         print(f"\nBest configuration ({best['trial_id']}): {params}", file=out)
     print(f"\nSearch took {outcome.search_seconds:.0f} s; compute spent: {outcome.trial_epochs} trial-epochs, "
           f"{outcome.device_hours:.3g} device-hours (trial wall time x GPUs, or workers on CPUs, per trial). "
-          f"Results: {outcome.directory.resolve()}", file=out)
+          f"Results: {outcome.directory.resolve()} ({describe_size(folder_size(outcome.directory))})", file=out)
     print(f"Explore them: raysearch dashboard {outcome.directory.parent.resolve()}", file=out)
 
 

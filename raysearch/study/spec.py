@@ -17,6 +17,7 @@ from raysearch.data.records import SplitRatios
 from raysearch.data.splits import check_policy
 from raysearch.errors import ConfigError
 from raysearch.search.choices import SCHEDULERS, SEARCHERS
+from raysearch.study.retention import DEFAULT_KEEP, parse_keep
 
 VERSIONED_PACKAGES = ("raysearch", "ray", "torch", "torchvision", "timm", "segmentation-models-pytorch", "optuna",
                       "pyarrow", "opencv-python-headless", "numpy")
@@ -24,7 +25,7 @@ VERSIONED_PACKAGES = ("raysearch", "ray", "torch", "torchvision", "timm", "segme
 MAX_SEED = 2**32 - 1
 AUTO = "auto"
 DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
-RUNTIME_FIELDS = ("name", "results", "address", "concurrency", "wait_for_nodes", "log")
+RUNTIME_FIELDS = ("name", "results", "address", "concurrency", "wait_for_nodes", "log", "keep_checkpoints")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class StudySpec:
     time_budget: str | None = None
     epoch_budget: int | None = None
     log: tuple[str, ...] = ()
+    keep_checkpoints: str = DEFAULT_KEEP  # raysearch.study.retention
 
     def __post_init__(self) -> None:
         from raysearch.search.tracking import parse_loggers
@@ -106,6 +108,7 @@ class StudySpec:
         if self.epoch_budget is not None and self.epoch_budget < 1:
             raise ConfigError(f"--epoch-budget: must be at least 1, got {self.epoch_budget}")
         self.budget_seconds()
+        parse_keep(self.keep_checkpoints)
         self.splits()
         check_policy(self.splits_policy)
 

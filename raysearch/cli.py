@@ -73,7 +73,8 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
                      help="once the study ends: every trial keeps its best weights, the K best trials everything "
                      "(optimizer state included); best: none keeps more; all: nothing removed (default: %(default)s)")
     _add_cluster_options(run, wait_default=900.0)
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--quiet", action="store_true", help="no progress bars, no Ray output: raysearch's summary only")
+    run.add_argument("--verbose", action="store_true", help="Ray Tune's result of every epoch of every trial")
     _add_dataset_options(run)
     run.add_argument("--splits", choices=SPLIT_POLICIES,
                      help="published: the dataset's splits, tested also on their leak-free subset; deduplicated: "
@@ -216,7 +217,7 @@ def _run(args: argparse.Namespace) -> None:
         searcher=args.searcher, startup_trials=args.startup_trials, scheduler=args.scheduler,
         time_budget=args.time_budget, epoch_budget=args.epoch_budget, keep_checkpoints=args.keep_checkpoints,
     )
-    run_study(spec, progress=not args.quiet)
+    run_study(spec, progress=not args.quiet, verbose=args.verbose)
 
 
 def _resume(args: argparse.Namespace) -> None:

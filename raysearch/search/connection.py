@@ -9,6 +9,7 @@ active Ray instances"), the cleaner stops, and the next multi-worker trial never
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,23 +22,26 @@ EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
 @contextmanager
-def connected(address: str | None) -> Iterator[None]:
+def connected(address: str | None, *, quiet: bool = False) -> Iterator[None]:
     """Connected to the Ray cluster at `address`, else to a new local instance that is shut down on leaving;
-    a process already connected keeps (and stays on) its connection."""
+    a process already connected keeps (and stays on) its connection. `quiet`: the workers' output and Ray's
+    log lines below errors are not shown on the driver."""
     import ray
 
     if ray.is_initialized():
         yield
         return
+    if quiet:
+        logging.getLogger("ray").setLevel(logging.ERROR)
     if address:
-        ray.init(address=address, log_to_driver=True, configure_logging=False)
+        ray.init(address=address, log_to_driver=not quiet, configure_logging=False)
         yield
         return
     port = _free_local_port()
     previous = os.environ.get(API_SERVER_VARIABLE)
     os.environ[API_SERVER_VARIABLE] = f"http://127.0.0.1:{port}"
     try:
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=True,
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=not quiet,
                  configure_logging=False)
         yield
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from ray.tune.experimental.output import BLACKLISTED_KEYS, _get_dict_as_table_data
 
@@ -15,6 +16,7 @@ from raysearch.study.run import SUMMARY_WIDTH, summary_table
 from raysearch.tasks import create_task
 from raysearch.tasks.metrics import class_details, classification_summary
 from raysearch.training.hparams import schema
+from tests.conftest import TinyStudy
 
 
 def test_a_seven_class_trial_s_result_box_has_no_confusion_or_per_class_lines() -> None:
@@ -49,3 +51,11 @@ def test_the_summary_of_a_hundred_trials_fits_120_columns_with_whole_numbers_who
     assert header[:4] == ["trial_id", "status", "epochs", "val_score"]
     assert "4.0" not in text and "32.0" not in text
     assert " 4 " in text or "more columns in trials.parquet" in text
+
+
+@pytest.mark.slow
+def test_a_quiet_run_prints_raysearch_s_lines_only(tiny_study: TinyStudy) -> None:
+    """`--quiet` (what `raysearch.run(progress=False)` does): no Tune status or result boxes, no worker output."""
+    for ray_line in ("Trial status", "View detailed results", "result", "pid=", "╭", "Current time:"):
+        assert ray_line not in tiny_study.stdout.replace("Results:", ""), ray_line
+    assert "Best trials by" in tiny_study.stdout

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext, redirect_stdout
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -171,6 +172,12 @@ def _connected(address: str | None, *, quiet: bool = False) -> Iterator[None]:
         yield
 
 
+def _tune_console(quiet: bool) -> AbstractContextManager[Any]:
+    """Around `Tuner.fit`: when quiet, what Ray Tune prints on the driver's stdout is dropped (Ray 2.60 prints
+    its experiment box, result folder and TensorBoard line even at verbose=0)."""
+    return redirect_stdout(io.StringIO()) if quiet else nullcontext()
+
+
 @contextmanager
 def _on_cluster(plan: _Plan) -> Iterator[tuple[_Plan, int, float]]:
     """Once connected to Ray: the plan with its GPUs per worker resolved from the cluster (--gpus-per-worker auto,
@@ -248,7 +255,8 @@ def _search(plan: _Plan, *, progress: bool, out: TextIO) -> StudyOutcome:
         started = time.perf_counter()
         tuner = build_tuner(plan.space, plan.search, plan.trial, concurrency)
         sign_tuner(experiment_dir(plan.directory, plan.name))
-        grid = tuner.fit()
+        with _tune_console(quiet):
+            grid = tuner.fit()
         search_seconds = time.perf_counter() - started
         _require_finished(grid, plan, search_seconds)
         records = records_from(grid, Path(plan.trial.storage_path))
@@ -294,7 +302,8 @@ def _restore(plan: _Plan, address: str | None, *, progress: bool, out: TextIO) -
 
     with _connected(address, quiet=not progress), _on_cluster(plan) as (plan, _, _):
         started = time.perf_counter()
-        grid = restore_tuner(plan.search, plan.trial).fit()
+        with _tune_console(not progress):
+            grid = restore_tuner(plan.search, plan.trial).fit()
         search_seconds = time.perf_counter() - started
         _require_finished(grid, plan, search_seconds)
         records = records_from(grid, Path(plan.trial.storage_path))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 NEAR_DUPLICATE_BITS = 32
+MAX_SEGMENT_BITS = 24  # near_pairs counts the rows per segment value in an array of 2 ** bits
 ROBOFLOW_MARK = ".rf."
 
 
@@ -40,8 +41,8 @@ def near_pairs(a: np.ndarray, b: np.ndarray, limit: int = NEAR_DUPLICATE_BITS,
 
     The bits are cut into `segments` pieces (default: limit // 2 + 1, so 17 pieces of 15-16 bits for 32 of
     256): two hashes within `limit` bits differ in at most limit // segments bits of some piece (pigeonhole), so
-    every pair is found among the b rows whose piece lies within that radius of a row's piece (a sorted-key
-    lookup per flip mask); only those candidates are compared whole."""
+    every pair is found among the b rows whose piece lies within that radius of a row's piece (looked up per flip
+    mask in the b rows grouped by piece value); only those candidates are compared whole."""
     if len(a) == 0 or len(b) == 0:
         return []
     width = a.shape[1] * 64
@@ -51,16 +52,19 @@ def near_pairs(a: np.ndarray, b: np.ndarray, limit: int = NEAR_DUPLICATE_BITS,
     radius = limit // segments
     found = []
     for keys_a, keys_b, (start, end) in zip(_segment_keys(a, bounds), _segment_keys(b, bounds), bounds, strict=True):
+        if end - start > MAX_SEGMENT_BITS:
+            raise ValueError(f"near_pairs: {segments} segments of {width} bits are wider than {MAX_SEGMENT_BITS} bits")
         order = np.argsort(keys_b, kind="stable")
-        sorted_b = keys_b[order]
+        sizes = np.bincount(keys_b, minlength=1 << (end - start))  # b rows per segment value
+        starts = np.cumsum(sizes) - sizes  # where each value's rows begin in `order`
         for flip in _flips(end - start, radius):
             probe = keys_a ^ flip
-            first = np.searchsorted(sorted_b, probe, side="left")
-            counts = np.searchsorted(sorted_b, probe, side="right") - first
+            counts, first = sizes[probe], starts[probe]
             rows = np.repeat(np.arange(len(a)), counts)
             offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
             found.append(rows * len(b) + order[np.repeat(first, counts) + offsets])
-    candidates = np.unique(np.concatenate(found))
+    candidates = np.sort(np.concatenate(found))  # a sort: numpy 2.3's hashing np.unique is far slower here
+    candidates = candidates[np.concatenate(([True], candidates[1:] != candidates[:-1]))]
     i, j = candidates // len(b), candidates % len(b)
     distance = np.bitwise_count(a[i] ^ b[j]).sum(axis=1)
     close = distance <= limit

@@ -34,7 +34,8 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     for spec_field in spec_fields():
         add_spec_flag(run, spec_field)
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--quiet", action="store_true", help="no progress bars, no Ray output: raysearch's summary only")
+    run.add_argument("--verbose", action="store_true", help="Ray Tune's result of every epoch of every trial")
 
 
 def spec_fields(names: Sequence[str] | None = None) -> list[Field[Any]]:
@@ -237,7 +238,7 @@ def _run(args: argparse.Namespace) -> None:
     from raysearch.study.spec import StudySpec
 
     spec = StudySpec(**{f.name: getattr(args, f.name) for f in spec_fields()})
-    run_study(spec, progress=not args.quiet)
+    run_study(spec, progress=not args.quiet, verbose=args.verbose)
 
 
 def _resume(args: argparse.Namespace) -> None:
@@ -258,13 +259,15 @@ def _data(args: argparse.Namespace) -> None:
 
 
 def _audit(args: argparse.Namespace) -> None:
-    from raysearch.core.layout import AUDIT_DIR, DEFAULT_RESULTS
+    from raysearch.core.layout import AUDIT_DIR, DEFAULT_RESULTS, image_index_file
     from raysearch.data.audit import audit_dataset, format_audit, write_audit
     from raysearch.data.records import SplitRatios
     from raysearch.errors import DataError
 
+    results = DEFAULT_RESULTS if args.out is None else args.out  # where the image index is kept
     audit = audit_dataset(args.path, args.format, split_ratios=SplitRatios.parse(args.split_ratios),
-                          columns=args.columns, progress=not args.quiet)
+                          columns=args.columns, index_file=image_index_file(results, args.path),
+                          progress=not args.quiet)
     print(format_audit(audit))
     written = write_audit(audit, args.out or Path(DEFAULT_RESULTS) / AUDIT_DIR / audit.name)
     print(f"Written: {written}")

@@ -408,3 +408,32 @@ def test_building_over_a_finished_entry_keeps_it_and_over_anything_else_fails_cl
         build_cache(index, config, stranger, progress=False)
     assert [p.name for p in stranger.iterdir()] == ["notes.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["entry", "stranger"]  # no staging folder left
+
+
+def test_a_killed_build_continues_where_it_stopped_and_ends_as_a_fresh_build(index: DatasetIndex, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from raysearch.data import cache
+
+    config = Preprocessing(image_size=32)
+    build_cache(index, config, tmp_path / "fresh", progress=False)
+    monkeypatch.setattr(cache, "BUILD_CHUNK", 4)
+    real, decoded = cache.process_sample, []
+
+    def killed_after_two_chunks(sample: Sample, preprocessing: Preprocessing) -> object:
+        if len(decoded) == 8:
+            raise KeyboardInterrupt  # what a kill leaves: two chunks recorded, the rest not
+        decoded.append(sample)
+        return real(sample, preprocessing)
+
+    monkeypatch.setattr(cache, "process_sample", killed_after_two_chunks)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(index, config, tmp_path / "entry", progress=False)
+    assert not (tmp_path / "entry").exists() and (tmp_path / "entry.partial").is_dir()
+    monkeypatch.setattr(cache, "process_sample", lambda s, p: decoded.append(s) or real(s, p))
+    build_cache(index, config, tmp_path / "entry", progress=False)
+    assert len(decoded) == len(index.samples)  # each sample decoded once over both builds
+    assert not (tmp_path / "entry.partial").exists()
+    fresh, resumed = load_cache(tmp_path / "fresh"), load_cache(tmp_path / "entry")
+    for name in ("images", "masks", "polygons", "labels", "splits"):
+        assert np.array_equal(getattr(fresh, name), getattr(resumed, name), equal_nan=name == "polygons")
+    assert fresh.paths == resumed.paths

@@ -17,7 +17,8 @@ SPACE_TEXT = "task: multitask\nparameters:\n  lr: {type: float, low: 1.0e-4, hig
 CHANGED = {"data": "other-data", "space": "search_spaces/other.yaml", "format": "yolo", "split_ratios": "0.7,0.2,0.1",
            "splits_policy": "grouped", "gpus_per_worker": 1.0, "trials_per_gpu": 2, "searcher": "random",
            "startup_trials": 4, "scheduler": "median", "time_budget": "1h", "epoch_budget": 10, "on_error": "error",
-           "empty_labels": "background", "columns": "path=file,label=class"}
+           "empty_labels": "background", "columns": "path=file,label=class",
+           "keep_checkpoints": "all"}
 
 
 def _changed(field: dataclasses.Field[Any], value: Any) -> Any:
@@ -62,7 +63,7 @@ def test_anything_that_shapes_the_study_changes_its_name() -> None:
 def test_where_and_how_wide_it_runs_does_not_change_the_name(field: str) -> None:
     spec = StudySpec(task="multitask")
     value = {"results": "/elsewhere", "address": "ray://head:10001", "concurrency": 3, "wait_for_nodes": 10.0,
-             "log": ("mlflow",)}[field]
+             "log": ("mlflow",), "keep_checkpoints": "all"}[field]
     assert dataclasses.replace(spec, **{field: value}).study_name(SPACE_TEXT) == spec.study_name(SPACE_TEXT)
 
 

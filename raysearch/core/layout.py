@@ -4,6 +4,7 @@ trial's checkpoints are, and how trials rank. Every other module asks this one.
 ```
 RESULTS/                      results root (`--results`)
   cache/                      preprocessed arrays shared by the studies of this root
+  cache/images/KEY.parquet    per dataset: each image's digests, perceptual hash, size (raysearch.data.imageindex)
   audit/DATASET/audit.parquet `raysearch data audit` output
   STUDY/
     study.yaml                the resolved study (STUDY_KEYS)
@@ -30,6 +31,7 @@ Only the standard library and PyYAML are imported here (pandas when ranking), so
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 DEFAULT_RESULTS = "raysearch-results"
-CACHE_DIR, AUDIT_DIR = "cache", "audit"
+CACHE_DIR, AUDIT_DIR, IMAGE_INDEX_DIR = "cache", "audit", "images"
 STUDY_FILE, TRIALS_FILE, EPOCHS_FILE = "study.yaml", "trials.parquet", "epochs.parquet"
 PREDICTIONS_FILE, PREDICTIONS_DIR = "predictions.parquet", "predictions"
 ENSEMBLES_FILE = "ensembles.parquet"  # the test figures of `evaluate --ensemble K`, one row per ensemble
@@ -80,6 +82,12 @@ def check_study_name(name: str, where: str) -> str:
         raise ConfigError(f"{where}: {shown} is not a study name: one folder name of at most {MAX_NAME} characters "
                           "from A-Z a-z 0-9 . _ -, not starting with '.'")
     return name
+
+
+def image_index_file(results: Path | str, dataset_root: Path | str) -> Path:
+    """The image index (`raysearch.data.imageindex`) of the dataset at `dataset_root`, in a results root."""
+    key = hashlib.blake2b(str(Path(dataset_root).resolve()).encode(), digest_size=8).hexdigest()
+    return Path(results) / CACHE_DIR / IMAGE_INDEX_DIR / f"{key}.parquet"
 
 
 def experiment_dir(study_dir: Path, name: str) -> Path:
@@ -151,6 +159,10 @@ class StudyFolder:
     def cache_root(self) -> Path:
         """The preprocessed-array caches, shared by the studies of one results root."""
         return self.results / CACHE_DIR
+
+    def image_index_file(self, dataset_root: Path | str) -> Path:
+        """The image index of a dataset in this study's results root."""
+        return image_index_file(self.results, dataset_root)
 
     @property
     def study_file(self) -> Path:

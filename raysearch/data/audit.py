@@ -14,7 +14,6 @@ the summary states how many validation and test images have a source in train an
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -28,10 +27,10 @@ import pyarrow as pa
 from raysearch.core.files import write_table_atomic
 from raysearch.core.layout import AUDIT_FILE
 from raysearch.data.formats import scan_dataset
-from raysearch.data.images import ImageError, read_image, to_grey8
+from raysearch.data.imageindex import HASH_SIZE, Pixels, image_facts
 from raysearch.data.records import DEFAULT_SPLIT, Record, Scan, SplitRatios
 from raysearch.data.samples import SPLITS, DataIssue
-from raysearch.data.sources import HASH_SIZE, NEAR_DUPLICATE_BITS, group_sources, near_pairs, perceptual_hash
+from raysearch.data.sources import NEAR_DUPLICATE_BITS, group_sources, near_pairs
 from raysearch.data.splits import EVALUATED, in_train_source, join_patients, recommend_policy
 from raysearch.data.suitability import describe_levels, other_levels
 
@@ -52,24 +51,6 @@ class Finding:
     detail: str = ""
     path: str = ""
     line: int | None = None
-
-
-@dataclass(frozen=True)
-class Pixels:
-    """What decoding one image tells: its size, channel count, content hash and perceptual hash (packed bits), its
-    bits (stored, for DICOM) and, above 8 bits, the highest value; DICOM modality, photometric interpretation
-    and PatientID."""
-
-    width: int
-    height: int
-    channels: int
-    content: str
-    phash: np.ndarray
-    bits: int = 8
-    peak: int | None = None
-    modality: str | None = None
-    photometric: str | None = None
-    patient: str | None = None
 
 
 @dataclass
@@ -105,19 +86,6 @@ class Audit:
                                                f.line), strict=True):
                 columns[column].append(value)
         return pa.table(columns, schema=SCHEMA)
-
-
-def inspect_image(path: Path) -> Pixels | None:
-    """Decode one image (any format, depth and channel count: `raysearch.data.images`); None when it cannot be."""
-    try:
-        decoded = read_image(path)
-    except ImageError:
-        return None
-    raw, header = decoded.pixels, decoded.header
-    digest = hashlib.blake2b(f"{raw.shape}{raw.dtype}".encode() + raw.tobytes(), digest_size=16).hexdigest()
-    peak = None if decoded.eight_bit else int(np.nanmax(raw))
-    return Pixels(header.width, header.height, header.channels, digest, perceptual_hash(to_grey8(decoded)[0]),
-                  header.bits, peak, header.modality, header.photometric, header.patient)
 
 
 def _instances(record: Record) -> list[int]:
@@ -315,16 +283,13 @@ def _fatal(audit: Audit) -> None:
 
 
 def audit_dataset(root: Path, format: str | None = None, *, split_ratios: SplitRatios = DEFAULT_SPLIT,
-                  columns: str | None = None, progress: bool = True) -> Audit:
-    """Audit the dataset at `root` (format detected unless given); decodes and hashes every image once."""
-    from tqdm.auto import tqdm
-
+                  columns: str | None = None, index_file: Path | None = None, progress: bool = True) -> Audit:
+    """Audit the dataset at `root` (format detected unless given); every image's decode facts come from the
+    dataset's image index `index_file` (`raysearch.data.imageindex`: images new or changed since are decoded)."""
     root = Path(root)
     scan = scan_dataset(root, format, split_ratios=split_ratios, columns=columns)
     paths = [r.sample.image_path for r in scan.records]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        pixels = list(tqdm(pool.map(inspect_image, paths), total=len(paths), desc="audit: decode and hash",
-                           disable=not progress))
+    pixels = [f.pixels for f in image_facts(paths, index_file, progress=progress, desc="audit: decode and hash")]
     name = (root.parent if root.is_file() else root).resolve().name
     audit = Audit(name=name, root=scan.root, format=scan.format, classes=scan.classes)
     _count_files(audit, scan, pixels)

@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -22,7 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from raysearch.core.files import atomic_folder
+from raysearch.core.files import atomic_folder, write_text_atomic
+from raysearch.data.imageindex import file_digest, image_facts
 from raysearch.data.images import ImageError, read_grey
 from raysearch.data.preprocess import Preprocessing, enhance, fit, placement
 from raysearch.data.samples import SPLITS, DataIssue, DatasetIndex, Sample
@@ -31,6 +33,8 @@ from raysearch.errors import DataError
 
 CACHE_VERSION = 2
 META_FILE = "meta.json"  # what a complete cache entry holds beside its arrays
+PARTIAL_SUFFIX = ".partial"  # `<key>.partial/`: the arrays of a build in progress
+BUILD_CHUNK = 256  # samples a build decodes before it records them done: its memory, and what a kill loses
 
 
 @dataclass(frozen=True)
@@ -51,14 +55,18 @@ class CachedDataset:
         return np.flatnonzero(self.splits == SPLITS.index(split))
 
 
-def dataset_fingerprint(index: DatasetIndex) -> str:
+def dataset_fingerprint(index: DatasetIndex, index_file: Path | None = None, *, progress: bool = True) -> str:
     """A hash of the split policy and every sample's split, image bytes, labels and mask bytes: equal datasets
-    under equal policies, equal keys."""
+    under equal policies, equal keys. The images' byte digests come from the dataset's image index
+    `index_file` (`raysearch.data.imageindex`): unchanged files are not read again."""
+    paths = [sample.image_path for sample in index.samples]
+    digests = ([f.file_digest for f in image_facts(paths, index_file, progress=progress)] if index_file is not None
+               else [file_digest(path) for path in paths])
     digest = hashlib.blake2b(digest_size=16)
     digest.update(json.dumps([index.format, index.classes, index.split_policy]).encode())
-    for sample in index.samples:
+    for sample, image_digest in zip(index.samples, digests, strict=True):
         digest.update(f"{sample.split}|{sample.image_path.name}|{sample.class_id}".encode())
-        digest.update(hashlib.blake2b(sample.image_path.read_bytes(), digest_size=16).digest())
+        digest.update(bytes.fromhex(image_digest))
         if sample.polygon is not None:
             digest.update(np.ascontiguousarray(sample.polygon, dtype=np.float32).tobytes())
         for shape in sample.shapes:
@@ -114,37 +122,91 @@ def process_sample(sample: Sample, config: Preprocessing) -> tuple[np.ndarray, n
     return pixels, mask, polygon
 
 
+def _partial_arrays(partial: Path, count: int, side: int) -> dict[str, np.ndarray]:
+    """The memory-mapped arrays of a build in progress in `partial` (a killed build's, if its shapes fit), with
+    `done` marking the samples already processed; new (zeroed) ones otherwise."""
+    shapes = {"images": ((count, side, side), np.uint8), "masks": ((count, side, side), np.uint8),
+              "polygons": ((count, 8), np.float32), "done": ((count,), np.bool_)}
+    paths = {name: partial / f"{name}.npy" for name in shapes}
+    try:
+        found = {name: np.load(path, mmap_mode="r+") for name, path in paths.items()}
+        if all(found[name].shape == shape and found[name].dtype == dtype for name, (shape, dtype) in shapes.items()):
+            return found
+    except (OSError, ValueError):
+        pass
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    return {name: np.lib.format.open_memmap(paths[name], mode="w+", dtype=dtype, shape=shape)
+            for name, (shape, dtype) in shapes.items()}
+
+
+def _stage(source: np.ndarray, rows: np.ndarray, path: Path) -> None:
+    """Write `source[rows]` as the .npy file `path` (renamed from the build's file when every row is kept),
+    BUILD_CHUNK rows at a time."""
+    if len(rows) == len(source):
+        source.flush()
+        os.replace(source.filename, path)
+        return
+    target = np.lib.format.open_memmap(path, mode="w+", dtype=source.dtype, shape=(len(rows), *source.shape[1:]))
+    for start in range(0, len(rows), BUILD_CHUNK):
+        target[start:start + BUILD_CHUNK] = source[rows[start:start + BUILD_CHUNK]]
+    target.flush()
+
+
 def build_cache(
     index: DatasetIndex, config: Preprocessing, directory: Path, *, progress: bool = True
 ) -> list[DataIssue]:
-    """Decode and preprocess every sample into `directory` (atomically); returns unreadable samples."""
+    """Decode and preprocess every sample into `directory` (atomically); returns unreadable samples.
+
+    The build streams: BUILD_CHUNK samples at a time are decoded (in parallel threads) into memory-mapped
+    arrays in `<directory>.partial/`, which records after each chunk which samples are done, so memory stays
+    bounded whatever the dataset's size, and a build that was killed continues where it stopped."""
     from tqdm.auto import tqdm
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        jobs = pool.map(lambda s: process_sample(s, config), index.samples)
-        results = list(tqdm(jobs, total=len(index.samples), desc="preprocess", disable=not progress))
-    kept = [(s, r) for s, r in zip(index.samples, results, strict=True) if not isinstance(r, str)]
-    issues = [DataIssue(s.image_path, r)
-              for s, r in zip(index.samples, results, strict=True) if isinstance(r, str)]
-    if not kept:  # the readers never return an empty index, so every image failed to decode
+    samples = index.samples
+    partial = directory.with_name(f"{directory.name}{PARTIAL_SUFFIX}")
+    arrays = _partial_arrays(partial, len(samples), config.image_size)
+    messages_file = partial / "issues.json"
+    messages = {int(k): v for k, v in json.loads(messages_file.read_text()).items()} if messages_file.is_file() else {}
+    todo = np.flatnonzero(~arrays["done"])
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, \
+            tqdm(total=len(samples), initial=len(samples) - len(todo), desc="preprocess", disable=not progress) as bar:
+        for start in range(0, len(todo), BUILD_CHUNK):
+            rows = todo[start:start + BUILD_CHUNK]
+            for row, result in zip(rows, pool.map(lambda i: process_sample(samples[i], config), rows), strict=True):
+                if isinstance(result, str):
+                    messages[int(row)] = result
+                else:
+                    arrays["images"][row], arrays["masks"][row], arrays["polygons"][row] = (
+                        result[0], result[1], result[2].reshape(8))
+            for name in ("images", "masks", "polygons"):
+                arrays[name].flush()
+            write_text_atomic(json.dumps(messages), messages_file)
+            arrays["done"][rows] = True
+            arrays["done"].flush()
+            bar.update(len(rows))
+    issues = [DataIssue(samples[row].image_path, message) for row, message in sorted(messages.items())]
+    kept = np.array([row for row in range(len(samples)) if row not in messages], dtype=np.int64)
+    if not len(kept):  # the readers never return an empty index, so every image failed to decode
+        shutil.rmtree(partial, ignore_errors=True)
         raise DataError(f"{issues[0]}; none of the {len(issues)} images could be decoded")
-    arrays = {
-        "images": np.stack([r[0] for _, r in kept]),
-        "masks": np.stack([r[1] for _, r in kept]),
-        "polygons": np.stack([r[2] for _, r in kept]).reshape(-1, 8),
-        "labels": np.array([-1 if s.class_id is None else s.class_id for s, _ in kept], dtype=np.int64),
-        "splits": np.array([SPLITS.index(s.split) for s, _ in kept], dtype=np.int8),
-    }
     meta = {
         "classes": index.classes,
-        "paths": [str(s.image_path) for s, _ in kept],
+        "paths": [str(samples[row].image_path) for row in kept],
         "issues": [{"path": str(i.path), "message": i.message, "line": i.line} for i in issues],
         "preprocessing": config.cache_fields(),
     }
-    with atomic_folder(directory, keep_if=lambda built: (built / META_FILE).is_file()) as staging:
-        for name, array in arrays.items():
-            np.save(staging / f"{name}.npy", array)
-        (staging / META_FILE).write_text(json.dumps(meta))
+    try:  # the build's arrays move into the staging folder: once it is swapped in, or has failed, nothing is left
+        with atomic_folder(directory, keep_if=lambda built: (built / META_FILE).is_file()) as staging:
+            for name in ("images", "masks", "polygons"):
+                _stage(arrays[name], kept, staging / f"{name}.npy")
+            labels = [-1 if samples[row].class_id is None else samples[row].class_id for row in kept]
+            np.save(staging / "labels.npy", np.array(labels, dtype=np.int64))
+            np.save(staging / "splits.npy", np.array([SPLITS.index(samples[row].split) for row in kept],
+                                                     dtype=np.int8))
+            (staging / META_FILE).write_text(json.dumps(meta))
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return issues
 
 

@@ -2,58 +2,75 @@
 
 One definition, used by the audit (`raysearch data audit`) and by the split policies (`raysearch run --splits`).
 
-Near-duplicates: a 256-bit DCT perceptual hash (imagehash.phash, hash_size 16) within `NEAR_DUPLICATE_BITS`
-bits. On the bone-fracture export, Roboflow's augmented copies of one source image lie 0-30 bits apart,
-while no two different radiographs come closer than 40 bits. Roboflow names every exported copy
+Near-duplicates: a 256-bit DCT perceptual hash (imagehash.phash's, hash_size 16, computed with OpenCV in
+`raysearch.data.imageindex`) within `NEAR_DUPLICATE_BITS` bits, found by multi-index hashing (`near_pairs`).
+On the bone-fracture export, Roboflow's augmented copies of one source image lie 0-30 bits apart, while no
+two different radiographs come closer than 40 bits. Roboflow names every exported copy
 `<source>_<ext>.rf.<hash>.<ext>`: the part before `.rf.` names the source image.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from itertools import combinations
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from raysearch.data.images import ImageError, read_grey
-
-HASH_SIZE = 16
 NEAR_DUPLICATE_BITS = 32
+MAX_SEGMENT_BITS = 24  # near_pairs counts the rows per segment value in an array of 2 ** bits
 ROBOFLOW_MARK = ".rf."
 
 
-def perceptual_hash(raw: np.ndarray) -> np.ndarray:
-    """The perceptual hash (packed into uint64 words) of a decoded image of any depth and channel count."""
-    import imagehash
-    from PIL import Image
-
-    eight_bit = raw if raw.dtype == np.uint8 else cv2.convertScaleAbs(raw, alpha=255.0 / max(float(raw.max()), 1.0))
-    grey = eight_bit if eight_bit.ndim == 2 else cv2.cvtColor(eight_bit[..., :3], cv2.COLOR_BGR2GRAY)
-    bits = imagehash.phash(Image.fromarray(grey), hash_size=HASH_SIZE).hash
-    return np.packbits(bits).view(np.uint64)
+def _segment_keys(hashes: np.ndarray, bounds: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    """Each hash's bits start:end as an integer, per segment."""
+    bits = np.unpackbits(np.ascontiguousarray(hashes).view(np.uint8), axis=1).astype(np.int64)
+    return [bits[:, start:end] @ (1 << np.arange(end - start - 1, -1, -1, dtype=np.int64)) for start, end in bounds]
 
 
-def hash_file(path: Path) -> np.ndarray | None:
-    """The perceptual hash of one image file (its 8-bit grey, `raysearch.data.images`); None when it cannot be
-    decoded."""
-    try:
-        return perceptual_hash(read_grey(path)[0])
-    except ImageError:
-        return None
+def _flips(width: int, radius: int) -> np.ndarray:
+    """Every mask of `width` bits with at most `radius` bits set."""
+    return np.array([sum(1 << b for b in chosen) for r in range(radius + 1)
+                     for chosen in combinations(range(width), r)], dtype=np.int64)
 
 
 def near_pairs(a: np.ndarray, b: np.ndarray, limit: int = NEAR_DUPLICATE_BITS,
-               chunk: int = 256) -> list[tuple[int, int, int]]:
-    """(i, j, distance) for every hash a[i], b[j] (rows of packed uint64 bits) within `limit` bits."""
-    pairs = []
-    for start in range(0, len(a), chunk):
-        distance = np.bitwise_count(a[start : start + chunk, None, :] ^ b[None, :, :]).sum(axis=2)
-        for i, j in zip(*np.nonzero(distance <= limit), strict=True):
-            pairs.append((start + int(i), int(j), int(distance[i, j])))
-    return pairs
+               segments: int | None = None) -> list[tuple[int, int, int]]:
+    """(i, j, distance), ordered by (i, j), for every hash a[i], b[j] (rows of packed uint64 bits) within
+    `limit` bits: the all-pairs answer, found by multi-index hashing instead of comparing every pair.
+
+    The bits are cut into `segments` pieces (default: limit // 2 + 1, so 17 pieces of 15-16 bits for 32 of
+    256): two hashes within `limit` bits differ in at most limit // segments bits of some piece (pigeonhole), so
+    every pair is found among the b rows whose piece lies within that radius of a row's piece (looked up per flip
+    mask in the b rows grouped by piece value); only those candidates are compared whole."""
+    if len(a) == 0 or len(b) == 0:
+        return []
+    width = a.shape[1] * 64
+    segments = segments or limit // 2 + 1
+    edges = np.linspace(0, width, segments + 1).round().astype(int)
+    bounds = list(zip(edges[:-1], edges[1:], strict=True))
+    radius = limit // segments
+    found = []
+    for keys_a, keys_b, (start, end) in zip(_segment_keys(a, bounds), _segment_keys(b, bounds), bounds, strict=True):
+        if end - start > MAX_SEGMENT_BITS:
+            raise ValueError(f"near_pairs: {segments} segments of {width} bits are wider than {MAX_SEGMENT_BITS} bits")
+        order = np.argsort(keys_b, kind="stable")
+        sizes = np.bincount(keys_b, minlength=1 << (end - start))  # b rows per segment value
+        starts = np.cumsum(sizes) - sizes  # where each value's rows begin in `order`
+        for flip in _flips(end - start, radius):
+            probe = keys_a ^ flip
+            counts, first = sizes[probe], starts[probe]
+            rows = np.repeat(np.arange(len(a)), counts)
+            offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+            found.append(rows * len(b) + order[np.repeat(first, counts) + offsets])
+    candidates = np.sort(np.concatenate(found))  # a sort: numpy 2.3's hashing np.unique is far slower here
+    if not candidates.size:  # no piece of any a row lies near a b row's
+        return []
+    candidates = candidates[np.concatenate(([True], candidates[1:] != candidates[:-1]))]
+    i, j = candidates // len(b), candidates % len(b)
+    distance = np.bitwise_count(a[i] ^ b[j]).sum(axis=1)
+    close = distance <= limit
+    return [(int(x), int(y), int(d)) for x, y, d in zip(i[close], j[close], distance[close], strict=True)]
 
 
 def roboflow_source(path: Path | str) -> str | None:
@@ -91,11 +108,11 @@ def group_sources(paths: Sequence[Path | str], hashes: Sequence[np.ndarray | Non
     return np.array([root(i) for i in range(len(paths))], dtype=np.int64)
 
 
-def source_groups(paths: Sequence[Path | str], *, progress: bool = True) -> np.ndarray:
-    """Hash every image (threaded, with a progress bar) and group them by source (`group_sources`)."""
-    from tqdm.auto import tqdm
+def source_groups(paths: Sequence[Path | str], *, index_file: Path | None = None,
+                  progress: bool = True) -> np.ndarray:
+    """Group images by source (`group_sources`), their hashes read from the dataset's image index `index_file`
+    (`raysearch.data.imageindex`; images new or changed since are decoded, with a progress bar)."""
+    from raysearch.data.imageindex import image_facts
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        hashes = list(tqdm(pool.map(hash_file, [Path(p) for p in paths]), total=len(paths),
-                           desc="splits: hash images by source", disable=not progress))
-    return group_sources(paths, hashes)
+    facts = image_facts(paths, index_file, progress=progress, desc="splits: hash images by source")
+    return group_sources(paths, [f.pixels and f.pixels.phash for f in facts])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -174,16 +175,16 @@ def split_groups(samples: list[Sample], groups: np.ndarray, ratios: SplitRatios,
 
 
 def apply_split_policy(index: DatasetIndex, policy: str | None, *, ratios: SplitRatios, seed: int,
-                       test_split: bool = True, groups: np.ndarray | None = None,
+                       test_split: bool = True, groups: np.ndarray | None = None, index_file: Path | None = None,
                        progress: bool = True) -> SplitOutcome:
     """The samples of `index` under `policy` (None: `default_policy`; see module docstring); `groups`
-    (`sources.source_groups` of the samples' images) are found by hashing every image unless given, then
-    joined by patient (`join_patients`)."""
+    (`sources.source_groups` of the samples' images) are found from their hashes (the image index `index_file`)
+    unless given, then joined by patient (`join_patients`)."""
     policy = check_policy(policy) or default_policy(index)
     samples = index.samples
     published = [s.split for s in samples]
     if groups is None:
-        groups = source_groups([s.image_path for s in samples], progress=progress)
+        groups = source_groups([s.image_path for s in samples], index_file=index_file, progress=progress)
     groups = join_patients(groups, patients_of(samples))
     leaked_mask = in_train_source(published, groups)
     rng = np.random.default_rng(seed)

@@ -16,6 +16,7 @@ it starts (they inherit the environment) and restored when it stops. Joining a c
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,23 +30,26 @@ EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
 @contextmanager
-def connected(address: str | None) -> Iterator[None]:
+def connected(address: str | None, *, quiet: bool = False) -> Iterator[None]:
     """Connected to the Ray cluster at `address`, else to a new local instance that is shut down on leaving;
-    a process already connected keeps (and stays on) its connection."""
+    a process already connected keeps (and stays on) its connection. `quiet`: the workers' output and Ray's
+    log lines below errors are not shown on the driver."""
     import ray
 
     if ray.is_initialized():
         yield
         return
+    if quiet:
+        logging.getLogger("ray").setLevel(logging.ERROR)
     if address:
-        ray.init(address=address, log_to_driver=True, configure_logging=False)
+        ray.init(address=address, log_to_driver=not quiet, configure_logging=False)
         yield
         return
     port = _free_local_port()
     with _environment(API_SERVER_VARIABLE, f"http://{LOOPBACK}:{port}"), _single_machine():
         try:
             ray.init(include_dashboard=True, dashboard_host=LOOPBACK, dashboard_port=port, _node_ip_address=LOOPBACK,
-                     log_to_driver=True, configure_logging=False)
+                     log_to_driver=not quiet, configure_logging=False)
             yield
         finally:
             ray.shutdown()

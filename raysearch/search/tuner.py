@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from raysearch.core.layout import OPTUNA_FILE, experiment_dir, latest_checkpoint
+from raysearch.search.console import CONSOLE_METRICS
 from raysearch.search.history import recorded_epochs
 from raysearch.search.resources import ElasticConcurrency
 from raysearch.search.results import TrialRecord
@@ -40,6 +41,7 @@ class SearchSettings:
         """The Optuna study's SQLite URL (results/<study>/optuna.db, which optuna-dashboard opens)."""
         return f"sqlite:///{(self.results_dir / OPTUNA_FILE).resolve()}"
     loggers: tuple[str, ...] = ()
+    verbosity: int = 1  # Ray Tune's console: 0 nothing, 1 trial status and results, 2 every epoch's result
 
 
 
@@ -60,6 +62,7 @@ def trainable(trial: TrialSettings) -> Any:
             return None
 
     ResumeFromOwnCheckpoints.__name__ = function_trainable.__name__
+    ResumeFromOwnCheckpoints._progress_metrics = CONSOLE_METRICS  # what Tune's result boxes show
     return tune.with_resources(ResumeFromOwnCheckpoints, trial.shape.trial_function())
 
 
@@ -102,6 +105,7 @@ def build_tuner(space: SearchSpace, search: SearchSettings, trial: TrialSettings
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=checkpoint_config(search),
             callbacks=[SignSnapshots(), *logger_callbacks(search.loggers, search.results_dir, search.name)],
+            verbose=search.verbosity,
         ),
     )
 

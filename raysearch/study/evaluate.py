@@ -98,8 +98,10 @@ def _study_cache(study_dir: Path, study: Mapping[str, Any], hp: Mapping[str, Any
     if not (directory / META_FILE).is_file():
         from raysearch.study.spec import StudySpec
 
-        index = study_dataset(StudySpec(**{**study["spec"], "data": study["data"]["root"]}), progress=progress).index
-        if dataset_fingerprint(index) != fingerprint:
+        spec = StudySpec(**{**study["spec"], "data": study["data"]["root"], "results": str(Path(study_dir).parent)})
+        index = study_dataset(spec, progress=progress).index
+        found = dataset_fingerprint(index, StudyFolder(study_dir).image_index_file(index.root), progress=progress)
+        if found != fingerprint:
             raise DataError(f"{study['data']['root']}: the dataset changed since study {study['name']} ran "
                             "(fingerprint differs); evaluate it on the data it was searched on")
         directory, _ = ensure_cache(index, fingerprint, preprocessing, cache_root, progress=progress)
@@ -554,7 +556,9 @@ def _sources_in_train(study_dir: Path, study: Mapping[str, Any], data: CachedDat
         return {image for image, flag in zip(found["image"], found["source_in_train"], strict=True) if flag}
     from raysearch.data.sources import source_groups
 
-    flags = in_train_source([SPLITS[s] for s in data.splits], source_groups(data.paths, progress=progress))
+    index_file = StudyFolder(study_dir).image_index_file(study["data"]["root"])
+    groups = source_groups(data.paths, index_file=index_file, progress=progress)
+    flags = in_train_source([SPLITS[s] for s in data.splits], groups)
     return {path for path, flag in zip(data.paths, flags, strict=True) if flag}
 
 

@@ -3,18 +3,19 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext, redirect_stdout
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
-from raysearch.core.columns import FAILED, no_trial_finished, rank_trials, score_column
+from raysearch.core.columns import FAILED, headline_columns, no_trial_finished, rank_trials, score_column
 from raysearch.core.files import check_writable_folder, inside, write_table_atomic, write_text_atomic
 from raysearch.core.layout import StudyFolder, check_study_name, experiment_dir
 from raysearch.data.cache import cache_issues, dataset_fingerprint, ensure_cache
@@ -28,6 +29,7 @@ from raysearch.search.space import SearchSpace, load_space
 from raysearch.search.tracking import log_exported_model, tracking_plan
 from raysearch.study.dataset import study_dataset
 from raysearch.study.lock import refuse_if_held, study_lock
+from raysearch.study.retention import describe_size, folder_size, keep_checkpoints
 from raysearch.study.spec import StudySpec, resolved_study
 from raysearch.tasks import create_task
 from raysearch.training.callbacks import Monitor
@@ -108,9 +110,11 @@ def _check_state(name: str, study_dir: Path, *, resuming: bool) -> None:
         raise ConfigError(f"study {name} in {study_dir} has no Ray Tune state to resume; start it with `raysearch run`")
 
 
-def _plan(spec: StudySpec, *, progress: bool, resuming: bool, recorded: Mapping[str, Any] | None = None) -> _Plan:
+def _plan(spec: StudySpec, *, progress: bool, resuming: bool, recorded: Mapping[str, Any] | None = None,
+          verbose: bool = False) -> _Plan:
     """Resolve `spec`; ConfigError when the study folder's state does not allow a run (or a resume), or when a
-    resumed study's space or data differ from its `recorded` study.yaml (checked before any cache is built)."""
+    resumed study's space or data differ from its `recorded` study.yaml (checked before any cache is built).
+    Ray Tune's console: silent without `progress`, every epoch's result with `verbose`."""
     from raysearch.search.scheduler import scheduler_settings
     from raysearch.search.searcher import Budget, sampler_settings
     from raysearch.search.trial import TrialSettings
@@ -131,7 +135,7 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool, recorded: Mapping[
     splits = study_dataset(spec, progress=progress)
     index = splits.index
     check_task_data(index, spec.task, task.needs)
-    fingerprint = dataset_fingerprint(index)
+    fingerprint = dataset_fingerprint(index, folder.image_index_file(index.root), progress=progress)
     if recorded is not None:
         _check_unchanged(recorded, folder, name=name, space=space, fingerprint=fingerprint, spec=spec, index=index)
     cache_root = folder.cache_root
@@ -155,6 +159,7 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool, recorded: Mapping[
             scheduler, max_epochs=spec.max_epochs, grace_period=spec.grace_period,
             reduction_factor=spec.reduction_factor),
         budget=Budget(seconds=spec.budget_seconds(), trial_epochs=spec.epoch_budget), loggers=spec.log,
+        verbosity=0 if not progress else 2 if verbose else 1,
     )
     return _Plan(spec, name, study_dir, space, hp_defaults, index, splits, fingerprint, base_cache, trial, search)
 
@@ -170,7 +175,7 @@ def _check_unchanged(recorded: Mapping[str, Any], folder: StudyFolder, *, name: 
 
 
 @contextmanager
-def _connected(address: str | None) -> Iterator[None]:
+def _connected(address: str | None, *, quiet: bool = False) -> Iterator[None]:
     """Connected to the Ray cluster at `address`, or to a local instance started (and stopped) here; a
     caller already connected to Ray (a notebook, a benchmark running many studies) keeps its connection.
 
@@ -180,8 +185,14 @@ def _connected(address: str | None) -> Iterator[None]:
     from raysearch.search.connection import connected
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(EXPERIMENT_SNAPSHOT_S))
-    with connected(address):
+    with connected(address, quiet=quiet):
         yield
+
+
+def _tune_console(quiet: bool) -> AbstractContextManager[Any]:
+    """Around `Tuner.fit`: when quiet, what Ray Tune prints on the driver's stdout is dropped (Ray 2.60 prints
+    its experiment box, result folder and TensorBoard line even at verbose=0)."""
+    return redirect_stdout(io.StringIO()) if quiet else nullcontext()
 
 
 @contextmanager
@@ -207,7 +218,8 @@ def _capacity(plan: _Plan) -> AbstractContextManager[int]:
     return cluster_capacity(plan.trial.shape, spec.concurrency, spec.trials, spec.wait_for_nodes)
 
 
-def run_study(spec: StudySpec, *, progress: bool = True, out: TextIO = sys.stdout) -> StudyOutcome:
+def run_study(spec: StudySpec, *, progress: bool = True, verbose: bool = False,
+              out: TextIO = sys.stdout) -> StudyOutcome:
     """Run a whole study: data, cache, Ray Tune search, Parquet results, summary on `out`.
 
     Every value is checked before the study folder is created; the folder is then locked (one driver per
@@ -215,7 +227,7 @@ def run_study(spec: StudySpec, *, progress: bool = True, out: TextIO = sys.stdou
     from raysearch.search.signing import load_key
 
     load_key()
-    plan = _plan(spec, progress=progress, resuming=False)
+    plan = _plan(spec, progress=progress, resuming=False, verbose=verbose)
     with study_lock(plan.directory):
         _check_state(plan.name, plan.directory, resuming=False)
         return _search(plan, progress=progress, out=out)
@@ -231,7 +243,8 @@ def _search(plan: _Plan, *, progress: bool, out: TextIO) -> StudyOutcome:
     from raysearch.search.tuner import build_tuner, records_from
 
     spec, index, metric, mode = plan.spec, plan.index, plan.search.metric, plan.search.mode
-    with _connected(spec.address), _on_cluster(plan) as (plan, concurrency, cluster_gpus):
+    quiet = plan.search.verbosity == 0
+    with _connected(spec.address, quiet=quiet), _on_cluster(plan) as (plan, concurrency, cluster_gpus):
         plan_lines = device_plan(plan.trial.shape, min(concurrency, spec.trials), cluster_gpus)
         print("\n".join(plan_lines), file=out, flush=True)
         write_table_atomic(issues_table(index.issues), StudyFolder(plan.directory).data_issues_file)
@@ -259,7 +272,8 @@ def _search(plan: _Plan, *, progress: bool, out: TextIO) -> StudyOutcome:
         started = time.perf_counter()
         tuner = build_tuner(plan.space, plan.search, plan.trial, concurrency)
         sign_tuner(experiment_dir(plan.directory, plan.name))
-        grid = tuner.fit()
+        with _tune_console(quiet):
+            grid = tuner.fit()
         search_seconds = time.perf_counter() - started
         _require_finished(grid, plan, search_seconds)
         records = records_from(grid, Path(plan.trial.storage_path))
@@ -298,9 +312,10 @@ def _restore(plan: _Plan, address: str | None, *, progress: bool, out: TextIO) -
     """Continue the interrupted Ray Tune search of `plan` and finish its results."""
     from raysearch.search.tuner import records_from, restore_tuner
 
-    with _connected(address), _on_cluster(plan) as (plan, _, _):
+    with _connected(address, quiet=not progress), _on_cluster(plan) as (plan, _, _):
         started = time.perf_counter()
-        grid = restore_tuner(plan.search, plan.trial).fit()
+        with _tune_console(not progress):
+            grid = restore_tuner(plan.search, plan.trial).fit()
         search_seconds = time.perf_counter() - started
         _require_finished(grid, plan, search_seconds)
         records = records_from(grid, Path(plan.trial.storage_path))
@@ -353,6 +368,7 @@ def _finish(plan: _Plan, records: list[TrialRecord], search_seconds: float, *, p
     exported = finish_study(plan.directory, progress=progress, out=out)
     if exported is not None:
         log_exported_model(plan.spec.log, plan.directory, plan.name, exported)
+    keep_checkpoints(plan.directory, plan.spec.keep_checkpoints)
     devices = plan.trial.workers * (plan.trial.gpus_per_worker or 1.0)
     outcome = StudyOutcome(plan.directory, table.to_pandas(), metric, mode, search_seconds,
                            trial_epochs=sum(len(r.epochs) for r in records),
@@ -361,26 +377,66 @@ def _finish(plan: _Plan, records: list[TrialRecord], search_seconds: float, *, p
     return outcome
 
 
-def print_summary(outcome: StudyOutcome, space: SearchSpace, out: TextIO, top: int = 5) -> None:
-    """The best trials as a short ranked table, the results folder and the dashboard command."""
-    frame = outcome.trials
-    score = score_column(outcome.metric)
-    ranked = rank_trials(frame, score, outcome.mode).head(top)
-    metric_columns = [c for c in ranked.columns if c.startswith("metric.val_") and c.endswith(".best") and c != score]
-    shown = ["trial_id", "status", "epochs", score, *metric_columns[:5], *[f"param.{p.name}" for p in space.parameters]]
-    table = ranked[[c for c in shown if c in ranked.columns]].rename(
+SUMMARY_WIDTH = 120  # the summary table's lines fit a terminal this wide
+
+
+def summary_table(frame: Any, space: SearchSpace, metric: str, mode: str, top: int = 5) -> str:
+    """The `top` best trials as a table at most SUMMARY_WIDTH wide: id, status, epochs, score, headline metrics,
+    then the parameters that any of them sampled (whole numbers as whole numbers); columns that do not fit are
+    left out (they are all in trials.parquet)."""
+    score = score_column(metric)
+    ranked = rank_trials(frame, score, mode).head(top)
+    metric_columns = [c for c in headline_columns(ranked.columns, "metric.val_") if c.endswith(".best") and c != score]
+    params = [f"param.{p.name}" for p in space.parameters if ranked.get(f"param.{p.name}") is not None
+              and ranked[f"param.{p.name}"].notna().any()]
+    shown = [c for c in ["trial_id", "status", "epochs", score, *metric_columns, *params] if c in ranked.columns]
+    table = ranked[shown].astype(object).map(lambda v: "-" if _missing(v) else _number(v)).rename(
         columns=lambda c: c.removeprefix("metric.").removesuffix(".best").removeprefix("param."))
+    text = table.to_string(index=False)
+    while len(text.splitlines()[0]) > SUMMARY_WIDTH and table.shape[1] > 4:
+        table = table.iloc[:, :-1]
+        text = table.to_string(index=False)
+    left_out = len(shown) - table.shape[1]
+    return text + (f"\n({left_out} more columns in trials.parquet)" if left_out else "")
+
+
+def _number(value: Any) -> Any:
+    """A value as printed: whole numbers without a decimal point, other floats to 4 significant digits."""
+    value = _plain(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.4g}"
+    return value
+
+
+def print_summary(outcome: StudyOutcome, space: SearchSpace, out: TextIO, top: int = 5) -> None:
+    """The best trials as a short ranked table, the results folder (and its size) and the dashboard command."""
+    frame = outcome.trials
     print(f"\nBest trials by {outcome.metric} ({outcome.mode}):", file=out)
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"), file=out)
+    print(summary_table(frame, space, outcome.metric, outcome.mode, top), file=out)
+    ranked = frame.sort_values(score_column(outcome.metric), ascending=outcome.mode == "min", na_position="last")
     if len(ranked):
         best = ranked.iloc[0]
-        values = {p.name: _plain(best.get(f"param.{p.name}")) for p in space.parameters}
+        values = {p.name: _typed(p, _plain(best.get(f"param.{p.name}"))) for p in space.parameters}
         params = {name: value for name, value in values.items() if not _missing(value)}
         print(f"\nBest configuration ({best['trial_id']}): {params}", file=out)
     print(f"\nSearch took {outcome.search_seconds:.0f} s; compute spent: {outcome.trial_epochs} trial-epochs, "
           f"{outcome.device_hours:.3g} device-hours (trial wall time x GPUs, or workers on CPUs, per trial). "
-          f"Results: {outcome.directory.resolve()}", file=out)
+          f"Results: {outcome.directory.resolve()} ({describe_size(folder_size(outcome.directory))})", file=out)
     print(f"Explore them: raysearch dashboard {outcome.directory.parent.resolve()}", file=out)
+
+
+def _typed(parameter: Any, value: Any) -> Any:
+    """A parameter's value as its distribution holds it (an integer read back from a float column as an int,
+    a categorical choice as the choice itself)."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if _missing(value):
+        return value
+    if isinstance(parameter.distribution, IntDistribution):
+        return int(value)
+    if isinstance(parameter.distribution, CategoricalDistribution):
+        return next((choice for choice in parameter.distribution.choices if choice == value), value)
+    return value
 
 
 def _plain(value: Any) -> Any:

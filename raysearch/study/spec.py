@@ -19,6 +19,7 @@ from raysearch.data.splits import SPLIT_POLICIES
 from raysearch.data.table import parse_columns
 from raysearch.errors import ConfigError
 from raysearch.search.choices import SCHEDULERS, SEARCHERS
+from raysearch.study.retention import DEFAULT_KEEP, parse_keep
 
 VERSIONED_PACKAGES = ("raysearch", "ray", "torch", "torchvision", "timm", "segmentation-models-pytorch", "optuna",
                       "pyarrow", "opencv-python-headless", "numpy")
@@ -27,7 +28,7 @@ MAX_SEED = 2**32 - 1
 AUTO = "auto"
 DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
 MAX_STEM = 60  # of the space file's name, in a derived study name
-RUNTIME_FIELDS = ("name", "results", "address", "concurrency", "wait_for_nodes", "log")
+RUNTIME_FIELDS = ("name", "results", "address", "concurrency", "wait_for_nodes", "log", "keep_checkpoints")
 
 
 def flag(help: str, **argparse_options: Any) -> dict[str, Any]:
@@ -116,6 +117,9 @@ class StudySpec:
     log: tuple[str, ...] = field(default=(), metadata=flag(
         "track the study in mlflow, wandb or tensorboard (repeat the flag or give a comma list); MLflow goes to "
         "$MLFLOW_TRACKING_URI, else to STUDY/mlflow/", action="append", metavar="BACKEND"))
+    keep_checkpoints: str = field(default=DEFAULT_KEEP, metadata=flag(
+        "once the study ends: every trial keeps its best weights, the K best trials everything (optimizer state "
+        "included); best: none keeps more; all: nothing removed", metavar="best|top-K|all"))
 
     def __post_init__(self) -> None:
         from raysearch.search.tracking import parse_loggers
@@ -161,6 +165,7 @@ class StudySpec:
         if self.epoch_budget is not None and self.epoch_budget < 1:
             raise ConfigError(f"--epoch-budget: must be at least 1, got {self.epoch_budget}")
         self.budget_seconds()
+        parse_keep(self.keep_checkpoints)
         self.splits()
         parse_columns(self.columns)
 

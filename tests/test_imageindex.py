@@ -1,0 +1,157 @@
+"""The image index (decode once, keyed by path, size and mtime), the OpenCV perceptual hash, and the indexed
+near-duplicate search against the all-pairs one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from raysearch.core.layout import image_index_file
+from raysearch.data import imageindex
+from raysearch.data.cache import dataset_fingerprint
+from raysearch.data.imageindex import image_facts
+from raysearch.data.images import read_grey
+from raysearch.data.samples import DatasetIndex, Sample
+from raysearch.data.sources import near_pairs
+
+
+def all_pairs(a: np.ndarray, b: np.ndarray, limit: int = 32) -> list[tuple[int, int, int]]:
+    """The reference: every pair compared."""
+    distance = np.bitwise_count(a[:, None, :] ^ b[None, :, :]).sum(axis=2)
+    return [(int(i), int(j), int(distance[i, j])) for i, j in zip(*np.nonzero(distance <= limit), strict=True)]
+
+
+def _told(facts: list[imageindex.ImageFacts]) -> list[tuple]:
+    """Everything the index tells of each image, comparable."""
+    return [(f.file_digest, None if f.pixels is None else (f.pixels.width, f.pixels.height, f.pixels.channels,
+                                                          f.pixels.content, f.pixels.phash.tobytes()))
+            for f in facts]
+
+
+def _rewrite(path: Path, image: np.ndarray) -> None:
+    """Write new pixels into an image file, its mtime a second later (whatever the file system's resolution)."""
+    stamp = os.stat(path).st_mtime_ns
+    cv2.imwrite(str(path), image)
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> list[Path]:
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data" / "train" / "images"
+    folder.mkdir(parents=True)
+    paths = []
+    for i in range(6):
+        noise = cv2.resize(rng.random((8, 8)), (48, 40), interpolation=cv2.INTER_CUBIC)
+        paths.append(folder / f"{i}.png")
+        cv2.imwrite(str(paths[-1]), (noise.clip(0, 1) * 255).astype(np.uint8))
+    (folder / "broken.png").write_bytes(b"not an image")
+    return [*paths, folder / "broken.png"]
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every image the index decodes (a spy around the real decoder)."""
+    seen: list[Path] = []
+    real = imageindex.read_image
+
+    def spy(path: Path) -> np.ndarray | None:
+        seen.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(imageindex, "read_image", spy)
+    return seen
+
+
+def test_a_second_pass_over_unchanged_images_decodes_nothing_and_a_changed_image_is_decoded_again(
+        images: list[Path], decodes: list[Path], tmp_path: Path) -> None:
+    index = image_index_file(tmp_path / "results", tmp_path / "data")
+    first = image_facts(images, index, progress=False)
+    assert len(decodes) == len(images) and index.is_file()
+    assert first[-1].pixels is None and first[0].pixels is not None
+    assert (first[0].pixels.width, first[0].pixels.height, first[0].pixels.channels) == (48, 40, 1)
+    decodes.clear()
+    assert _told(image_facts(images, index, progress=False)) == _told(first)
+    assert decodes == []
+    changed = cv2.imread(str(images[2]), cv2.IMREAD_UNCHANGED)
+    _rewrite(images[2], 255 - changed)
+    again = image_facts(images, index, progress=False)
+    assert decodes == [images[2]]
+    assert again[2].file_digest != first[2].file_digest and again[2].pixels.content != first[2].pixels.content
+    assert [f for i, f in enumerate(_told(again)) if i != 2] == [f for i, f in enumerate(_told(first)) if i != 2]
+
+
+def test_the_fingerprint_reads_digests_from_the_index_and_follows_a_changed_file(
+        images: list[Path], decodes: list[Path], tmp_path: Path) -> None:
+    dataset = DatasetIndex(tmp_path / "data", "folders", ["a"], [Sample(p, "train", 0) for p in images[:-1]])
+    index = image_index_file(tmp_path / "results", dataset.root)
+    unindexed = dataset_fingerprint(dataset)
+    assert dataset_fingerprint(dataset, index, progress=False) == unindexed
+    decodes.clear()
+    assert dataset_fingerprint(dataset, index, progress=False) == unindexed and decodes == []
+    _rewrite(images[0], np.zeros((40, 48), np.uint8))
+    assert dataset_fingerprint(dataset, index, progress=False) != unindexed and decodes == [images[0]]
+
+
+@pytest.fixture(scope="module")
+def real_hashes(real_dataset: Path) -> tuple[list[Path], np.ndarray]:
+    paths = sorted(real_dataset.rglob("*.jpg"))
+    facts = image_facts(paths, None, progress=False)
+    return paths, np.stack([f.pixels.phash for f in facts])
+
+
+def test_the_opencv_hash_is_imagehash_s_phash_bit_for_bit_on_the_real_set(
+        real_hashes: tuple[list[Path], np.ndarray]) -> None:
+    imagehash = pytest.importorskip("imagehash")
+    from PIL import Image
+
+    paths, hashes = real_hashes
+    for path, ours in list(zip(paths, hashes, strict=True))[::3]:
+        grey, _ = read_grey(path)  # the 8-bit grey the index hashes (raysearch.data.images)
+        theirs = np.packbits(imagehash.phash(Image.fromarray(grey), hash_size=16).hash).view(np.uint64)
+        assert np.array_equal(theirs, ours), path
+
+
+def test_the_indexed_search_finds_the_all_pairs_pairs_on_the_real_set(
+        real_hashes: tuple[list[Path], np.ndarray]) -> None:
+    _, hashes = real_hashes
+    expected = all_pairs(hashes, hashes)
+    assert len(expected) > len(hashes) + 300  # the export's augmented copies are near-duplicates of each other
+    assert near_pairs(hashes, hashes) == expected
+    assert near_pairs(hashes[:500], hashes[500:]) == all_pairs(hashes[:500], hashes[500:])
+
+
+@pytest.mark.parametrize("segments", [None, 33, 12])
+def test_the_indexed_search_finds_every_planted_duplicate_at_every_distance(segments: int | None) -> None:
+    rng = np.random.default_rng(1)
+    bits = rng.integers(0, 2, size=(600, 256), dtype=np.uint8)
+    for row, flips in enumerate(range(0, 40)):  # copies of rows 0-39 at 0 to 39 bits, in rows 300-339
+        copy = bits[row].copy()
+        copy[rng.choice(256, flips, replace=False)] ^= 1
+        bits[300 + row] = copy
+    hashes = np.packbits(bits, axis=1).view(np.uint64)
+    expected = all_pairs(hashes, hashes)
+    planted = {(row, 300 + row) for row in range(33)}
+    assert planted <= {(i, j) for i, j, _ in expected}
+    assert near_pairs(hashes, hashes, segments=segments) == expected
+    assert near_pairs(hashes[:300], hashes[300:], segments=segments) == all_pairs(hashes[:300], hashes[300:])
+    assert near_pairs(hashes[:0], hashes) == []
+
+
+
+def test_a_search_s_import_closure_has_no_scipy() -> None:
+    """The GPU machine has no scipy: what `raysearch run` imports (CLI, study, search, trial, trainer, image
+    index, audit, evaluate) must not need it."""
+    modules = ["raysearch.cli", "raysearch.study.run", "raysearch.study.evaluate", "raysearch.search.tuner",
+               "raysearch.search.trial", "raysearch.training.trainer", "raysearch.data.imageindex",
+               "raysearch.data.audit"]
+    probe = f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\n" \
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'scipy', 'imagehash', 'pywt'}))"
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]"

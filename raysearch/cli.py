@@ -34,7 +34,7 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     run = commands.add_parser("run", help="run a hyperparameter search study", epilog=EXAMPLES,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("task", help="classification, regression, multitask or segmentation")
-    run.add_argument("--data", help="dataset folder or data.yaml (default: built-in phantom X-rays)")
+    run.add_argument("--data", help="dataset folder, data.yaml or labels .csv (default: built-in phantom X-rays)")
     run.add_argument("--space", help="search-space YAML (default: search_spaces/TASK.yaml)")
     run.add_argument("--name", help="study name (default: derived from task, space and settings)")
     run.add_argument("--results", default="raysearch-results", help="results root folder (default: %(default)s)")

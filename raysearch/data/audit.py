@@ -206,9 +206,9 @@ def _used_range(peak: int) -> str:
 
 
 def _patients(scan: Scan, pixels: list[Pixels | None]) -> list[str | None]:
-    """Each record's patient: the label table's, else the DICOM file's PatientID."""
-    return [r.sample.patient or (p.patient if p is not None else None) for r, p in zip(scan.records, pixels,
-                                                                                          strict=True)]
+    """Each record's patient: the DICOM file's PatientID, else the label table's."""
+    return [(p.patient if p is not None else None) or r.sample.patient
+            for r, p in zip(scan.records, pixels, strict=True)]
 
 
 def _count_patients(audit: Audit, scan: Scan, pixels: list[Pixels | None]) -> None:

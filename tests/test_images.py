@@ -320,3 +320,32 @@ def test_intensity_is_a_searchable_preprocessing_hyperparameter_in_the_cache_key
     window = preprocessing_of({**defaults({}), "intensity": "window"})
     minmax = preprocessing_of({**defaults({}), "intensity": "minmax"})
     assert cache_key("f" * 32, window) != cache_key("f" * 32, minmax)
+
+
+def test_model_predict_takes_dicom_files_folders_and_uint16_arrays(tmp_path: Path) -> None:
+    import json
+
+    from raysearch.inference.predict import PREDICTIONS_JSON, Model
+    from raysearch.inference.restore import build_model
+    from raysearch.tasks import create_task
+    from raysearch.training.hparams import defaults, preprocessing_of
+
+    task = create_task("classification")
+    hp = {**defaults(task.hyperparameters), "image_size": SIZE, "conv_layers": 2, "width": 8}
+    model = Model(task, build_model(task, hp, 2).eval(), ["a", "b"], preprocessing_of(hp), {})
+    folder = tmp_path / "new"
+    folder.mkdir()
+    write_dicom(folder / "one.dcm", _radiograph(), photometric="MONOCHROME1", window=(2000, 3000))
+    write_dicom(folder / "two", _radiograph(seed=1))  # no suffix: its DICM preamble makes it an image
+    cv2.imwrite(str(folder / "deep.png"), _radiograph(seed=2))
+    found = model.predict([folder, _radiograph(seed=3)], out=tmp_path / "out")
+    assert [Path(p.image).name for p in found] == ["deep.png", "one.dcm", "two", "array"]
+    assert all(p.ok and p.class_name in ("a", "b") for p in found)
+    assert [p.window.split(" (")[0] for p in found] == [
+        "percentile 0.5-99.5 %", "DICOM window centre 2000 width 3000, inverted", "DICOM full stored range",
+        "percentile 0.5-99.5 %"]
+    assert found[1].window.endswith("inverted (MONOCHROME1)")
+    written = json.loads((tmp_path / "out" / PREDICTIONS_JSON).read_text())
+    assert [w["window"] for w in written] == [p.window for p in found]
+    overlay = cv2.imread(found[1].overlay)
+    assert overlay.shape == (48, 64, 3) and overlay.std() > 20  # drawn on the windowed image, not a black one

@@ -174,9 +174,9 @@ def _used_range(peak: int) -> str:
 
 
 def _patients(scan: Scan, pixels: list[Pixels | None]) -> list[str | None]:
-    """Each record's patient: the label table's, else the DICOM file's PatientID."""
-    return [r.sample.patient or (p.patient if p is not None else None) for r, p in zip(scan.records, pixels,
-                                                                                          strict=True)]
+    """Each record's patient: the DICOM file's PatientID, else the label table's."""
+    return [(p.patient if p is not None else None) or r.sample.patient
+            for r, p in zip(scan.records, pixels, strict=True)]
 
 
 def _count_patients(audit: Audit, scan: Scan, pixels: list[Pixels | None]) -> None:
@@ -351,11 +351,12 @@ def _patient_summary(audit: Audit) -> list[str]:
     """Patients per split and the DICOM / bit-depth facts, when the dataset has any (nothing for 8-bit files)."""
     lines = []
     for split in SPLITS:
-        sections = ("bits_stored", "deep_ranges", "modality", "photometric")
+        sections = {"bits_stored": "bits stored", "deep_ranges": "over 8 bits by range", "modality": "modality",
+                    "photometric": "photometric"}
         if all(f.key == "8" for f in audit.rows("bits_stored")):
-            sections = sections[1:]
-        facts = [f"{section} " + ", ".join(f"{f.key} ×{f.value}" for f in audit.rows(section) if f.split == split)
-                 for section in sections if any(f.split == split for f in audit.rows(section))]
+            del sections["bits_stored"]
+        facts = [f"{label} " + ", ".join(f"{f.key} ×{f.value}" for f in audit.rows(section) if f.split == split)
+                 for section, label in sections.items() if any(f.split == split for f in audit.rows(section))]
         if audit.value("patients", "images", split):
             patients = audit.value("patients", "patients", split)
             facts.insert(0, f"{patients} patients, {audit.value('patients', 'images', split) / patients:.1f} images "
@@ -385,7 +386,9 @@ def format_audit(audit: Audit) -> str:
     warnings = audit.rows("class_warnings")
     lines += [f"  {f.class_name} in {f.split}: {f.detail}" for f in warnings]
     lines += ["  none"] if not warnings else []
-    lines += ["Image sizes and channels:", *_pixel_summary(audit), *_patient_summary(audit)]
+    lines += ["Image sizes and channels:", *_pixel_summary(audit)]
+    patients = _patient_summary(audit)
+    lines += ["Patients, DICOM attributes and bit depth:", *patients] if patients else []
     points = Counter()
     for f in audit.rows("polygons"):
         points[f.key] += f.value

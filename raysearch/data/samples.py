@@ -26,7 +26,7 @@ class Sample:
     folders); `polygon` is the 4-point regression target (4, 2) in canonical order, or None;
     `shapes` keeps every polygon of the image (used to rasterise fracture masks); `mask_path` points to
     a mask image when the dataset has one; `patient` is the patient (or group) a label table names (a DICOM
-    file's PatientID is read from the file: `raysearch.data.splits.patients_of`).
+    file's PatientID, read from the file, comes first: `raysearch.data.splits.patients_of`).
     """
 
     image_path: Path

@@ -108,14 +108,14 @@ def default_policy(index: DatasetIndex) -> str:
 
 
 def patients_of(samples: list[Sample]) -> list[str | None]:
-    """Each sample's patient: the label table's, else a DICOM file's PatientID, else None."""
+    """Each sample's patient: a DICOM file's PatientID, else the label table's, else None."""
     def patient(sample: Sample) -> str | None:
-        if sample.patient is not None or not is_dicom(sample.image_path):
+        if not is_dicom(sample.image_path):
             return sample.patient
         try:
-            return inspect_image(sample.image_path).patient
+            return inspect_image(sample.image_path).patient or sample.patient
         except ImageError:
-            return None
+            return sample.patient
 
     return [patient(s) for s in samples]
 

@@ -45,7 +45,7 @@ class StudySpec:
 
     task: str = field(metadata=flag("classification, regression, multitask or segmentation", positional=True))
     data: str | None = field(default=None, metadata=flag(
-        "dataset folder or data.yaml (default: the built-in phantom X-rays)"))
+        "dataset folder, data.yaml or labels .csv (default: the built-in phantom X-rays)"))
     space: str | None = field(default=None, metadata=flag("search-space YAML (default: search_spaces/TASK.yaml)"))
     name: str | None = field(default=None, metadata=flag(
         "study name (default: TASK-<hash> of task, space and settings, never a timestamp)"))

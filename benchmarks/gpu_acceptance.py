@@ -273,6 +273,16 @@ def dmon_figures(text: str) -> tuple[float, float, int]:
     return sum(window) / len(window), sum(sm == 0 for sm in window) / len(window), len(window)
 
 
+def stop(process: subprocess.Popen) -> None:
+    """End a monitor this script started: SIGTERM, then SIGKILL if it has not ended within 5 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def search_command(ctx: Context, task: str, name: str, trials: int, epochs: int, *options: str) -> list[str]:
     """`raysearch run TASK` on the acceptance data, results under --work, on this script's Ray instance."""
     return [sys.executable, "-m", "raysearch", "run", task, "--data", str(ctx.data), "--image-size",
@@ -295,8 +305,8 @@ def device_plan(output: str) -> str:
                 "no device plan printed")
 
 
-def packed_search(ctx: Context, log: Path, figures: Figures) -> None:
-    """A few trials sharing the GPU under `nvidia-smi dmon` (on the CPU: as many trials at once as fit)."""
+def packed_command(ctx: Context) -> list[str]:
+    """The packed search: all its trials at once, none stopped early, sharing the GPU (on the CPU: as many as fit)."""
     s = ctx.sizes
     if ctx.cpu:
         options = smoke_space(ctx, "classification")
@@ -304,8 +314,22 @@ def packed_search(ctx: Context, log: Path, figures: Figures) -> None:
         space = ctx.work / "packed-space.yaml"
         space.write_text(PACKED_SPACE.format(model=s.model, batch_size=s.batch_size))
         options = ["--space", str(space), "--trials-per-gpu", str(s.packed_trials)]
-    command = search_command(ctx, "classification", "packed", s.packed_trials, s.packed_epochs, *options,
-                             "--scheduler", "none", "--concurrency", str(s.packed_trials))
+    return search_command(ctx, "classification", "packed", s.packed_trials, s.packed_epochs, *options,
+                          "--scheduler", "none", "--concurrency", str(s.packed_trials))
+
+
+def real_search_command(ctx: Context, task: str, budget: int) -> list[str]:
+    """A search of `task` for `budget` seconds, packed as --trials-per-gpu says, else as the device plan chooses."""
+    s = ctx.sizes
+    packing = [] if ctx.trials_per_gpu is None else ["--trials-per-gpu", str(ctx.trials_per_gpu)]
+    return search_command(ctx, task, task, s.search_trials, s.search_epochs, *smoke_space(ctx, task),
+                          "--time-budget", f"{budget}s", *packing)
+
+
+def packed_search(ctx: Context, log: Path, figures: Figures) -> None:
+    """The packed search under `nvidia-smi dmon`: how busy it keeps the GPU."""
+    s = ctx.sizes
+    command = packed_command(ctx)
     smi = shutil.which("nvidia-smi")
     with ExitStack() as stack:
         monitor = None
@@ -317,8 +341,7 @@ def packed_search(ctx: Context, log: Path, figures: Figures) -> None:
             output = run_logged(command, log, ctx.cap("packed-search"))
         finally:
             if monitor is not None:
-                monitor.terminate()
-                monitor.wait(timeout=10)
+                stop(monitor)
         seconds = time.monotonic() - started
     if smi is None:
         absent = ("nvidia-smi not found", NA_ON_CPU if ctx.cpu else FAIL)
@@ -377,9 +400,7 @@ def real_search(task: str) -> Callable[[Context, Path, Figures], None]:
         if run_cap < s.min_search_s:
             raise StepError(f"only {share:.0f} s left for it (at least {s.min_search_s + s.evaluate_s:.0f} s)")
         budget = max(round(run_cap - s.search_overhead_s), 5)
-        packing = [] if ctx.trials_per_gpu is None else ["--trials-per-gpu", str(ctx.trials_per_gpu)]
-        output = run_logged(search_command(ctx, task, task, s.search_trials, s.search_epochs, *smoke_space(ctx, task),
-                                           "--time-budget", f"{budget}s", *packing), log, run_cap)
+        output = run_logged(real_search_command(ctx, task, budget), log, run_cap)
         study = ctx.work / "results" / task
         ran = len(pd.read_parquet(study / "trials.parquet"))
         seconds = time.monotonic() - started

@@ -59,6 +59,22 @@ def test_refusals_come_before_anything_is_written(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_the_gpu_run_s_own_commands_and_space_are_ones_raysearch_accepts(tmp_path: Path) -> None:
+    """What only the GPU run uses (the packed space, --trials-per-gpu, the default spaces), checked here."""
+    from raysearch.cli import build_parser
+    from raysearch.search.space import load_space
+    from raysearch.tasks import create_task
+    from raysearch.training.hparams import schema
+
+    ctx = acceptance.Context(False, tmp_path, tmp_path, tmp_path, acceptance.GPU_SIZES, 0.0, 2, "127.0.0.1:6379")
+    packed = build_parser().parse_args(acceptance.packed_command(ctx)[3:])
+    assert (packed.trials_per_gpu, packed.concurrency, packed.scheduler, packed.image_size) == (4, 4, "none", 224)
+    space = load_space(Path(packed.space), schema=schema(create_task("classification").hyperparameters))
+    assert space.fixed == {"model": "resnet18", "batch_size": 64}
+    search = build_parser().parse_args(acceptance.real_search_command(ctx, "multitask", 80)[3:])
+    assert (search.task, search.space, search.time_budget, search.trials_per_gpu) == ("multitask", None, "80s", 2)
+
+
 @pytest.mark.slow
 def test_the_cpu_smoke_run_fills_every_row_of_the_summary(tmp_path: Path) -> None:
     out = tmp_path / "out"

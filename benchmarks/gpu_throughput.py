@@ -14,12 +14,16 @@ noisy machine slows them alike. The last two lines are the ones scripts read:
     augment cost: <epoch time at augment 0.5 ÷ epoch time at augment 0, default precision>
     trial vs plain loop: <trial images/s ÷ plain-loop images/s, augment 0, default precision>
 
-    python benchmarks/gpu_throughput.py [--image-size 64] [--model vgg] [--batch-size 32] [--epochs 4]
+With `--json PATH`, the images/s of every setting and its ratio to the plain loop of its precision are also
+written there (benchmarks/gpu_acceptance.py reads them).
+
+    python benchmarks/gpu_throughput.py [--image-size 64] [--model vgg] [--batch-size 32] [--epochs 4] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import tempfile
@@ -30,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from raysearch.core.files import write_text_atomic
 from raysearch.data.cache import CachedDataset, dataset_fingerprint, ensure_cache, load_cache
 from raysearch.data.formats import load_dataset
 from raysearch.data.phantom import PhantomSpec, write_phantom
@@ -134,6 +139,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=4, help="epochs per setting (the first is not counted)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (a trial's default: 1 per CPU)")
+    parser.add_argument("--json", type=Path, help="also write every setting's images/s and ratio here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
@@ -163,6 +169,12 @@ def main() -> None:
                   f"  {images_per_s:9.1f} images/s  ÷ plain loop {images_per_s / rate[(precision, 'plain loop')]:5.2f}")
         print(f"augment cost: {rate[(default, 'trial, augment 0')] / rate[(default, 'trial, augment 0.5')]:.2f}")
         print(f"trial vs plain loop: {rate[(default, 'trial, augment 0')] / rate[(default, 'plain loop')]:.2f}")
+        if args.json is not None:
+            settings = [{"precision": precision, "setting": setting, "images_per_s": images_per_s,
+                         "vs_plain_loop": images_per_s / rate[(precision, "plain loop")]}
+                        for (precision, setting), images_per_s in rate.items()]
+            write_text_atomic(json.dumps({"device": f"{device} ({name})", "default_precision": default,
+                                          "settings": settings}, indent=1), args.json)
 
 
 if __name__ == "__main__":

@@ -323,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = handlers[args.command](args)
     except RaysearchError as error:
         print(f"raysearch: error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     except KeyboardInterrupt:
         print("raysearch: interrupted", file=sys.stderr)
         return 130

@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from raysearch.core.files import atomic_folder
+from raysearch.core.files import atomic_folder, require_space
 from raysearch.data.preprocess import Preprocessing, enhance, fit, placement
 from raysearch.data.samples import SPLITS, DataIssue, DatasetIndex, Sample
 from raysearch.data.suitability import mask_levels
@@ -30,6 +30,7 @@ from raysearch.errors import DataError
 
 CACHE_VERSION = 2
 META_FILE = "meta.json"  # what a complete cache entry holds beside its arrays
+ROW_BYTES = 8 * 4 + 8 + 1  # a sample's polygon (float32 x 8), label (int64) and split (int8) beside its pixels
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,11 @@ def process_sample(sample: Sample, config: Preprocessing) -> tuple[np.ndarray, n
 def build_cache(
     index: DatasetIndex, config: Preprocessing, directory: Path, *, progress: bool = True
 ) -> list[DataIssue]:
-    """Decode and preprocess every sample into `directory` (atomically); returns unreadable samples."""
+    """Decode and preprocess every sample into `directory` (atomically); returns unreadable samples.
+    StorageError, before any work, when the entry's size (known from the image count and size) does not fit."""
     from tqdm.auto import tqdm
+
+    require_space(directory.parent, cache_bytes(len(index.samples), config.image_size))
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         jobs = pool.map(lambda s: process_sample(s, config), index.samples)
@@ -139,11 +143,17 @@ def build_cache(
         "issues": [{"path": str(i.path), "message": i.message, "line": i.line} for i in issues],
         "preprocessing": config.cache_fields(),
     }
-    with atomic_folder(directory, keep_existing=True) as staging:
+    size = sum(a.nbytes for a in arrays.values())
+    with atomic_folder(directory, keep_existing=True, size=size) as staging:
         for name, array in arrays.items():
             np.save(staging / f"{name}.npy", array)
         (staging / META_FILE).write_text(json.dumps(meta))
     return issues
+
+
+def cache_bytes(images: int, image_size: int) -> int:
+    """The bytes a cache entry of `images` images at `image_size` px takes: a uint8 image and mask per image."""
+    return images * (2 * image_size * image_size + ROW_BYTES)
 
 
 def load_cache(directory: Path) -> CachedDataset:

@@ -28,6 +28,7 @@ from raysearch.search.space import SearchSpace, load_space
 from raysearch.search.tracking import log_exported_model, tracking_plan
 from raysearch.study.dataset import study_dataset
 from raysearch.study.lock import refuse_if_held, study_lock
+from raysearch.study.signals import reinstall, stop_signals
 from raysearch.study.spec import StudySpec, resolved_study
 from raysearch.tasks import create_task
 from raysearch.training.hparams import defaults, preprocessing_of, schema
@@ -158,6 +159,9 @@ def _connected(address: str | None) -> Iterator[None]:
     """Connected to the Ray cluster at `address`, or to a local instance started (and stopped) here; a
     caller already connected to Ray (a notebook, a benchmark running many studies) keeps its connection.
 
+    SIGTERM and SIGHUP are handled here again once connected (`ray.init` takes SIGTERM over, see
+    raysearch.study.signals).
+
     Ray Tune snapshots its experiment (trials, searcher) every EXPERIMENT_SNAPSHOT_S seconds instead of
     its default of at least 10: `raysearch resume` continues from the last snapshot, so a trial started
     after it would be sampled again rather than continued."""
@@ -165,6 +169,7 @@ def _connected(address: str | None) -> Iterator[None]:
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(EXPERIMENT_SNAPSHOT_S))
     with connected(address):
+        reinstall()
         yield
 
 
@@ -200,7 +205,7 @@ def run_study(spec: StudySpec, *, progress: bool = True, out: TextIO = sys.stdou
 
     load_key()
     plan = _plan(spec, progress=progress, resuming=False)
-    with study_lock(plan.directory):
+    with stop_signals(plan.directory), study_lock(plan.directory):
         _check_state(plan.name, plan.directory, resuming=False)
         return _search(plan, progress=progress, out=out)
 
@@ -272,7 +277,7 @@ def resume_study(study_dir: Path, *, address: str | None = None, wait_for_nodes:
     except (TypeError, KeyError) as error:
         raise ConfigError(f"{study_file}: spec: not a study description this raysearch reads ({error})") from None
     experiment = _signed_experiment(Path(study_dir), recorded, trust=trust)
-    with study_lock(Path(study_dir)):
+    with stop_signals(Path(study_dir)), study_lock(Path(study_dir)):
         _put_back_signed_state(Path(study_dir), experiment, out)
         plan = _plan(spec, progress=progress, resuming=True)
         if plan.name != recorded["name"] or plan.space.to_dict() != recorded["search_space"]:

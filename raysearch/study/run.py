@@ -68,6 +68,8 @@ def _add_cache_issues(index: DatasetIndex, cache: Path, on_error: str) -> None:
 def _space_for(spec: StudySpec, schema: Mapping[str, HParam]) -> tuple[SearchSpace, str]:
     path = spec.space_path()
     space = load_space(path, schema=schema)
+    for note in space.notes:
+        print(f"{path}: {note}")
     if space.task != spec.task:
         raise ConfigError(f"{path}: task: is {space.task!r}, but the study's task is {spec.task!r}")
     return space, path.read_text()

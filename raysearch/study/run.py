@@ -16,7 +16,7 @@ import yaml
 
 from raysearch.core.columns import score_column
 from raysearch.core.files import write_table_atomic, write_text_atomic
-from raysearch.core.layout import StudyFolder, experiment_dir
+from raysearch.core.layout import CONFIG_FILE, StudyFolder, experiment_dir
 from raysearch.data.cache import cache_issues, dataset_fingerprint, ensure_cache
 from raysearch.data.records import issues_table
 from raysearch.data.samples import DatasetIndex
@@ -25,7 +25,7 @@ from raysearch.data.suitability import check_task_data
 from raysearch.errors import ConfigError, DataError, StudyInterrupted
 from raysearch.search.results import epochs_table, trials_table
 from raysearch.search.space import SearchSpace, load_space
-from raysearch.search.tracking import log_exported_model, tracking_plan
+from raysearch.search.tracking import mlflow_tracking_uri, record_trial_outcomes, tracking_plan, trial_runs
 from raysearch.study.dataset import study_dataset
 from raysearch.study.lock import refuse_if_held, study_lock
 from raysearch.study.signals import reinstall, stop_signals
@@ -347,14 +347,28 @@ def _finish(plan: _Plan, records: list[TrialRecord], search_seconds: float, *, p
     write_table_atomic(epochs_table(records), folder.epochs_file)
     write_table_atomic(table, folder.trials_file)
     exported = finish_study(plan.directory, progress=progress, out=out)
-    if exported is not None:
-        log_exported_model(plan.spec.log, plan.directory, plan.name, exported)
+    _finish_tracking(plan, table.to_pandas(), exported)
     devices = plan.trial.workers * (plan.trial.gpus_per_worker or 1.0)
     outcome = StudyOutcome(plan.directory, table.to_pandas(), metric, mode, search_seconds,
                            trial_epochs=sum(len(r.epochs) for r in records),
                            device_hours=sum(r.wall_time_s for r in records) * devices / 3600)
     print_summary(outcome, plan.space, out)
     return outcome
+
+
+def _finish_tracking(plan: _Plan, trials: Any, exported: Path | None) -> None:
+    """With MLflow on: the exported model logged to its trial's run as a pyfunc model, then every trial's status
+    and best-epoch metrics (see raysearch.search.tracking)."""
+    if "mlflow" not in plan.spec.log:
+        return
+    from raysearch.inference.pyfunc import log_pyfunc_model
+
+    if exported is not None:
+        trial_id = yaml.safe_load((exported / CONFIG_FILE).read_text())["trial_id"]
+        run_id = trial_runs(plan.directory, plan.name).get(trial_id)
+        if run_id is not None:
+            log_pyfunc_model(mlflow_tracking_uri(plan.directory), run_id, exported)
+    record_trial_outcomes(plan.spec.log, plan.directory, plan.name, trials)
 
 
 def print_summary(outcome: StudyOutcome, space: SearchSpace, out: TextIO, top: int = 5) -> None:

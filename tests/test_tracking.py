@@ -176,3 +176,19 @@ def test_wandb_offline_runs_hold_every_trials_params_and_epochs(two_worker_study
         assert [step["epoch"] for step in run["history"]] == recorded["epoch"].tolist()
         assert [step["val_score"] for step in run["history"]] == pytest.approx(recorded["val_score"].tolist())
         assert [step["train_loss"] for step in run["history"]] == pytest.approx(recorded["train_loss"].tolist())
+
+
+@pytest.mark.slow
+def test_the_experiment_analysis_example_of_the_operations_page_runs_as_written(
+        tiny_study: TinyStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/operations.md's Ray example, from a working directory whose `raysearch-results` is the tiny study's."""
+    page = (Path(__file__).parents[1] / "docs" / "operations.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in page.split("```python\n")[1:] if "ExperimentAnalysis" in b]
+    assert len(blocks) == 1
+    (tmp_path / "raysearch-results").symlink_to(tiny_study.results)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {}
+    exec(blocks[0].replace("<study>", TINY_STUDY_NAME), namespace)
+    trials = pq.read_table(tiny_study.study / "trials.parquet").to_pandas()
+    assert namespace["best"].trial_id in set(trials["trial_id"])
+    assert namespace["checkpoint"] is not None

@@ -270,7 +270,7 @@ def resume_study(study_dir: Path, *, address: str | None = None, wait_for_nodes:
     study_file = StudyFolder(study_dir).study_file
     if not study_file.is_file():
         raise ConfigError(f"{study_dir}: no {study_file.name}, so not a study that `raysearch run` started")
-    recorded = yaml.safe_load(study_file.read_text())
+    recorded = StudyFolder(study_dir).read_study()
     try:
         runtime = {"results": str(Path(study_dir).parent), "address": address}
         if wait_for_nodes is not None:

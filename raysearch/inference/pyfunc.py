@@ -25,9 +25,8 @@ class ExportedModel(mlflow.pyfunc.PythonModel):
         """Load the exported folder that MLflow copied beside the pyfunc model."""
         self.model: Model = load_model(Path(context.artifacts[MODEL_ARTIFACT]))
 
-    def predict(self, context, model_input, params=None):
-        """Label `model_input` (see the module's docstring). Not annotated: MLflow 3 turns a `predict` type hint
-        into an input schema, and none fits both paths and a DataFrame."""
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+        """Label `model_input` (see the module's docstring)."""
         import pandas as pd
 
         if isinstance(model_input, pd.DataFrame):

@@ -118,10 +118,30 @@ def importance_study(frame: pd.DataFrame, distributions: Mapping[str, Any], scor
     return study
 
 
+FEW_TRIALS = 10   # below this many scored trials, importances and their ranking are mostly noise
+
+
+def importance_notice(frame: pd.DataFrame, score: str, *, include_pruned: bool = True) -> tuple[bool, str | None]:
+    """Whether importances can be computed from `frame`'s trials, and one line saying why not or warning that
+    they rest on too few trials (None when there are enough)."""
+    statuses = {"COMPLETED", "EARLY_STOPPED"} | ({"PRUNED"} if include_pruned else set())
+    scores = frame[frame["status"].isin(statuses)][score].dropna() if score in frame else pd.Series(dtype=float)
+    if len(scores) < 2:
+        return False, f"Importance needs at least two finished trials with a score; this study has {len(scores)}."
+    if scores.nunique() == 1:
+        return False, (f"All {len(scores)} scored trials have the same {score} ({scores.iloc[0]:.4g}): no "
+                       "hyperparameter explains a difference.")
+    if len(scores) < FEW_TRIALS:
+        return True, (f"Only {len(scores)} scored trials: importances and the parameters' ranking from so few are "
+                      f"mostly noise (about {FEW_TRIALS} or more are needed).")
+    return True, None
+
+
 def param_importances(frame: pd.DataFrame, distributions: Mapping[str, Any], score: str, mode: str, *,
                       evaluator: str = "fANOVA", include_pruned: bool = True, seed: int = 0) -> dict[str, float]:
     """Optuna's importance of each sampled hyperparameter for `score` (fANOVA or MeanDecreaseImpurity),
-    normalised to sum to 1; empty when fewer than two trials qualify."""
+    normalised to sum to 1; empty when fewer than two trials qualify or they all score the same (fANOVA fails
+    on zero variance)."""
     from optuna.importance import (
         FanovaImportanceEvaluator,
         MeanDecreaseImpurityImportanceEvaluator,
@@ -131,9 +151,9 @@ def param_importances(frame: pd.DataFrame, distributions: Mapping[str, Any], sco
     evaluators = {"fANOVA": FanovaImportanceEvaluator, "MeanDecreaseImpurity": MeanDecreaseImpurityImportanceEvaluator}
     if evaluator not in evaluators:
         raise ValueError(f"evaluator must be one of {', '.join(evaluators)}, got {evaluator!r}")
-    study = importance_study(frame, distributions, score, mode, include_pruned=include_pruned)
-    if len(study.trials) < 2:
+    if not importance_notice(frame, score, include_pruned=include_pruned)[0]:
         return {}
+    study = importance_study(frame, distributions, score, mode, include_pruned=include_pruned)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return dict(get_param_importances(study, evaluator=evaluators[evaluator](seed=seed)))

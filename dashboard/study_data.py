@@ -25,6 +25,7 @@ from raysearch.core.layout import (
     PREDICTIONS_FILE,
     STUDY_FILE,
     TRIALS_FILE,
+    StudyFolder,
     find_studies,
 )
 from raysearch.data.images import ImageError, read_grey
@@ -150,14 +151,38 @@ def load_study(root: Path, directory: Path) -> Study:
                  audit, audit_source, read_table(root, directory, ENSEMBLES_FILE))
 
 
+@st.cache_data(show_spinner=False, max_entries=4096)
+def _problem(directory: str, modified: tuple[float, ...]) -> str | None:
+    """Why a study folder cannot be read (one line naming the file and the field), None when it can."""
+    try:
+        StudyFolder(Path(directory)).check_readable()
+    except RaysearchError as error:
+        return str(error)
+    return None
+
+
+def _modified(directory: Path) -> tuple[float, ...]:
+    """The modification times of the files `_problem` reads (0 where absent), so its answer is cached until
+    they change."""
+    paths = (directory / STUDY_FILE, directory / TRIALS_FILE, directory / EPOCHS_FILE)
+    return tuple(p.stat().st_mtime if p.is_file() else 0.0 for p in paths)
+
+
 def studies(root: Path) -> tuple[list[Path], list[str]]:
-    """The study folders in the results root, and why any folder (a link pointing out of it) was refused."""
+    """The readable study folders in the results root, and one line for each folder refused: a link pointing out
+    of it, or a study whose study.yaml or Parquet tables are malformed (every other study stays usable)."""
     found, refused = [], []
     for study in find_studies(root):
         try:
-            found.append(inside(root, study))
+            directory = inside(root, study)
         except RaysearchError as error:
             refused.append(str(error))
+            continue
+        problem = _problem(str(directory), _modified(directory))
+        if problem is None:
+            found.append(directory)
+        else:
+            refused.append(f"unreadable study {directory.name}: {problem}")
     return found, refused
 
 

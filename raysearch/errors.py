@@ -17,8 +17,17 @@ class DataError(RaysearchError):
     """A dataset file is missing, unreadable or malformed."""
 
 
+class StorageError(RaysearchError):
+    """A place raysearch writes to is full, over quota, read-only or not writable by this user."""
+
+
 class StudyInterrupted(RaysearchError):
-    """The search stopped before every trial finished; its state is saved for `raysearch resume`."""
+    """The search stopped before every trial finished; its state is saved for `raysearch resume`. A study that a
+    signal stopped exits with 128 + the signal's number (143 for SIGTERM), as a process killed by it would."""
+
+    def __init__(self, message: str, *, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class NoTrialFinished(RaysearchError):

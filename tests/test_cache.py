@@ -7,7 +7,9 @@ import json
 import multiprocessing
 import re
 import shutil
+import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -15,9 +17,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import optuna
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from raysearch.core.files import staging_name
+from raysearch.core.files import staging_name, write_table_atomic
 from raysearch.data.cache import (
     META_FILE,
     build_cache,
@@ -32,7 +36,7 @@ from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.data.preprocess import Preprocessing
 from raysearch.data.records import issues_table
 from raysearch.data.samples import DatasetIndex, Sample
-from raysearch.errors import DataError
+from raysearch.errors import DataError, StorageError
 from raysearch.search.space import parse_space
 from raysearch.tasks import create_task
 from raysearch.training.hparams import defaults, preprocessing_of, schema
@@ -437,3 +441,68 @@ def test_a_killed_build_continues_where_it_stopped_and_ends_as_a_fresh_build(ind
     for name in ("images", "masks", "polygons", "labels", "splits"):
         assert np.array_equal(getattr(fresh, name), getattr(resumed, name), equal_nan=name == "polygons")
     assert fresh.paths == resumed.paths
+
+
+def _mount_tmpfs(mount: Path, options: str) -> None:
+    """Mount a tmpfs at `mount` (root only; the test is skipped where the machine does not allow mounts)."""
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs for the test; it and a `read-only` mount beside it that the test may add are unmounted after."""
+    mounts = [tmp_path / "disk", tmp_path / "read-only"]
+    try:
+        _mount_tmpfs(mounts[0], "size=1m")
+        yield mounts[0]
+    finally:
+        for mount in mounts:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
+
+
+def _fill(disk: Path, leave: int) -> None:
+    """Fill `disk` until `leave` bytes (rounded to its pages) are free."""
+    with open(disk / "filler", "wb") as filler:
+        filler.write(b"\0" * (shutil.disk_usage(disk).free - leave))
+
+
+def test_a_cache_that_cannot_fit_is_refused_before_preprocessing(index: DatasetIndex, small_disk: Path) -> None:
+    config = preprocessing_of({**defaults({}), "image_size": 32})
+    _fill(small_disk, 16 * 1024)
+    directory = small_disk / "cache" / cache_key(dataset_fingerprint(index), config)
+    with pytest.raises(StorageError, match=r"^.*cache: needs 0\.0334 MB but 0\.0164 MB is free") as refused:
+        build_cache(index, config, directory, progress=False)
+    assert "\n" not in str(refused.value)
+    assert not (small_disk / "cache").exists(), "nothing created"
+
+
+def test_a_disk_that_fills_during_a_cache_build_is_one_line_and_leaves_no_staging(index: DatasetIndex,
+                                                                               small_disk: Path) -> None:
+    """The estimate fits, the files' pages do not: numpy's short write (an OSError without errno) is one line."""
+    config = preprocessing_of({**defaults({}), "image_size": 32})
+    _fill(small_disk, 9 * 4096)
+    cache = small_disk / "cache"
+    cache.mkdir()
+    directory = cache / cache_key(dataset_fingerprint(index), config)
+    with pytest.raises(StorageError, match="cannot write: no space left on the device") as full:
+        build_cache(index, config, directory, progress=False)
+    assert str(full.value).startswith(str(directory)) and "\n" not in str(full.value)
+    assert list(cache.iterdir()) == [], "no staging folder left behind"
+
+
+def test_a_table_written_to_a_full_or_read_only_disk_is_one_line_and_keeps_the_old_file(small_disk: Path) -> None:
+    path = small_disk / "trials.parquet"
+    write_table_atomic(pa.table({"x": [1]}), path)
+    _fill(small_disk, 0)
+    big = pa.table({"x": np.random.default_rng(0).random(200_000)})
+    with pytest.raises(StorageError, match=f"^{path}: cannot write: no space left on the device"):
+        write_table_atomic(big, path)
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "trials.parquet"]
+    assert pq.read_table(path)["x"].to_pylist() == [1]
+    read_only = small_disk.parent / "read-only"
+    _mount_tmpfs(read_only, "size=1m,ro")
+    with pytest.raises(StorageError, match=f"^{read_only / 'trials.parquet'}: cannot write: read-only file system"):
+        write_table_atomic(big, read_only / "trials.parquet")

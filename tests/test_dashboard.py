@@ -253,3 +253,42 @@ def test_missing_images_one_notice_test_clean_beside_test_and_model_names(dashbo
     page(app, "views/tradeoffs.py")
     pareto = app.dataframe[0].value
     assert "model" in pareto.columns and set(pareto["model"]) == {"vgg"}
+
+
+@pytest.mark.slow
+def test_broken_studies_are_one_line_each_and_the_good_one_stays_usable(dashboard, tiny_study_copy) -> None:
+    """A truncated trials.parquet and a study.yaml whose search_space is a list, beside a good study: one sidebar
+    line each naming the file and the field, every page of the good study and "Compare every study" work; the
+    notebook API and evaluate give the same one-line DataError."""
+    from raysearch.errors import DataError
+    from raysearch.study.notebook import load_study
+
+    good = tiny_study_copy.study
+    truncated, malformed = tiny_study_copy.results / "truncated", tiny_study_copy.results / "malformed"
+    for broken in (truncated, malformed):
+        broken.mkdir()
+        for name in ("study.yaml", "trials.parquet", "epochs.parquet"):
+            (broken / name).write_bytes((good / name).read_bytes())
+    (truncated / "trials.parquet").write_bytes((good / "trials.parquet").read_bytes()[:200])
+    spec = yaml.safe_load((good / "study.yaml").read_text()) | {"search_space": ["lr", "width"]}
+    (malformed / "study.yaml").write_text(yaml.safe_dump(spec))
+
+    app = dashboard(tiny_study_copy.results)
+    notices = [e.value for e in app.sidebar.error]
+    assert notices == [
+        f"unreadable study malformed: {malformed / 'study.yaml'}: search_space: expected a mapping, got list "
+        "\"['lr', 'width']\"",
+        f"unreadable study truncated: {truncated / 'trials.parquet'}: not a readable Parquet file "
+        f"({notices[1].split('(', 1)[1]}"]
+    assert all("\n" not in notice for notice in notices)
+    assert app.selectbox(key="study").options == ["tiny"]
+    for path in PAGES:
+        page(app, path)
+    app = page(app, "views/leaderboard.py")
+    app.toggle(key="all-studies").set_value(True).run()
+    assert not app.exception and set(app.dataframe[0].value["study"]) == {"tiny"}
+
+    with pytest.raises(DataError, match=rf"^{truncated / 'trials.parquet'}: not a readable Parquet file"):
+        load_study(truncated)
+    with pytest.raises(DataError, match=rf"^{malformed / 'study.yaml'}: search_space: expected a mapping"):
+        load_study(malformed)

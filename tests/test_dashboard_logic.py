@@ -20,6 +20,7 @@ from raysearch.dashboard.logic import (
     filter_scope,
     filter_trials,
     hidden_notice,
+    importance_notice,
     importance_range,
     importance_study,
     log_grid,
@@ -250,3 +251,18 @@ def test_model_names_from_the_trials_or_the_fixed_space() -> None:
     sampled = frame.assign(**{"param.model": ["resnet18", None, "vgg", None]})
     assert model_names(sampled, STUDY).tolist() == ["resnet18", "vgg", "vgg", "vgg"]
     assert model_names(frame.drop(columns="param.model"), STUDY).tolist() == ["vgg"] * 4
+
+
+def test_importance_says_why_not_or_warns_with_too_few_or_equal_trials() -> None:
+    frame, score = trials(), "metric.val_score.best"
+    distributions = study_distributions(STUDY)
+    scored = frame[frame["status"].isin({"COMPLETED", "EARLY_STOPPED", "PRUNED"})][score].notna().sum()
+    possible, notice = importance_notice(frame, score)
+    assert possible and (notice is None) == (scored >= 10)
+    equal = frame.head(2).assign(**{score: 0.5, "status": "COMPLETED"})
+    assert importance_notice(equal, score) == (
+        False, f"All 2 scored trials have the same {score} (0.5): no hyperparameter explains a difference.")
+    assert param_importances(equal, distributions, score, "max") == {}   # fANOVA would fail on zero variance
+    few = frame.head(3).assign(status="COMPLETED")
+    assert importance_notice(few, score)[1].startswith("Only 3 scored trials: importances")
+    assert importance_notice(frame.head(1), score)[0] is False

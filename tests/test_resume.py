@@ -156,7 +156,10 @@ def test_trials_finished_before_the_driver_died_are_kept_on_resume(tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_the_first_trial_counts_no_finished_trial(tmp_path: Path) -> None:
+def test_sigterm_during_the_first_trial_stops_like_ctrl_c_then_resumes(tmp_path: Path) -> None:
+    """SIGTERM (what Slurm, Kubernetes and systemd send) goes the way of Ctrl-C: Tune ends the search after a
+    last signed snapshot, the lock is released, one line says how to resume, exit code 143; `resume` then
+    finishes every trial once, the interrupted one continuing from its checkpoint with the same parameters."""
     data = write_phantom(tmp_path / "phantom", PhantomSpec(train=480, val=16, test=8, image_size=128),
                          progress=False)
     results, study = tmp_path / "results", tmp_path / "results" / "stopped"
@@ -164,17 +167,33 @@ def test_ctrl_c_during_the_first_trial_counts_no_finished_trial(tmp_path: Path) 
     space.write_text(SPACE)
     command = [sys.executable, "-m", "raysearch", "run", "multitask", "--data", str(data), "--space", str(space),
                "--trials", "3", "--max-epochs", str(EPOCHS), "--image-size", "128", "--concurrency", "1",
-               "--results", str(results), "--name", "stopped", "--quiet"]
+               "--searcher", "random", "--seed", "5", "--results", str(results), "--name", "stopped", "--quiet"]
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment())
     try:
         train = study / "train"
         wait_for(lambda: driver.poll() is not None or (train.is_dir() and any(
             1 <= len(_checkpointed(study, f.name)) <= EPOCHS - 2 for f in train.iterdir())), 600, "the first trial")
-        driver.send_signal(signal.SIGINT)
+        driver.send_signal(signal.SIGTERM)
         _, stderr = driver.communicate(timeout=300)
     finally:
         if driver.poll() is None:
             driver.kill()
-    assert driver.returncode == 2, stderr[-3000:]
-    assert "study interrupted with 0 of 3 trials finished" in stderr
-    assert stderr.strip().splitlines()[-1].startswith("raysearch: error: study interrupted")
+    assert driver.returncode == 143, stderr[-3000:]
+    assert "SIGTERM received: stopping the study" in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last == (f"raysearch: error: SIGTERM: study interrupted with 0 of 3 trials finished; continue it with "
+                    f"`raysearch resume {study}`"), stderr[-3000:]
+    assert "SIGTERM received at time" not in stderr, "Ray's C++ handler did not abort the driver"
+    assert (study / "driver.lock").read_text() == "", "the lock is released (its record emptied)"
+    first = next(f.name for f in train.iterdir() if f.is_dir())
+    before = _checkpointed(study, first)
+
+    resumed = subprocess.run([sys.executable, "-m", "raysearch", "resume", str(study), "--quiet"],
+                             capture_output=True, text=True, env=_environment(), timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    trials = pq.read_table(study / "trials.parquet").to_pandas().set_index("trial_id")
+    epochs = pq.read_table(study / "epochs.parquet").to_pandas()
+    assert len(trials) == 3 and trials.index.is_unique
+    assert set(trials["status"]) <= {"COMPLETED", "PRUNED", "EARLY_STOPPED"}
+    assert epochs[epochs["trial_id"] == first]["epoch"].tolist()[:len(before)] == before
+    assert_optuna_matches_parquet(study)

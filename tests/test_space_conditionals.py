@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -86,3 +87,39 @@ def test_image_tasks_search_model_families_and_segmentation_its_encoders() -> No
     assert {c["architecture"] for c in segmentation} == {"unet", "unetplusplus", "fpn"}
     assert {"dice_focal", "dice_bce"} <= {c["seg_loss"] for c in segmentation}
     assert all("model" not in c and "conv_layers" not in c for c in segmentation)
+
+
+def _sampled_names(space: SearchSpace) -> set[str]:
+    """The parameters Optuna saw in any trial (not the fixed values)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    names: set[str] = set()
+    for _ in range(TRIALS):
+        trial = study.ask()
+        space.sample(trial)
+        study.tell(trial, 0.0)
+        names |= set(trial.params)
+    return names
+
+
+def test_a_fixed_value_satisfies_the_conditions_on_it_through_extends(tmp_path: Path) -> None:
+    """Fixing `model: vgg` over the default classification space pins the family: the VGG shape is searched in
+    every trial, the model never, and no parameter is dropped."""
+    pinned = tmp_path / "vgg.yaml"
+    pinned.write_text(f"extends: {SPACES / 'classification.yaml'}\nfixed: {{model: vgg}}\n")
+    space = load_space(pinned, schema=schema(create_task("classification").hyperparameters))
+    names = _sampled_names(space)
+    assert {"conv_layers", "pool_every", "width", "batch_norm"} <= names and "model" not in names
+    assert space.fixed["model"] == "vgg" and space.notes == ()
+    vgg_shape = next(p for p in space.parameters if p.name == "conv_layers")
+    assert dict(vgg_shape.when) == {}
+
+
+def test_a_fixed_value_that_rules_a_parameter_out_drops_it_with_a_note(tmp_path: Path) -> None:
+    pinned = tmp_path / "resnet.yaml"
+    pinned.write_text(f"extends: {SPACES / 'classification.yaml'}\nfixed: {{model: resnet18, clahe: false}}\n")
+    space = load_space(pinned, schema=schema(create_task("classification").hyperparameters))
+    names = _sampled_names(space)
+    assert not names & {"model", "conv_layers", "pool_every", "width", "batch_norm", "clahe", "clahe_clip"}
+    assert "parameters.conv_layers: not searched (fixed model: 'resnet18' is not among ['vgg'])" in space.notes
+    assert "parameters.clahe_clip: not searched (fixed clahe: False is not among [True])" in space.notes

@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import TinyStudy
+from conftest import TINY_STUDY_NAME, TinyStudy
 from test_cli import raysearch
 
 from raysearch.errors import ConfigError
@@ -58,15 +58,61 @@ def test_mlflow_holds_every_trials_params_epochs_and_the_exported_model(tiny_stu
     client = mlflow.MlflowClient(tracking_uri=uri)
     for trial_id, run in runs.iterrows():
         assert run["status"] == "FINISHED"
+        assert run[f"tags.{tracking.STATUS_TAG}"] == trials.loc[trial_id, "status"]
+        assert run["metrics.best.val_score"] == pytest.approx(trials.loc[trial_id, "metric.val_score.best"])
         assert float(run["params.lr"]) == pytest.approx(trials.loc[trial_id, "param.lr"])
         assert int(run["params.conv_layers"]) == trials.loc[trial_id, "param.conv_layers"]
         history = [m.value for m in client.get_metric_history(run["run_id"], "val_score")]
         assert history == pytest.approx(epochs[epochs["trial_id"] == trial_id]["val_score"].tolist())
+    assert str(tiny_study.study / "mlflow" / "artifacts") in runs.loc[exported_trial(tiny_study), "artifact_uri"]
 
-    exported = yaml.safe_load((tiny_study.study / "model" / "config.yaml").read_text())["trial_id"]
-    artifacts = {a.path for a in client.list_artifacts(runs.loc[exported, "run_id"], "model")}
-    assert artifacts == {"model/config.yaml", "model/weights.pt"}
-    assert str(tiny_study.study / "mlflow" / "artifacts") in runs.loc[exported, "artifact_uri"]
+
+def exported_trial(tiny_study: TinyStudy) -> str:
+    return yaml.safe_load((tiny_study.study / "model" / "config.yaml").read_text())["trial_id"]
+
+
+@pytest.mark.slow
+def test_the_exported_model_is_an_mlflow_pyfunc_model_that_predicts_like_raysearch_predict(
+        tiny_study: TinyStudy) -> None:
+    import mlflow
+    import pandas as pd
+
+    from raysearch.inference.predict import load_model
+
+    uri = yaml.safe_load((tiny_study.study / "study.yaml").read_text())["tracking"]["mlflow"]
+    mlflow.set_tracking_uri(uri)
+    run_id = tracking.trial_runs(tiny_study.study, TINY_STUDY_NAME)[exported_trial(tiny_study)]
+    images = [str(p) for p in sorted((tiny_study.data / "test" / "images").iterdir())[:3]]
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    found = pyfunc.predict(pd.DataFrame({"image": images}))
+    expected = [p.to_dict() for p in load_model(tiny_study.study / "model").predict(images)]
+    assert found["image"].tolist() == [p["image"] for p in expected]
+    assert found["class_name"].tolist() == [p["class_name"] for p in expected]
+    assert found["probability"].tolist() == pytest.approx([p["probability"] for p in expected])
+    assert [list(p) for p in found["polygon"]] == [pytest.approx(p["polygon"]) for p in expected]
+
+
+def test_trial_outcomes_tag_each_run_with_its_status_and_best_metrics(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real MLflow store: the runs Tune's callback made get trials.parquet's status (FAILED as MLflow's own)."""
+    import mlflow
+    import pandas as pd
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = tracking.mlflow_tracking_uri(tmp_path)
+    (tmp_path / "mlflow").mkdir()
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("study")
+    for trial_id in ("t1", "t2", "t3"):
+        client.set_terminated(client.create_run(experiment, tags={"trial_name": trial_id}).info.run_id)
+    trials = pd.DataFrame({"trial_id": ["t1", "t2", "t3"], "status": ["COMPLETED", "PRUNED", "FAILED"],
+                           "metric.val_score.best": [0.8, 0.4, float("nan")]})
+    tracking.record_trial_outcomes(("mlflow",), tmp_path, "study", trials)
+    runs = {r.data.tags["trial_name"]: r for r in client.search_runs([experiment])}
+    assert {t: r.data.tags[tracking.STATUS_TAG] for t, r in runs.items()} == {
+        "t1": "COMPLETED", "t2": "PRUNED", "t3": "FAILED"}
+    assert {t: r.info.status for t, r in runs.items()} == {"t1": "FINISHED", "t2": "FINISHED", "t3": "FAILED"}
+    assert runs["t2"].data.metrics == {"best.val_score": 0.4} and runs["t3"].data.metrics == {}
 
 
 # The layout of a W&B run's transaction log (`run-<id>.wandb`): a 7-byte header (":W&B", magic 0xBEE1, version 0),
@@ -130,3 +176,19 @@ def test_wandb_offline_runs_hold_every_trials_params_and_epochs(two_worker_study
         assert [step["epoch"] for step in run["history"]] == recorded["epoch"].tolist()
         assert [step["val_score"] for step in run["history"]] == pytest.approx(recorded["val_score"].tolist())
         assert [step["train_loss"] for step in run["history"]] == pytest.approx(recorded["train_loss"].tolist())
+
+
+@pytest.mark.slow
+def test_the_experiment_analysis_example_of_the_operations_page_runs_as_written(
+        tiny_study: TinyStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/operations.md's Ray example, from a working directory whose `raysearch-results` is the tiny study's."""
+    page = (Path(__file__).parents[1] / "docs" / "operations.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in page.split("```python\n")[1:] if "ExperimentAnalysis" in b]
+    assert len(blocks) == 1
+    (tmp_path / "raysearch-results").symlink_to(tiny_study.results)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {}
+    exec(blocks[0].replace("<study>", TINY_STUDY_NAME), namespace)
+    trials = pq.read_table(tiny_study.study / "trials.parquet").to_pandas()
+    assert namespace["best"].trial_id in set(trials["trial_id"])
+    assert namespace["checkpoint"] is not None

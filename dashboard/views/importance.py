@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from raysearch.dashboard.logic import (
     IMPORTANCE_EVALUATORS,
+    importance_notice,
     importance_range,
     parallel_dimensions,
     param_importances,
@@ -35,10 +36,13 @@ def importance_chart(study: Study) -> dict[str, float]:
     evaluator = left.radio("Evaluator", IMPORTANCE_EVALUATORS, horizontal=True, key="evaluator",
                            help="fANOVA (Hutter et al.) or a random forest's mean decrease in impurity, from Optuna")
     include_pruned = right.toggle("Count trials ASHA stopped (with their best score)", value=True, key="pruned")
+    possible, notice = importance_notice(study.trials, study.score_column, include_pruned=include_pruned)
+    if not possible:
+        no_data(notice)
+        return {}
+    if notice:
+        st.warning(notice, icon=":material/warning:")
     found = importances(study.trials, study.spec, study.score_column, study.mode, evaluator, include_pruned)
-    if not found:
-        no_data("Importance needs at least two finished trials with a score.")
-        return found
     frame = pd.DataFrame({"parameter": list(found), "importance": list(found.values())}).sort_values("importance")
     figure = px.bar(frame, x="importance", y="parameter", orientation="h", text_auto=".2f")
     figure.update_layout(height=max(240, 32 * len(frame)), margin={"t": 10}, yaxis_title="",
@@ -55,6 +59,10 @@ def parallel_chart(study: Study, found: dict[str, float]) -> None:
     varying = [c for c in trials.columns if c.startswith("param.") and trials[c].nunique(dropna=True) > 1]
     if trials.empty or not varying:
         no_data("No varying hyperparameters among the scored trials.")
+        return
+    if study.score_column in trials and trials[study.score_column].nunique() == 1:
+        no_data(f"All {len(trials)} scored trials have the same {study.metric}: the parameters cannot be told apart "
+                "by it.")
         return
     params = st.multiselect(f"Axes (the {AXES} most important first; add more)", varying,
                             default=top_parameters(found, varying, AXES), format_func=label,

@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +47,7 @@ from raysearch.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 DEFAULT_RESULTS = "raysearch-results"
 CACHE_DIR, AUDIT_DIR, IMAGE_INDEX_DIR = "cache", "audit", "images"
@@ -72,6 +73,64 @@ MAX_NAME = 100
 STUDY_NAME = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{MAX_NAME - 1}}}")  # one portable folder name, not hidden
 STUDY_KEYS = ("name", "task", "spec", "data", "search_space", "defaults", "scheduler", "searcher", "budget",
               "resources", "tracking", "seed", "versions")
+# The type of each study.yaml key that readers use, and of the fields inside the mappings they read.
+STUDY_TYPES: dict[str, type] = {"name": str, "task": str, "spec": dict, "data": dict, "search_space": dict,
+                                "defaults": dict, "scheduler": dict, "searcher": dict, "budget": dict}
+SCHEDULER_FIELDS: dict[str, type] = {"metric": str, "mode": str}
+# The columns each table's readers need (trials.parquet, epochs.parquet).
+TABLE_COLUMNS = {TRIALS_FILE: ("trial_id", "status"), EPOCHS_FILE: ("trial_id", "epoch")}
+
+
+def check_study(study: Any, path: Path) -> dict[str, Any]:
+    """`study` (study.yaml as parsed) when it has every key, each of its type; else a DataError naming `path` and
+    the field."""
+    missing = [key for key in STUDY_KEYS if not isinstance(study, dict) or key not in study]
+    if missing:
+        raise DataError(f"{path}: missing {', '.join(missing)} (not written by this raysearch)")
+    fields = [(key, study[key], kind) for key, kind in STUDY_TYPES.items()]
+    if isinstance(study["scheduler"], dict):
+        fields += [(f"scheduler.{key}", study["scheduler"].get(key), kind) for key, kind in SCHEDULER_FIELDS.items()]
+    for field, value, kind in fields:
+        if not isinstance(value, kind):
+            raise DataError(f"{path}: {field}: expected a {'mapping' if kind is dict else kind.__name__}, got "
+                            f"{type(value).__name__} {str(value)[:40]!r}")
+    return study
+
+
+def _unreadable(path: Path, error: Exception) -> DataError:
+    return DataError(f"{path}: not a readable Parquet file ({str(error).splitlines()[0][:120]})")
+
+
+def _require_columns(path: Path, names: Iterable[str]) -> None:
+    absent = [c for c in TABLE_COLUMNS.get(Path(path).name, ()) if c not in names]
+    if absent:
+        raise DataError(f"{path}: column {absent[0]}: missing (not written by this raysearch)")
+
+
+def read_parquet(path: Path) -> pa.Table:
+    """A study's Parquet file; DataError naming the file when it is not readable Parquet, or the column when one
+    its readers need (TABLE_COLUMNS) is missing."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as error:
+        raise _unreadable(path, error) from None
+    _require_columns(path, table.column_names)
+    return table
+
+
+def check_table(path: Path) -> None:
+    """DataError as `read_parquet` gives, reading the file's footer only."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+    except (pa.ArrowException, OSError) as error:
+        raise _unreadable(path, error) from None
+    _require_columns(path, names)
 
 
 def check_study_name(name: str, where: str) -> str:
@@ -240,30 +299,33 @@ class StudyFolder:
             study = yaml.safe_load(self.study_file.read_text())
         except yaml.YAMLError as error:
             raise DataError(f"{self.study_file}: not valid YAML ({str(error).splitlines()[0]})") from None
-        missing = [key for key in STUDY_KEYS if not isinstance(study, dict) or key not in study]
-        if missing:
-            raise DataError(f"{self.study_file}: missing {', '.join(missing)} (not written by this raysearch)")
-        return study
+        except (OSError, UnicodeDecodeError) as error:
+            raise DataError(f"{self.study_file}: cannot read ({error})") from None
+        return check_study(study, self.study_file)
+
+    def check_readable(self) -> None:
+        """DataError naming the file and the field when study.yaml or one of the study's Parquet tables is malformed
+        (the tables' footers only are read)."""
+        self.read_study()
+        for path in (self.trials_file, self.epochs_file):
+            if path.is_file():
+                check_table(path)
 
     def trial_row(self, trial_id: str) -> dict[str, Any]:
         """One trial's trials.parquet row, as Python values (None where a conditional parameter was unused)."""
-        import pyarrow.parquet as pq
-
         if not self.trials_file.is_file():
             raise DataError(f"{self.directory}: the study has no {TRIALS_FILE} yet (still running or interrupted)")
-        rows = {row["trial_id"]: row for row in pq.read_table(self.trials_file).to_pylist()}
+        rows = {row["trial_id"]: row for row in read_parquet(self.trials_file).to_pylist()}
         if trial_id not in rows:
             raise DataError(f"{self.directory}: no trial {trial_id} (trials: {', '.join(sorted(rows))})")
         return rows[trial_id]
 
     def ranked_trials(self, study: Mapping[str, Any] | None = None) -> pd.DataFrame:
         """The trials that did not fail, best first by the study's metric (a `rank` column added)."""
-        import pandas as pd
-
         study = self.read_study() if study is None else study
         if not self.trials_file.is_file():
             raise DataError(f"{self.directory}: the study has no {TRIALS_FILE} yet (still running or interrupted)")
-        frame = pd.read_parquet(self.trials_file)
+        frame = read_parquet(self.trials_file).to_pandas()
         metric, mode = study["scheduler"]["metric"], study["scheduler"]["mode"]
         return rank_trials(frame[frame["status"] != FAILED], score_column(metric), mode)
 

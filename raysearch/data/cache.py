@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from raysearch.core.files import atomic_folder, write_text_atomic
+from raysearch.core.files import atomic_folder, require_space, storage_error, write_text_atomic
 from raysearch.data.imageindex import file_digest, image_facts
 from raysearch.data.images import ImageError, read_grey
 from raysearch.data.preprocess import Preprocessing, enhance, fit, placement
@@ -35,6 +35,7 @@ CACHE_VERSION = 2
 META_FILE = "meta.json"  # what a complete cache entry holds beside its arrays
 PARTIAL_SUFFIX = ".partial"  # `<key>.partial/`: the arrays of a build in progress
 BUILD_CHUNK = 256  # samples a build decodes before it records them done: its memory, and what a kill loses
+ROW_BYTES = 8 * 4 + 8 + 1  # a sample's polygon (float32 x 8), label (int64) and split (int8) beside its pixels
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,12 @@ def _partial_arrays(partial: Path, count: int, side: int) -> dict[str, np.ndarra
         pass
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    return {name: np.lib.format.open_memmap(paths[name], mode="w+", dtype=dtype, shape=shape)
-            for name, (shape, dtype) in shapes.items()}
+    arrays = {name: np.lib.format.open_memmap(paths[name], mode="w+", dtype=dtype, shape=shape)
+              for name, (shape, dtype) in shapes.items()}
+    for path in paths.values():  # the pages up front: a full disk is ENOSPC here, not SIGBUS on a later write
+        with open(path, "r+b") as file:
+            os.posix_fallocate(file.fileno(), 0, os.fstat(file.fileno()).st_size)
+    return arrays
 
 
 def _stage(source: np.ndarray, rows: np.ndarray, path: Path) -> None:
@@ -160,12 +165,22 @@ def build_cache(
 
     The build streams: BUILD_CHUNK samples at a time are decoded (in parallel threads) into memory-mapped
     arrays in `<directory>.partial/`, which records after each chunk which samples are done, so memory stays
-    bounded whatever the dataset's size, and a build that was killed continues where it stopped."""
+    bounded whatever the dataset's size, and a build that was killed continues where it stopped. StorageError,
+    before any work, when the entry's size (known from the image count and size) does not fit."""
     from tqdm.auto import tqdm
+
+    require_space(directory.parent, cache_bytes(len(index.samples), config.image_size))
 
     samples = index.samples
     partial = directory.with_name(f"{directory.name}{PARTIAL_SUFFIX}")
-    arrays = _partial_arrays(partial, len(samples), config.image_size)
+    try:
+        arrays = _partial_arrays(partial, len(samples), config.image_size)
+    except OSError as error:
+        shutil.rmtree(partial, ignore_errors=True)
+        translated = storage_error(error, directory, cache_bytes(len(samples), config.image_size))
+        if translated is None:
+            raise
+        raise translated from None
     messages_file = partial / "issues.json"
     messages = {int(k): v for k, v in json.loads(messages_file.read_text()).items()} if messages_file.is_file() else {}
     todo = np.flatnonzero(~arrays["done"])
@@ -208,6 +223,11 @@ def build_cache(
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return issues
+
+
+def cache_bytes(images: int, image_size: int) -> int:
+    """The bytes a cache entry of `images` images at `image_size` px takes: a uint8 image and mask per image."""
+    return images * (2 * image_size * image_size + ROW_BYTES)
 
 
 def load_cache(directory: Path) -> CachedDataset:

@@ -13,14 +13,15 @@ fixed:
 
 `when` makes a parameter conditional: it is sampled only when every named parameter (defined above
 it) has one of the given values. The sampler is define-by-run, so Optuna sees exactly the parameters
-that a trial uses.
+that a trial uses. A condition may also name a fixed value: met, the condition holds for every trial;
+not met, the parameter (and any parameter conditioned on it) is dropped, with a note in `SearchSpace.notes`.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,7 @@ class SearchSpace:
     source: str = "<memory>"
     searcher: str | None = None
     scheduler: str | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -134,7 +136,7 @@ def _check_against(where: str, name: str, spec: dict[str, Any], hparam: HParam) 
         check_value({name: hparam}, name, spec[key], f"{where}.{key}")
 
 
-def _parse_parameter(where: str, name: str, spec: Any, earlier: dict[str, Parameter],
+def _parse_parameter(where: str, name: str, spec: Any, earlier: dict[str, Parameter], fixed: Mapping[str, Any],
                      hparam: HParam | None) -> Parameter:
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a mapping with 'type', got {spec!r}")
@@ -148,7 +150,7 @@ def _parse_parameter(where: str, name: str, spec: Any, earlier: dict[str, Parame
     missing = TYPE_KEYS[kind] - spec.keys()
     if missing:
         raise ConfigError(f"{where}: type {kind} needs {', '.join(sorted(missing))}")
-    when = _parse_when(f"{where}.when", spec.get("when", {}), earlier)
+    when = _parse_when(f"{where}.when", spec.get("when", {}), earlier, fixed)
     if hparam is not None:
         _check_against(where, name, spec, hparam)
     try:
@@ -176,12 +178,16 @@ def _parse_parameter(where: str, name: str, spec: Any, earlier: dict[str, Parame
     return Parameter(name, distribution, when)
 
 
-def _parse_when(where: str, when: dict, earlier: dict[str, Parameter]) -> dict[str, tuple[Any, ...]]:
+def _parse_when(where: str, when: dict, earlier: dict[str, Parameter],
+                fixed: Mapping[str, Any]) -> dict[str, tuple[Any, ...]]:
     parsed: dict[str, tuple[Any, ...]] = {}
     for name, allowed in when.items():
-        if name not in earlier:
-            raise ConfigError(f"{where}.{name}: condition on a parameter not defined above it")
         values = tuple(allowed) if isinstance(allowed, list) else (allowed,)
+        if name in fixed:
+            parsed[name] = values
+            continue
+        if name not in earlier:
+            raise ConfigError(f"{where}.{name}: condition on a parameter not defined above it (or fixed)")
         choices = getattr(earlier[name].distribution, "choices", None)
         bad = [v for v in values if choices is not None and v not in choices]
         if bad:
@@ -209,7 +215,8 @@ def parse_space(data: Any, *, source: str, schema: Mapping[str, HParam] | None =
         where = f"{source}: parameters.{name}"
         if schema is not None and name not in schema:
             raise ConfigError(f"{where}: unknown hyperparameter for task {data['task']}")
-        parameters[name] = _parse_parameter(where, name, spec, parameters, schema and schema[name])
+        parameters[name] = _parse_parameter(where, name, spec, parameters, fixed, schema and schema[name])
+    kept, notes = _apply_fixed(parameters, fixed)
     for name, value in fixed.items():
         if schema is not None and name not in schema:
             raise ConfigError(f"{source}: fixed.{name}: unknown hyperparameter for task {data['task']}")
@@ -223,8 +230,27 @@ def parse_space(data: Any, *, source: str, schema: Mapping[str, HParam] | None =
     for key, allowed in (("searcher", SEARCHERS), ("scheduler", SCHEDULERS)):
         if data.get(key) not in (None, *allowed):
             raise ConfigError(f"{source}: {key}: must be one of {', '.join(allowed)}, got {data[key]!r}")
-    return SearchSpace(data["task"], tuple(parameters.values()), dict(fixed), data.get("metric"), mode, source,
-                       data.get("searcher"), data.get("scheduler"))
+    return SearchSpace(data["task"], kept, dict(fixed), data.get("metric"), mode, source,
+                       data.get("searcher"), data.get("scheduler"), notes)
+
+
+def _apply_fixed(parameters: Mapping[str, Parameter], fixed: Mapping[str, Any]) -> tuple[tuple[Parameter, ...],
+                                                                                         tuple[str, ...]]:
+    """The parameters with their conditions on fixed values settled: a met one is removed from `when`, an unmet
+    one drops the parameter, and so does a condition on a dropped parameter; with a note for each dropped one."""
+    kept: list[Parameter] = []
+    dropped: set[str] = set()
+    notes: list[str] = []
+    for parameter in parameters.values():
+        unmet = [f"fixed {name}: {fixed[name]!r} is not among {list(allowed)}"
+                 for name, allowed in parameter.when.items() if name in fixed and fixed[name] not in allowed]
+        unmet += [f"{name} is not searched" for name in parameter.when if name in dropped]
+        if unmet:
+            dropped.add(parameter.name)
+            notes.append(f"parameters.{parameter.name}: not searched ({unmet[0]})")
+            continue
+        kept.append(replace(parameter, when={k: v for k, v in parameter.when.items() if k not in fixed}))
+    return tuple(kept), tuple(notes)
 
 
 def _read_yaml(path: Path) -> Any:

@@ -4,8 +4,10 @@
 calls it on the driver with every trial's config (params) and every epoch's result (metrics). MLflow goes
 to `MLFLOW_TRACKING_URI` when set, else to a local store inside the study folder (`mlflow/mlflow.db`, a
 SQLite file, with artifacts in `mlflow/artifacts/`: MLflow 3 refuses its plain-folder store by default).
-After the search, the exported best model (`<study>/model/`) is logged as an artifact of its trial's
-MLflow run.
+After the search, each trial's MLflow run gets the truth of trials.parquet: its status as the tag
+`raysearch.status` (COMPLETED, EARLY_STOPPED, PRUNED, FAILED; a FAILED trial's run also ends with MLflow's own
+FAILED status) and its best-epoch metrics as `best.<metric>` beside the per-epoch history; the exported best
+model (`<study>/model/`) is logged to its trial's run as an MLflow pyfunc model (raysearch.inference.pyfunc).
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from raysearch.core.layout import CONFIG_FILE, MLFLOW_ARTIFACTS, MLFLOW_DB, MLFLOW_DIR, RAY_DIR, WANDB_DIR
+from raysearch.core.columns import FAILED
+from raysearch.core.layout import MLFLOW_ARTIFACTS, MLFLOW_DB, MLFLOW_DIR, RAY_DIR, WANDB_DIR
 from raysearch.errors import ConfigError
 
 # backend -> the module it needs
 LOGGERS = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboardX"}
-MODEL_ARTIFACT = "model"
+STATUS_TAG = "raysearch.status"
+BEST_PREFIX = "best."   # MLflow metric name of a trial's best-epoch value of a metric
 
 
 def parse_loggers(values: str | Iterable[str]) -> tuple[str, ...]:
@@ -86,18 +90,43 @@ def logger_callbacks(loggers: Iterable[str], study_dir: Path, name: str) -> list
     return callbacks
 
 
-def log_exported_model(loggers: Iterable[str], study_dir: Path, name: str, model_dir: Path) -> None:
-    """Log the exported model folder as the `model` artifact of its trial's MLflow run (when MLflow is on)."""
-    if "mlflow" not in loggers:
-        return
+def trial_runs(study_dir: Path, name: str) -> dict[str, str]:
+    """The MLflow run id of each trial of the study `name` (by Tune's `trial_name` tag; the newest run of each)."""
     import mlflow
-    import yaml
 
-    trial_id = yaml.safe_load((model_dir / CONFIG_FILE).read_text())["trial_id"]
     client = mlflow.MlflowClient(tracking_uri=mlflow_tracking_uri(study_dir))
     experiment = client.get_experiment_by_name(name)
-    runs = [] if experiment is None else client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.trial_name = '{trial_id}'", max_results=1,
-        order_by=["attributes.start_time DESC"])
-    if runs:
-        client.log_artifacts(runs[0].info.run_id, str(model_dir), MODEL_ARTIFACT)
+    if experiment is None:
+        return {}
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    return {run.data.tags["trial_name"]: run.info.run_id for run in runs if "trial_name" in run.data.tags}
+
+
+def record_trial_outcomes(loggers: Iterable[str], study_dir: Path, name: str, trials: Any) -> None:
+    """Tag each trial's MLflow run with its status in `trials` (trials.parquet's pandas frame) and log its
+    best-epoch metrics (`metric.<m>.best` columns as `best.<m>`); a FAILED trial's run ends FAILED."""
+    if "mlflow" not in loggers:
+        return
+    import math
+    import time
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_tracking_uri(study_dir))
+    runs = trial_runs(study_dir, name)
+    best = [c for c in trials.columns if c.startswith("metric.") and c.endswith(".best")]
+    now = int(time.time() * 1000)
+    for record in trials.to_dict("records"):
+        run_id = runs.get(record["trial_id"])
+        if run_id is None:
+            continue
+        client.set_tag(run_id, STATUS_TAG, record["status"])
+        metrics = [mlflow.entities.Metric(BEST_PREFIX + c.removeprefix("metric.").removesuffix(".best"),
+                                          float(record[c]), now, 0)
+                   for c in best if isinstance(record[c], int | float) and not math.isnan(record[c])]
+        if metrics:
+            client.log_batch(run_id, metrics=metrics)
+        if record["status"] == FAILED:
+            client.set_terminated(run_id, status="FAILED")
+
+

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from raysearch.core.columns import score_column
-from raysearch.core.layout import CONFIG_FILE, TRIALS_FILE, StudyFolder
+from raysearch.core.layout import CONFIG_FILE, TRIALS_FILE, StudyFolder, read_parquet
 from raysearch.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -115,8 +115,8 @@ def load_study(path: str | Path) -> Study:
     if not folder.trials_file.is_file():
         raise DataError(f"{folder.directory}: no {TRIALS_FILE}: the study has not finished (running, or interrupted: "
                         f"`raysearch resume {folder.directory}`)")
-    epochs = pd.read_parquet(folder.epochs_file) if folder.epochs_file.is_file() else pd.DataFrame()
-    return Study(folder, description, pd.read_parquet(folder.trials_file), epochs)
+    epochs = read_parquet(folder.epochs_file).to_pandas() if folder.epochs_file.is_file() else pd.DataFrame()
+    return Study(folder, description, read_parquet(folder.trials_file).to_pandas(), epochs)
 
 
 def run(task: str, *, progress: bool = True, out: TextIO = sys.stdout, **options: Any) -> Study:

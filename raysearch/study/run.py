@@ -17,7 +17,7 @@ import yaml
 
 from raysearch.core.columns import FAILED, headline_columns, no_trial_finished, rank_trials, score_column
 from raysearch.core.files import check_writable_folder, inside, write_table_atomic, write_text_atomic
-from raysearch.core.layout import StudyFolder, check_study_name, experiment_dir
+from raysearch.core.layout import CONFIG_FILE, StudyFolder, check_study_name, experiment_dir
 from raysearch.data.cache import cache_issues, dataset_fingerprint, ensure_cache
 from raysearch.data.records import issues_table
 from raysearch.data.samples import DatasetIndex
@@ -26,10 +26,11 @@ from raysearch.data.suitability import check_task_data
 from raysearch.errors import ConfigError, DataError, NoTrialFinished, StudyInterrupted
 from raysearch.search.results import epochs_table, trials_table
 from raysearch.search.space import SearchSpace, load_space
-from raysearch.search.tracking import log_exported_model, tracking_plan
+from raysearch.search.tracking import mlflow_tracking_uri, record_trial_outcomes, tracking_plan, trial_runs
 from raysearch.study.dataset import study_dataset
 from raysearch.study.lock import refuse_if_held, study_lock
 from raysearch.study.retention import describe_size, folder_size, keep_checkpoints
+from raysearch.study.signals import reinstall, stop_signals
 from raysearch.study.spec import StudySpec, resolved_study
 from raysearch.tasks import create_task
 from raysearch.training.callbacks import Monitor
@@ -70,6 +71,8 @@ def _add_cache_issues(index: DatasetIndex, cache: Path, on_error: str) -> None:
 def _space_for(spec: StudySpec, schema: Mapping[str, HParam]) -> tuple[SearchSpace, str]:
     path = spec.space_path()
     space = load_space(path, schema=schema)
+    for note in space.notes:
+        print(f"{path}: {note}")
     if space.task != spec.task:
         raise ConfigError(f"{path}: task: is {space.task!r}, but the study's task is {spec.task!r}")
     return space, path.read_text()
@@ -179,6 +182,9 @@ def _connected(address: str | None, *, quiet: bool = False) -> Iterator[None]:
     """Connected to the Ray cluster at `address`, or to a local instance started (and stopped) here; a
     caller already connected to Ray (a notebook, a benchmark running many studies) keeps its connection.
 
+    SIGTERM and SIGHUP are handled here again once connected (`ray.init` takes SIGTERM over, see
+    raysearch.study.signals).
+
     Ray Tune snapshots its experiment (trials, searcher) every EXPERIMENT_SNAPSHOT_S seconds instead of
     its default of at least 10: `raysearch resume` continues from the last snapshot, so a trial started
     after it would be sampled again rather than continued."""
@@ -186,6 +192,7 @@ def _connected(address: str | None, *, quiet: bool = False) -> Iterator[None]:
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(EXPERIMENT_SNAPSHOT_S))
     with connected(address, quiet=quiet):
+        reinstall()
         yield
 
 
@@ -228,7 +235,7 @@ def run_study(spec: StudySpec, *, progress: bool = True, verbose: bool = False,
 
     load_key()
     plan = _plan(spec, progress=progress, resuming=False, verbose=verbose)
-    with study_lock(plan.directory):
+    with stop_signals(plan.directory), study_lock(plan.directory):
         _check_state(plan.name, plan.directory, resuming=False)
         return _search(plan, progress=progress, out=out)
 
@@ -293,7 +300,7 @@ def resume_study(study_dir: Path, *, address: str | None = None, wait_for_nodes:
     study_file = StudyFolder(study_dir).study_file
     if not study_file.is_file():
         raise ConfigError(f"{study_dir}: no {study_file.name}, so not a study that `raysearch run` started")
-    recorded = yaml.safe_load(study_file.read_text())
+    recorded = StudyFolder(study_dir).read_study()
     try:
         runtime = {"results": str(Path(study_dir).parent), "address": address}
         if wait_for_nodes is not None:
@@ -302,7 +309,7 @@ def resume_study(study_dir: Path, *, address: str | None = None, wait_for_nodes:
     except (TypeError, KeyError) as error:
         raise ConfigError(f"{study_file}: spec: not a study description this raysearch reads ({error})") from None
     experiment = _signed_experiment(Path(study_dir), recorded, trust=trust)
-    with study_lock(Path(study_dir)):
+    with stop_signals(Path(study_dir)), study_lock(Path(study_dir)):
         _put_back_signed_state(Path(study_dir), experiment, out)
         plan = _plan(spec, progress=progress, resuming=True, recorded=recorded)
         return _restore(plan, address, progress=progress, out=out)
@@ -366,8 +373,7 @@ def _finish(plan: _Plan, records: list[TrialRecord], search_seconds: float, *, p
     if all(status == FAILED for status in table.column("status").to_pylist()):
         raise NoTrialFinished(f"{plan.directory}: {no_trial_finished(table.to_pandas())}")
     exported = finish_study(plan.directory, progress=progress, out=out)
-    if exported is not None:
-        log_exported_model(plan.spec.log, plan.directory, plan.name, exported)
+    _finish_tracking(plan, table.to_pandas(), exported)
     keep_checkpoints(plan.directory, plan.spec.keep_checkpoints)
     devices = plan.trial.workers * (plan.trial.gpus_per_worker or 1.0)
     outcome = StudyOutcome(plan.directory, table.to_pandas(), metric, mode, search_seconds,
@@ -375,6 +381,21 @@ def _finish(plan: _Plan, records: list[TrialRecord], search_seconds: float, *, p
                            device_hours=sum(r.wall_time_s for r in records) * devices / 3600)
     print_summary(outcome, plan.space, out)
     return outcome
+
+
+def _finish_tracking(plan: _Plan, trials: Any, exported: Path | None) -> None:
+    """With MLflow on: the exported model logged to its trial's run as a pyfunc model, then every trial's status
+    and best-epoch metrics (see raysearch.search.tracking)."""
+    if "mlflow" not in plan.spec.log:
+        return
+    from raysearch.inference.pyfunc import log_pyfunc_model
+
+    if exported is not None:
+        trial_id = yaml.safe_load((exported / CONFIG_FILE).read_text())["trial_id"]
+        run_id = trial_runs(plan.directory, plan.name).get(trial_id)
+        if run_id is not None:
+            log_pyfunc_model(mlflow_tracking_uri(plan.directory), run_id, exported)
+    record_trial_outcomes(plan.spec.log, plan.directory, plan.name, trials)
 
 
 SUMMARY_WIDTH = 120  # the summary table's lines fit a terminal this wide

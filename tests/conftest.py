@@ -30,7 +30,10 @@ from pathlib import Path
 import pytest
 import ray  # imported once here, so that the guard below costs nothing per test (and forked runners inherit it)
 
+from raysearch.data.cache import CachedDataset, dataset_fingerprint, ensure_cache, load_cache
+from raysearch.data.formats import load_dataset
 from raysearch.data.phantom import PhantomSpec, write_phantom
+from raysearch.training.hparams import defaults, preprocessing_of
 
 STUDY_FIXTURES = frozenset({"tiny_study", "tiny_study_copy", "two_worker_study"})
 FAIL_ON_SKIP = "RAYSEARCH_FAIL_ON_SKIP"
@@ -135,6 +138,17 @@ def _run_tiny_study(root: Path, *options: str, environment: dict[str, str] | Non
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment)
     assert done.returncode == 0, f"tiny study failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     return TinyStudy(results, results / TINY_STUDY_NAME, data, done.stdout)
+
+
+def cached_phantom(factory: pytest.TempPathFactory, spec: PhantomSpec) -> CachedDataset:
+    """A phantom dataset of `spec` written and preprocessed (default preprocessing at its image size) under
+    `factory`'s temporary folders, memory-mapped as a trial reads it."""
+    root = write_phantom(factory.mktemp("phantom") / "data", spec, progress=False)
+    index = load_dataset(root)
+    preprocessing = preprocessing_of({**defaults({}), "image_size": spec.image_size})
+    directory, _ = ensure_cache(index, dataset_fingerprint(index), preprocessing, factory.mktemp("cache"),
+                                progress=False)
+    return load_cache(directory)
 
 
 def wandb_offline_environment(root: Path) -> dict[str, str]:

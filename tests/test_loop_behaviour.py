@@ -11,19 +11,19 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import cached_phantom
 from torch.nn import functional as F
 
 from raysearch.core.layout import BEST_FILE, EPOCH_STAGING_PREFIX, STATE_FILE, WEIGHTS_KEY
-from raysearch.data.cache import CachedDataset, dataset_fingerprint, ensure_cache, load_cache
-from raysearch.data.formats import load_dataset
-from raysearch.data.phantom import PhantomSpec, write_phantom
+from raysearch.data.cache import CachedDataset
+from raysearch.data.phantom import PhantomSpec
 from raysearch.inference.restore import build_model
 from raysearch.search.results import TrialRecord, trial_status
 from raysearch.tasks import create_task
 from raysearch.training.batches import make_batch
 from raysearch.training.callbacks import BestWeights, Callback, EarlyStopping, Fitting, Monitor, Reporting
 from raysearch.training.checkpoints import load_weights
-from raysearch.training.hparams import defaults, preprocessing_of
+from raysearch.training.hparams import defaults
 from raysearch.training.session import LocalSession
 from raysearch.training.trainer import LoopSettings, Trainer, train
 
@@ -32,12 +32,7 @@ TRAIN_IMAGES = 16  # phantom classes 3, 3, 3, 3, 2, 2: unequal, so inverse-frequ
 
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory: pytest.TempPathFactory) -> CachedDataset:
-    root = write_phantom(tmp_path_factory.mktemp("phantom") / "data", PhantomSpec(TRAIN_IMAGES, 8, 4, image_size=32),
-                         progress=False)
-    index = load_dataset(root)
-    directory, _ = ensure_cache(index, dataset_fingerprint(index), preprocessing_of({**defaults({}), "image_size": 32}),
-                                tmp_path_factory.mktemp("cache"), progress=False)
-    return load_cache(directory)
+    return cached_phantom(tmp_path_factory, PhantomSpec(TRAIN_IMAGES, 8, 4, image_size=32))
 
 
 def _hp(**changes: Any) -> dict[str, Any]:

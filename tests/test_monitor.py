@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import cached_phantom
 
 from raysearch.core.layout import StudyFolder
-from raysearch.data.cache import CachedDataset, cache_key, dataset_fingerprint, ensure_cache, load_cache
-from raysearch.data.formats import load_dataset
+from raysearch.data.cache import CachedDataset, cache_key, load_cache
 from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.inference.export import export_model
 from raysearch.inference.restore import restore_trial
@@ -44,12 +44,7 @@ fixed: {model: vgg, conv_layers: 2, width: 8, batch_size: 8, patience: 0}
 
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory: pytest.TempPathFactory) -> CachedDataset:
-    root = write_phantom(tmp_path_factory.mktemp("phantom") / "data", PhantomSpec(24, 8, 4, image_size=32),
-                         progress=False)
-    index = load_dataset(root)
-    directory, _ = ensure_cache(index, dataset_fingerprint(index), preprocessing_of({**defaults({}), "image_size": 32}),
-                                tmp_path_factory.mktemp("cache"), progress=False)
-    return load_cache(directory)
+    return cached_phantom(tmp_path_factory, PhantomSpec(24, 8, 4, image_size=32))
 
 
 def _hp(**changes: Any) -> dict[str, Any]:

@@ -22,9 +22,12 @@ LOWER_IS_BETTER = re.compile(r"(loss|apd|mse|mae|error|latency|params|time|epoch
 PER_CLASS = re.compile(r"_\d+(_\d+)?$")
 # An epoch record (epochs.parquet's row, Tune's result): the training loop's own keys beside its `val_*` metrics,
 # and those of them that describe the trial rather than measure the epoch (no `metric.*` column in trials.parquet).
+# `trial_best` is the study's metric at the trial's best epoch so far, beside the epoch's own value, so that Ray's
+# table, ResultGrid and TensorBoard can rank trials as raysearch does.
+BEST_SO_FAR = "trial_best"
 EPOCH_KEYS = ("epoch", "train_loss", "lr", "epoch_time_s", "params", "latency_ms", "stopped_early", "cache_hit",
-              "precision")
-BOOKKEEPING = frozenset({"epoch", "trial_id", "stopped_early", "params", "latency_ms"})
+              "precision", BEST_SO_FAR)
+BOOKKEEPING = frozenset({"epoch", "trial_id", "stopped_early", "params", "latency_ms", BEST_SO_FAR})
 VALIDATION_PREFIX = "val_"
 TEST_PREFIXES = ("test.", "test_clean.")  # the whole test split, and its subset without a source in train
 PAIRED_PREFIX = "paired."  # a runner-up against the best trial on the same test resamples

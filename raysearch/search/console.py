@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from typing import Any
 
-from raysearch.core.columns import is_per_class
+from raysearch.core.columns import BEST_SO_FAR, is_per_class
 
-SHOWN_ALWAYS = ("epoch", "time_total_s")
+SHOWN_ALWAYS = ("epoch", "time_total_s", BEST_SO_FAR)
 METRIC_PREFIXES = ("val_", "train_")
 
 

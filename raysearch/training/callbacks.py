@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from raysearch.core.columns import MODES
+from raysearch.core.columns import BEST_SO_FAR, MODES
 from raysearch.core.layout import BEST_FILE
 from raysearch.training.checkpoints import read_weights, save_weights
 from raysearch.training.session import Session
@@ -170,13 +170,14 @@ class BestWeights(Callback):
 class Reporting(Callback):
     """Reports each epoch's metrics and (rank 0) its checkpoint to the session, saying whether the epoch is the
     best so far by its monitor (a one-worker trial then hands Tune its best weights, see
-    raysearch.training.session)."""
+    raysearch.training.session), with that best value as `trial_best`."""
 
     def __init__(self, monitor: Monitor) -> None:
         self.best = Best(monitor)
 
     def on_validation_end(self, trainer: Fitting, metrics: dict[str, Any]) -> None:
         self.best.update(metrics)
+        metrics[BEST_SO_FAR] = math.nan if self.best.value is None else self.best.value
 
     def on_epoch_end(self, trainer: Fitting, end: EpochEnd) -> None:
         trainer.session.report(end.metrics, end.checkpoint, improved=self.best.improved)

@@ -245,3 +245,19 @@ def test_a_local_studys_ray_listens_on_loopback_only(failed_study: FailedStudy) 
     assert {"gcs_server", "raylet"} <= names, failed_study.listening  # Ray was seen while it ran
     exposed = [entry for entry in failed_study.listening if not _loopback(entry[1])]
     assert exposed == [], exposed
+
+
+def test_resume_on_changed_data_is_refused_before_any_cache_is_built(tmp_path: Path, phantom: Path) -> None:
+    from raysearch.study.run import _plan, _space_for
+    from raysearch.tasks import create_task
+    from raysearch.training.hparams import schema
+
+    spec = StudySpec(task="multitask", data=str(phantom), name="s", results=str(tmp_path / "results"))
+    experiment = tmp_path / "results" / "s" / "ray" / "s"
+    experiment.mkdir(parents=True)
+    (experiment / "tuner.pkl").write_bytes(b"")  # what Tuner.can_restore looks for (never unpickled here)
+    space, _ = _space_for(spec, schema(create_task("multitask").hyperparameters))
+    recorded = {"name": "s", "search_space": space.to_dict(), "data": {"fingerprint": "of-the-data-it-ran-on"}}
+    with pytest.raises(ConfigError, match="study.yaml: data.fingerprint: the dataset at .* changed since the study"):
+        _plan(spec, progress=False, resuming=True, recorded=recorded)
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["s"]  # no cache/ built

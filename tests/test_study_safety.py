@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 from raysearch.cli import main
 from raysearch.core.columns import FAILED, no_trial_finished
 from raysearch.data.phantom import write_phantom
-from raysearch.errors import ConfigError
+from raysearch.errors import ConfigError, DataError
 from raysearch.study.spec import StudySpec
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "dashboard"
@@ -261,3 +261,17 @@ def test_resume_on_changed_data_is_refused_before_any_cache_is_built(tmp_path: P
     with pytest.raises(ConfigError, match="study.yaml: data.fingerprint: the dataset at .* changed since the study"):
         _plan(spec, progress=False, resuming=True, recorded=recorded)
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["s"]  # no cache/ built
+
+
+def test_a_crafted_trial_id_cannot_name_a_path_outside_the_study(tmp_path: Path) -> None:
+    from raysearch.core.layout import StudyFolder
+    from raysearch.study.evaluate import PredictionFolder
+
+    folder = StudyFolder(tmp_path / "study")
+    assert folder.trial_dir("a1b2") == tmp_path / "study" / "train" / "a1b2"
+    with pytest.raises(DataError, match=r"\.\./\.\./escape: refused, the path lies outside the folder"):
+        folder.trial_dir("../../escape")  # a trial id read from a received trials.parquet
+    staging = tmp_path / "study" / ".predictions.tmp-1"
+    with pytest.raises(DataError, match="refused, the path lies outside the folder"):
+        PredictionFolder(staging, tmp_path / "study" / "predictions").target(Path("masks/../../../x-r0/1.png"))
+    assert not (tmp_path / "x-r0").exists()

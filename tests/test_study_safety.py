@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 from raysearch.cli import main
 from raysearch.core.columns import FAILED, no_trial_finished
 from raysearch.data.phantom import write_phantom
-from raysearch.errors import ConfigError
+from raysearch.errors import ConfigError, DataError
 from raysearch.study.spec import StudySpec
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "dashboard"
@@ -245,3 +245,33 @@ def test_a_local_studys_ray_listens_on_loopback_only(failed_study: FailedStudy) 
     assert {"gcs_server", "raylet"} <= names, failed_study.listening  # Ray was seen while it ran
     exposed = [entry for entry in failed_study.listening if not _loopback(entry[1])]
     assert exposed == [], exposed
+
+
+def test_resume_on_changed_data_is_refused_before_any_cache_is_built(tmp_path: Path, phantom: Path) -> None:
+    from raysearch.study.run import _plan, _space_for
+    from raysearch.tasks import create_task
+    from raysearch.training.hparams import schema
+
+    spec = StudySpec(task="multitask", data=str(phantom), name="s", results=str(tmp_path / "results"))
+    experiment = tmp_path / "results" / "s" / "ray" / "s"
+    experiment.mkdir(parents=True)
+    (experiment / "tuner.pkl").write_bytes(b"")  # what Tuner.can_restore looks for (never unpickled here)
+    space, _ = _space_for(spec, schema(create_task("multitask").hyperparameters))
+    recorded = {"name": "s", "search_space": space.to_dict(), "data": {"fingerprint": "of-the-data-it-ran-on"}}
+    with pytest.raises(ConfigError, match="study.yaml: data.fingerprint: the dataset at .* changed since the study"):
+        _plan(spec, progress=False, resuming=True, recorded=recorded)
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["s"]  # no cache/ built
+
+
+def test_a_crafted_trial_id_cannot_name_a_path_outside_the_study(tmp_path: Path) -> None:
+    from raysearch.core.layout import StudyFolder
+    from raysearch.study.evaluate import PredictionFolder
+
+    folder = StudyFolder(tmp_path / "study")
+    assert folder.trial_dir("a1b2") == tmp_path / "study" / "train" / "a1b2"
+    with pytest.raises(DataError, match=r"\.\./\.\./escape: refused, the path lies outside the folder"):
+        folder.trial_dir("../../escape")  # a trial id read from a received trials.parquet
+    staging = tmp_path / "study" / ".predictions.tmp-1"
+    with pytest.raises(DataError, match="refused, the path lies outside the folder"):
+        PredictionFolder(staging, tmp_path / "study" / "predictions").target(Path("masks/../../../x-r0/1.png"))
+    assert not (tmp_path / "x-r0").exists()

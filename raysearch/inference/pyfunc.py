@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import pandas as pd
 
 from raysearch.inference.predict import Model, load_model
 
@@ -25,13 +26,12 @@ class ExportedModel(mlflow.pyfunc.PythonModel):
         """Load the exported folder that MLflow copied beside the pyfunc model."""
         self.model: Model = load_model(Path(context.artifacts[MODEL_ARTIFACT]))
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
-        """Label `model_input` (see the module's docstring)."""
-        import pandas as pd
-
+    def predict(self, context: Any, model_input: list[str], params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Label `model_input` (see the module's docstring); MLflow may hand a DataFrame over as its rows (dicts)."""
         if isinstance(model_input, pd.DataFrame):
-            model_input = [str(path) for path in model_input["image"]]
-        return pd.DataFrame([p.to_dict() for p in self.model.predict(model_input)])
+            model_input = model_input.to_dict("records")
+        images = [str(item["image"]) if isinstance(item, dict) else item for item in model_input]
+        return pd.DataFrame([p.to_dict() for p in self.model.predict(images)])
 
 
 def log_pyfunc_model(tracking_uri: str, run_id: str, model_dir: Path, name: str = "model") -> None:

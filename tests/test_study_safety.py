@@ -175,15 +175,15 @@ def _listening(root: int) -> set[tuple[str, str, int]]:
 
 @pytest.fixture(scope="module")
 def failed_study(tmp_path_factory: pytest.TempPathFactory, phantom: Path) -> FailedStudy:
-    """`raysearch run` (local Ray) of a trial that fails (each of its 3 attempts), its processes' listening sockets
-    read meanwhile."""
+    """`raysearch run` (local Ray) of a trial that fails (no retry: `--max-failures 0`), its processes' listening
+    sockets read meanwhile."""
     root = tmp_path_factory.mktemp("failed-study")
     (root / "space.yaml").write_text(FAILING_SPACE)
     results = root / "results"
     environment = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     command = [sys.executable, "-m", "raysearch", "run", "multitask", "--data", str(phantom), "--space",
                str(root / "space.yaml"), "--trials", "1", "--max-epochs", "1", "--image-size", "32", "--results",
-               str(results), "--name", "failed", "--quiet"]
+               str(results), "--name", "failed", "--max-failures", "0", "--quiet"]
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=environment | {"RAY_USAGE_STATS_ENABLED": "0"})
     listening: set[tuple[str, str, int]] = set()

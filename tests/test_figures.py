@@ -12,7 +12,9 @@ from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, f1_score
 from torch import nn
 
 from raysearch.data.polygons import canonical_order
+from raysearch.errors import ConfigError
 from raysearch.models.ensemble import EnsembleNet, mirrored_polygons
+from raysearch.study.scoring import scoring_for
 from raysearch.tasks.bootstrap import ImageFigures, interval, paired, replicates, resample_counts
 from raysearch.tasks.metrics import operating_point, probability_metrics, surface_distances, youden_threshold
 
@@ -179,3 +181,17 @@ def test_mirrored_polygons_are_mapped_back_in_canonical_order() -> None:
     mirror = canonical_order(polygon * [-1, 1] + [1, 0])
     back = mirrored_polygons(torch.from_numpy(mirror.reshape(1, 8)))
     assert np.allclose(back.numpy().reshape(4, 2), canonical_order(polygon))
+
+
+def test_scoring_options_are_checked_and_default_to_the_second_class() -> None:
+    assert scoring_for(["negative", "positive"], seed=0).positive == 1
+    assert scoring_for(["fracture", "normal"], seed=0, positive_class="fracture").positive == 0
+    assert scoring_for(["a", "b", "c"], seed=0).positive is None
+    with pytest.raises(ConfigError, match="--positive-class: 'x' is not a class"):
+        scoring_for(["a", "b"], seed=0, positive_class="x")
+    with pytest.raises(ConfigError, match="--positive-class: the study has 3 classes"):
+        scoring_for(["a", "b", "c"], seed=0, positive_class="a")
+    with pytest.raises(ConfigError, match="--target-sensitivity: must be in"):
+        scoring_for(["a", "b"], seed=0, target_sensitivity=1.5)
+    with pytest.raises(ConfigError, match="--resamples: at least 100"):
+        scoring_for(["a", "b"], seed=0, resamples=10)

@@ -53,7 +53,7 @@ from raysearch.study import scoring
 from raysearch.study.dataset import study_dataset
 from raysearch.tasks import create_task
 from raysearch.tasks.base import Task, TaskContext
-from raysearch.tasks.bootstrap import Replicates, mean_replicates, resample_counts
+from raysearch.tasks.bootstrap import ImageFigures, Replicates, mean_replicates, resample_counts
 from raysearch.training.batches import make_batch
 from raysearch.training.callbacks import BestWeights, EarlyStopping, Monitor
 from raysearch.training.hparams import preprocessing_of
@@ -190,8 +190,8 @@ class Scorer:
     """Scores each model's predictions on the test split and on its clean subset, with one set of resamples per
     set of images (so that every model, repeat and ensemble is bootstrapped on the same draws)."""
 
-    def __init__(self, task: Task, scoring: scoring.Scoring) -> None:
-        self.task, self.scoring = task, scoring
+    def __init__(self, task: Task, rules: scoring.Scoring) -> None:
+        self.task, self.scoring = task, rules
         self.counts: dict[bytes, np.ndarray] = {}
 
     def threshold(self, model: Model, data: CachedDataset) -> float | None:
@@ -202,7 +202,7 @@ class Scorer:
         return scoring.threshold_on(_predict(self.task, model, data, val_rows), data.labels[val_rows], self.scoring)
 
     def score(self, model: Model, data: CachedDataset, rows: np.ndarray, test_rows: np.ndarray,
-              figures: scoring.ImageFigures) -> Scored:
+              figures: ImageFigures) -> Scored:
         """Figures on the usable images among `rows`; `figures` are the model's per-image ones on `test_rows`."""
         usable = self.task.usable(data, rows)
         metrics = _test_metrics(self.task, model, data, rows)
@@ -296,7 +296,7 @@ def _polygons(values: np.ndarray) -> list[list[float] | None]:
 
 def _prediction_columns(out: PredictionFolder, study: Mapping[str, Any], model: Model, data: CachedDataset,
                         predicted: dict[str, np.ndarray], rows: np.ndarray,
-                        figures: scoring.ImageFigures) -> dict[str, list[Any]]:
+                        figures: ImageFigures) -> dict[str, list[Any]]:
     """The predictions.parquet columns of one model, one entry per test image."""
     classes, n = data.classes, len(rows)
     labels = np.asarray(data.labels[rows])
@@ -491,6 +491,8 @@ def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epoch
         write_table_atomic(_with_test_columns(table, trial_results), folder.trials_file)
         if ensemble:
             write_table_atomic(_ensemble_table(results, members, tta), folder.ensembles_file)
+        if not ensemble:
+            folder.ensembles_file.unlink(missing_ok=True)  # an earlier ensemble's predictions were just replaced
     print(f"\nTest split ({repeats} repeat{'s' if repeats > 1 else ''} per trial; [95 % bootstrap interval], "
           f"{scorer.scoring.resamples} resamples):", file=out)
     print(_readable(results).to_string(index=False), file=out)

@@ -88,17 +88,19 @@ class Study:
         return Model.from_trial(self.directory, wanted)
 
     def export(self, formats: Sequence[str] = ("onnx", "torchscript"), *,
-               trial_id: str | None = None) -> dict[str, Path]:
-        """Export a trial (default: the best) to `model/` with its ONNX and TorchScript files; returns them."""
+               trial_id: str | None = None, ensemble: int = 0, tta: str = "none") -> dict[str, Path]:
+        """Export a trial (default: the best), or the ensemble of the `ensemble` best, to `model/` with its ONNX
+        and TorchScript files; returns them."""
         from raysearch.inference.export import export_study
 
-        return export_study(self.directory, formats, trial_id=trial_id)
+        return export_study(self.directory, formats, trial_id=trial_id, ensemble=ensemble, tta=tta)
 
-    def evaluate(self, *, top: int = 1, repeats: int = 1, progress: bool = False) -> pd.DataFrame:
-        """Test-split metrics of the `top` best trials (as `raysearch evaluate`); trials.parquet is updated."""
+    def evaluate(self, *, top: int = 1, repeats: int = 1, progress: bool = False, **options: Any) -> pd.DataFrame:
+        """Test-split metrics of the `top` best trials (as `raysearch evaluate`; `options`: `positive_class`,
+        `target_sensitivity`, `resamples`, `ensemble`, `tta`); trials.parquet is updated."""
         from raysearch.study.evaluate import evaluate_study
 
-        return evaluate_study(self.directory, top=top, repeats=repeats, progress=progress)
+        return evaluate_study(self.directory, top=top, repeats=repeats, progress=progress, **options)
 
     def __repr__(self) -> str:
         score = score_column(self.metric)

@@ -106,12 +106,14 @@ def auroc(weights: np.ndarray, scores: np.ndarray, positive: np.ndarray) -> np.n
     """Weighted one-vs-rest AUROC per resample: the weighted Mann–Whitney statistic, a tie counted ½ (as the
     trapezoidal ROC area of torchmetrics and scikit-learn); NaN where one side has no weight."""
     positive = np.asarray(positive, dtype=bool)
-    _, group = np.unique(scores, return_inverse=True)
-    levels = group.max() + 1 if len(group) else 0
-    onehot = np.zeros((len(scores), levels))
-    onehot[np.arange(len(scores)), group] = 1.0
-    pos = weights @ (onehot * positive[:, None])     # (B, levels) positive weight at each score level
-    neg = weights @ (onehot * ~positive[:, None])
+    if not len(scores):
+        return np.full(len(weights), np.nan)
+    order = np.argsort(scores, kind="stable")
+    ranked = np.asarray(scores)[order]
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])  # first image of each distinct score
+    sorted_weights, sorted_positive = weights[:, order], positive[order]
+    pos = np.add.reduceat(sorted_weights * sorted_positive, starts, axis=1)  # (B, levels) positive weight per score
+    neg = np.add.reduceat(sorted_weights * ~sorted_positive, starts, axis=1)
     below = np.cumsum(neg, axis=1) - neg              # negative weight strictly below each level
     wins = (pos * (below + 0.5 * neg)).sum(axis=1)
     return _ratio(wins, pos.sum(axis=1) * neg.sum(axis=1), np.nan)

@@ -64,7 +64,7 @@ def near_pairs(a: np.ndarray, b: np.ndarray, limit: int = NEAR_DUPLICATE_BITS,
             offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
             found.append(rows * len(b) + order[np.repeat(first, counts) + offsets])
     candidates = np.sort(np.concatenate(found))  # a sort: numpy 2.3's hashing np.unique is far slower here
-    candidates = candidates[np.concatenate(([True], candidates[1:] != candidates[:-1]))]
+    candidates = candidates[np.concatenate(([True], candidates[1:] != candidates[:-1]))[:len(candidates)]]
     i, j = candidates // len(b), candidates % len(b)
     distance = np.bitwise_count(a[i] ^ b[j]).sum(axis=1)
     close = distance <= limit

@@ -177,7 +177,7 @@ def _unshared(folder: Path, owner: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="1000,4000,16000", help="image counts, comma-separated")
+    parser.add_argument("--sizes", default="1000,4000,16000", help="image counts, comma-separated (\"\": none)")
     parser.add_argument("--side", type=int, default=2000, help="image width in px (height 1.25 x)")
     parser.add_argument("--image-size", type=int, default=224, help="the cache's image size")
     parser.add_argument("--study-trials", type=int, default=0, help="also run a study of this many trials")
@@ -187,7 +187,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     print(f"{platform.node()}: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
           f"{time.strftime('%Y-%m-%d %H:%M %Z')}; sets under {work}", flush=True)
-    measure([int(s) for s in args.sizes.split(",")], args.side, args.image_size, work)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    if sizes:
+        measure(sizes, args.side, args.image_size, work)
     if args.study_trials:
         study_disk(args.study_trials, work)
 

@@ -155,3 +155,8 @@ def test_a_search_s_import_closure_has_no_scipy() -> None:
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'scipy', 'imagehash', 'pywt'}))"
     found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert found.stdout.strip() == "[]"
+
+
+def test_hashes_with_no_pair_within_the_limit_give_no_pairs() -> None:
+    far = np.array([[0, 0, 0, 0], [2**64 - 1] * 4], dtype=np.uint64)
+    assert near_pairs(far[:1], far[1:]) == [] == all_pairs(far[:1], far[1:])

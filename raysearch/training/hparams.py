@@ -17,7 +17,7 @@ from typing import Any, get_args
 from raysearch.core.schema import HParam, checked, choice, defaults_of, flag, integer, real
 from raysearch.data.images import INTENSITIES
 from raysearch.data.preprocess import PRETRAINED, FilterName, Normalisation, Preprocessing, ResizeMode
-from raysearch.training.optim import OPTIMIZERS, SCHEDULERS
+from raysearch.training.optim import LR_SCHEDULERS, OPTIMIZERS
 
 CLASS_BALANCE = ("none", "weighted_loss", "sampler")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # auto: bf16 on a GPU that supports it, else fp32
@@ -45,7 +45,8 @@ MODEL_SCHEMA: dict[str, HParam] = {
 OPTIMISATION_SCHEMA: dict[str, HParam] = {
     "optimizer": choice("adam", OPTIMIZERS), "lr": real(1e-3, 0.0, low_open=True), "weight_decay": real(0.0, 0.0),
     "momentum": real(0.9, 0.0, 1.0, high_open=True), "batch_size": integer(32, 1),
-    "scheduler": choice("none", SCHEDULERS), "step_size": integer(3, 1), "gamma": real(0.5, 0.0, 1.0, low_open=True),
+    "scheduler": choice("none", tuple(LR_SCHEDULERS)), "step_size": integer(3, 1),
+    "gamma": real(0.5, 0.0, 1.0, low_open=True),
     "warmup_epochs": integer(0, 0), "plateau_patience": integer(2, 0), "patience": integer(0, 0),
 }
 _PREPROCESSING_DEFAULTS = Preprocessing()

@@ -7,9 +7,10 @@
 - `to_grey8(image, intensity)` maps a decoded image to the 8-bit grey the cache holds. An 8-bit file keeps its
   pixels exactly (`cv2.IMREAD_GRAYSCALE`); a deeper one is mapped by an intensity window (`INTENSITIES`):
   `window` is the DICOM file's own VOI (first window or VOI LUT sequence; its full stored range when it has
-  neither), and for a PNG or TIFF, which carries no window, the `percentile` one; `minmax` stretches the
-  image's range; `percentile` its 0.5-99.5 % range. MONOCHROME1 (or a Presentation LUT Shape of INVERSE) is
-  inverted after that step (PS3.3 C.7.6.3.1.2), so bone is bright in every image.
+  neither), and for a PNG or TIFF, which carries no window, the `minmax` one (the image's whole range, linearly:
+  a 12-bit export of an 8-bit original maps back to it); `percentile` stretches its 0.5-99.5 % range.
+  MONOCHROME1 (or a Presentation LUT Shape of INVERSE) is inverted after that step (PS3.3 C.7.6.3.1.2), so bone is
+  bright in every image.
 - Hostile files are refused from their header, before anything is decoded: more than `MAX_PIXELS` pixels (a
   decompression bomb: Pillow's limit and OpenCV's `CV_IO_MAX_IMAGE_PIXELS` are set to it too) or a decode
   larger than `MAX_DECODE_BYTES`.
@@ -286,7 +287,7 @@ def window_unit(image: DecodedImage, intensity: str) -> tuple[np.ndarray, str]:
     if intensity == "window" and image.dicom is not None:
         return _dicom_unit(image)
     values = image.pixels
-    if intensity == "minmax":
+    if intensity in ("minmax", "window"):  # a PNG, TIFF or array carries no window of its own: its whole range
         low, high = float(values.min()), float(values.max())
         return _unit(values, low, high), f"minmax {low:g}-{high:g}"
     low, high = (float(v) for v in np.percentile(values, PERCENTILES))
@@ -313,7 +314,7 @@ def to_grey8(image: DecodedImage, intensity: str = "window") -> tuple[np.ndarray
 
 def array_grey8(array: np.ndarray, intensity: str = "window") -> tuple[np.ndarray, str]:
     """A grey array given in memory as 8-bit: uint8 kept, floats in [0, 1] scaled by 255, uint16 by the
-    intensity window (`window` being the percentile one: an array carries none), other integers clipped."""
+    intensity window (`window` being the minmax one: an array carries none), other integers clipped."""
     if array.dtype == np.uint8:
         return array, "8-bit"
     if np.issubdtype(array.dtype, np.floating):

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TinyStudy
 from ray.tune.experimental.output import BLACKLISTED_KEYS, _get_dict_as_table_data
 
 from raysearch.core.bundled import search_spaces_dir
@@ -16,7 +17,6 @@ from raysearch.study.run import SUMMARY_WIDTH, summary_table
 from raysearch.tasks import create_task
 from raysearch.tasks.metrics import class_details, classification_summary
 from raysearch.training.hparams import schema
-from tests.conftest import TinyStudy
 
 
 def test_a_seven_class_trial_s_result_box_has_no_confusion_or_per_class_lines() -> None:

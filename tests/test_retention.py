@@ -7,13 +7,13 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import TinyStudy
 
 from raysearch.core.layout import BEST_FILE, CHECKPOINT_GLOB, HISTORY_FILE, STATE_FILE, StudyFolder
 from raysearch.errors import ConfigError
 from raysearch.inference.export import export_model
 from raysearch.study.retention import folder_size, keep_checkpoints, link_identical, parse_keep
 from raysearch.study.spec import StudySpec
-from tests.conftest import TinyStudy
 
 
 def _kept(study: Path) -> dict[str, set[str]]:

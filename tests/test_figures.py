@@ -4,9 +4,13 @@ surface distances of shifted masks."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
 import torch
+from image_files import write_dicom
 from scipy import stats
 from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, f1_score, roc_auc_score, roc_curve
 from torch import nn
@@ -14,7 +18,7 @@ from torch import nn
 from raysearch.data.polygons import canonical_order
 from raysearch.errors import ConfigError
 from raysearch.models.ensemble import EnsembleNet, mirrored_polygons
-from raysearch.study.scoring import scoring_for
+from raysearch.study.scoring import mm_per_pixel, point_figures, scoring_for, surface_distances_mm
 from raysearch.tasks.bootstrap import ImageFigures, interval, paired, replicates, resample_counts
 from raysearch.tasks.metrics import operating_point, probability_metrics, surface_distances, youden_threshold
 
@@ -133,6 +137,22 @@ def test_hd95_and_assd_of_a_mask_shifted_by_k_pixels(k: int) -> None:
     assert 0 < assd[0] <= k
     hd95_mm, _ = surface_distances(shifted, true, spacing=(0.5, 0.5))
     assert hd95_mm[0] == pytest.approx(0.5 * k)
+
+
+def test_millimetres_come_from_each_dicom_s_pixel_spacing_at_its_place_in_the_cache(tmp_path: Path) -> None:
+    dicom = write_dicom(tmp_path / "a.dcm", np.zeros((48, 64), np.uint16), PixelSpacing=[0.2, 0.3])
+    png = tmp_path / "b.png"
+    cv2.imwrite(str(png), np.zeros((48, 64), np.uint8))
+    spacing = mm_per_pixel([str(dicom), str(png)], 32, "letterbox")  # 64 px wide into 32: a cache pixel is 2 px
+    assert spacing[0] == pytest.approx([0.4, 0.6]) and np.isnan(spacing[1]).all()
+    assert mm_per_pixel([str(png)], 32, "letterbox") is None
+    true = np.zeros((2, 32, 32), dtype=bool)
+    true[:, 8:20, 8:20] = True
+    shifted = np.roll(true, 3, axis=2)  # three cache pixels along the columns
+    hd95, assd = surface_distances_mm(shifted, true, spacing)
+    assert hd95[0] == pytest.approx(3 * 0.6) and 0 < assd[0] <= 3 * 0.6
+    assert np.isnan(hd95[1]) and np.isnan(assd[1])  # no spacing, no millimetres
+    assert point_figures(ImageFigures(hd95_mm=hd95, assd_mm=assd))["hd95_mm"] == pytest.approx(1.8)
 
 
 def test_surface_distances_of_empty_masks() -> None:

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 COMPLETED, EARLY_STOPPED, PRUNED, FAILED = STATUSES = ("COMPLETED", "EARLY_STOPPED", "PRUNED", "FAILED")
 FINISHED = (COMPLETED, EARLY_STOPPED)  # trials that ran to their end (all epochs, or patience)
 MODES = ("max", "min")  # a study's `mode`: higher or lower of its metric is better
-LOWER_IS_BETTER = re.compile(r"(loss|apd|mse|mae|error|latency|params|time|epochs|\.std$|(^|_)(ece|hd95|assd)(\.|$))")
+LOWER_IS_BETTER = re.compile(r"(loss|apd|mse|mae|error|latency|params|time|epochs|\.std$"
+                             r"|(^|_)(ece|hd95|assd)(_mm)?(\.|$))")
 PER_CLASS = re.compile(r"_\d+(_\d+)?$")
 # An epoch record (epochs.parquet's row, Tune's result): the training loop's own keys beside its `val_*` metrics,
 # and those of them that describe the trial rather than measure the epoch (no `metric.*` column in trials.parquet).

@@ -471,8 +471,10 @@ def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epoch
             leaked = _sources_in_train(study_dir, study, data, progress) if leaked is None else leaked
             clean_rows = np.array([r for r in test_rows if data.paths[r] not in leaked], dtype=np.int64)
             predicted = _predict(task, model, data, test_rows)
+            spacing = (scoring.mm_per_pixel([data.paths[r] for r in test_rows], model.hp["image_size"],
+                                            model.hp["resize"]) if "mask" in predicted else None)
             figures = scoring.image_figures(predicted, data, test_rows, 0.0, scorer.scoring.positive,
-                                            scorer.threshold(model, data))
+                                            scorer.threshold(model, data), spacing)
             runs.append(scorer.score(model, data, test_rows, test_rows, figures))
             if _policy(study) == PUBLISHED:
                 clean_runs.append(scorer.score(model, data, clean_rows, test_rows, figures))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,9 +19,19 @@ import torch
 
 from raysearch.core.columns import PAIRED_PREFIX
 from raysearch.data.cache import CachedDataset
+from raysearch.data.images import ImageError, inspect_image
+from raysearch.data.preprocess import placement
 from raysearch.errors import ConfigError
 from raysearch.tasks.base import Task
-from raysearch.tasks.bootstrap import RESAMPLES, ImageFigures, Replicates, intervals, paired, replicates
+from raysearch.tasks.bootstrap import (
+    RESAMPLES,
+    SURFACE_FIGURES,
+    ImageFigures,
+    Replicates,
+    intervals,
+    paired,
+    replicates,
+)
 from raysearch.tasks.metrics import operating_point, point_distances, polygon_iou, surface_distances, youden_threshold
 
 
@@ -68,8 +79,9 @@ def polygon_errors(predicted: np.ndarray, true: np.ndarray) -> dict[str, np.ndar
 
 
 def image_figures(predicted: Mapping[str, np.ndarray], data: CachedDataset, rows: np.ndarray, baseline_apd: float,
-                  positive: int | None, threshold: float | None) -> ImageFigures:
-    """A model's per-image results on cache `rows` (its `predicted` rows in the same order)."""
+                  positive: int | None, threshold: float | None, spacing: np.ndarray | None = None) -> ImageFigures:
+    """A model's per-image results on cache `rows` (its `predicted` rows in the same order); `spacing`: each
+    image's (row, column) size of a cache pixel in mm (NaN where unknown), for the surface distances in mm."""
     fields: dict[str, Any] = {"baseline_apd": baseline_apd}
     if "probabilities" in predicted:
         fields |= {"probabilities": predicted["probabilities"], "labels": np.asarray(data.labels[rows]),
@@ -80,7 +92,33 @@ def image_figures(predicted: Mapping[str, np.ndarray], data: CachedDataset, rows
         true = np.asarray(data.masks[rows])
         fields["pixels"] = mask_pixels(predicted["mask"], true)
         fields["hd95"], fields["assd"] = surface_distances(predicted["mask"], true)
+        if spacing is not None and np.isfinite(spacing).all(axis=1).any():
+            fields["hd95_mm"], fields["assd_mm"] = surface_distances_mm(predicted["mask"], true, spacing)
     return ImageFigures(**fields)
+
+
+def surface_distances_mm(predicted: np.ndarray, true: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, ...]:
+    """HD95 and ASSD in mm, image by image at its own pixel spacing (NaN where it has none)."""
+    hd95, assd = np.full(len(true), np.nan), np.full(len(true), np.nan)
+    for i in np.flatnonzero(np.isfinite(spacing).all(axis=1)):
+        found = surface_distances(predicted[i : i + 1], true[i : i + 1], tuple(float(v) for v in spacing[i]))
+        hd95[i], assd[i] = found[0][0], found[1][0]
+    return hd95, assd
+
+
+def mm_per_pixel(paths: Sequence[str], image_size: int, resize: str) -> np.ndarray | None:
+    """Each image's (row, column) size of a cache pixel in mm, from its DICOM PixelSpacing and its placement in
+    the cache (NaN rows where the file gives no spacing); None when no image gives one."""
+    spacing = np.full((len(paths), 2), np.nan)
+    for i, path in enumerate(paths):
+        try:
+            header = inspect_image(Path(path))
+        except ImageError:
+            continue
+        if header.pixel_spacing is not None:
+            where = placement(header.width, header.height, image_size, resize)
+            spacing[i] = header.pixel_spacing[0] / where.scale_y, header.pixel_spacing[1] / where.scale_x
+    return spacing if np.isfinite(spacing).any() else None
 
 
 def threshold_on(predicted_val: Mapping[str, np.ndarray], labels: np.ndarray, scoring: Scoring) -> float | None:
@@ -95,7 +133,7 @@ def point_figures(figures: ImageFigures) -> dict[str, float]:
     """The test figures that only exist per image (mean HD95 and ASSD over the images where they are defined)
     and the operating point at the validation threshold."""
     found: dict[str, float] = {}
-    for name in ("hd95", "assd"):
+    for name in SURFACE_FIGURES:
         values = getattr(figures, name)
         if values is not None:
             found[name] = float(np.nanmean(values)) if (~np.isnan(values)).any() else float("nan")

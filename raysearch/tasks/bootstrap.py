@@ -20,6 +20,7 @@ from raysearch.core.options import RESAMPLES
 from raysearch.tasks.metrics import ECE_BINS, calibration_bins
 
 CONFIDENCE = 0.95
+SURFACE_FIGURES = ("hd95", "assd", "hd95_mm", "assd_mm")  # per-image surface distances, in pixels and mm
 Replicates = dict[str, np.ndarray]  # figure name → (B,) values, one per resample
 
 
@@ -79,6 +80,8 @@ class ImageFigures:
     pixels: np.ndarray | None = None          # (N, 3) mask true positive, false positive, false negative pixels
     hd95: np.ndarray | None = None            # (N,) NaN where undefined
     assd: np.ndarray | None = None            # (N,)
+    hd95_mm: np.ndarray | None = None         # (N,) in mm: NaN also where the image has no pixel spacing
+    assd_mm: np.ndarray | None = None         # (N,)
     positive: int | None = None               # two classes: the positive class ...
     threshold: float | None = None            # ... and the operating threshold on its probability
 
@@ -181,7 +184,7 @@ def replicates(weights: np.ndarray, figures: ImageFigures) -> Replicates:
         out["apd"] = weighted_mean(weights, figures.apd)
         out["polygon_skill"] = (1 - out["apd"] / figures.baseline_apd if figures.baseline_apd > 0
                                 else np.zeros(len(weights)))
-    for name in ("squared_error", "polygon_iou", "hd95", "assd"):
+    for name in ("squared_error", "polygon_iou", *SURFACE_FIGURES):
         values = getattr(figures, name)
         if values is not None:
             out["mse" if name == "squared_error" else name] = weighted_mean(weights, values)

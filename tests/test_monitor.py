@@ -5,6 +5,7 @@ which the task's own score does not follow)."""
 from __future__ import annotations
 
 import math
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -86,9 +87,22 @@ def test_without_a_monitor_the_trainer_follows_the_task_s_own_score(cached: Cach
     assert session.improved == _running_best([e["val_score"] for e in session.history], "max")
 
 
+def two_class_folders(phantom: Path, out: Path) -> Path:
+    """The phantom radiographs as a two-class class-folder set (`a`: even phantom classes, `b`: odd ones)."""
+    for image in sorted(phantom.glob("*/images/*.png")):
+        split = image.parent.parent.name
+        label = image.parent.parent / "labels" / f"{image.stem}.txt"
+        name = "ab"[int(label.read_text().split()[0]) % 2]
+        (out / split / name).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(image, out / split / name / image.name)
+    return out
+
+
 @pytest.mark.slow
 def test_a_val_loss_study_ranks_exports_and_tells_optuna_by_val_loss(tmp_path: Path) -> None:
-    data = write_phantom(tmp_path / "phantom", PhantomSpec(24, 8, 8, image_size=32), progress=False)
+    """Also a two-class study: its test figures carry the operating point at the threshold chosen on validation."""
+    phantom = write_phantom(tmp_path / "phantom", PhantomSpec(24, 8, 8, image_size=32), progress=False)
+    data = two_class_folders(phantom, tmp_path / "two-class")
     space = tmp_path / "loss.yaml"
     space.write_text(LOSS_SPACE)
     results = tmp_path / "results"
@@ -125,3 +139,12 @@ def test_a_val_loss_study_ranks_exports_and_tells_optuna_by_val_loss(tmp_path: P
     context = TaskContext(len(cache.classes), hp["channels"], baseline_apd(cache, train_rows, val_rows))
     found = evaluate(task, network, cache, np.asarray(val_rows), hp, context, LocalSession())
     assert found["loss"] == pytest.approx(best["metric.val_loss.best"], rel=1e-4)
+
+    # the two-class operating point (positive class: the second, `b`) recomputed from predictions.parquet
+    predictions = pd.read_parquet(study.directory / "predictions.parquet")
+    predictions = predictions[predictions["trial_id"] == best["trial_id"]]
+    called = np.stack(predictions["probabilities"])[:, 1] >= best["test.threshold"]
+    positive = predictions["true_class_name"].to_numpy() == "b"
+    assert 0 < best["test.threshold"] < 1
+    assert best["test.op_sensitivity"] == pytest.approx((called & positive).sum() / positive.sum())
+    assert best["test.op_specificity"] == pytest.approx((~called & ~positive).sum() / (~positive).sum())

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 import yaml
-from raysearch.dashboard.logic import audit_locations
 
 from raysearch.core.columns import FAILED, no_trial_finished, score_column
 from raysearch.core.files import inside
@@ -28,6 +27,7 @@ from raysearch.core.layout import (
     StudyFolder,
     find_studies,
 )
+from raysearch.dashboard.logic import audit_locations
 from raysearch.data.images import ImageError, read_grey
 from raysearch.errors import RaysearchError
 
@@ -50,13 +50,20 @@ def ray_dashboard_url() -> str | None:
     return _app_arguments().ray_dashboard
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def _parquet(path: str, modified: float) -> pd.DataFrame:
+def version(path: Path) -> tuple[int, int]:
+    """A file's version as the caches below key it: its modification time (ns) and size."""
+    found = path.stat()
+    return found.st_mtime_ns, found.st_size
+
+
+@st.cache_data(show_spinner=False, max_entries=1024)  # every table of a few hundred studies ("Compare every study")
+def _parquet(path: str, version: tuple[int, int]) -> pd.DataFrame:
+    """A Parquet file, read once per version."""
     return pd.read_parquet(path)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def _yaml(path: str, modified: float) -> dict[str, Any]:
+@st.cache_data(show_spinner=False, max_entries=1024)
+def _yaml(path: str, version: tuple[int, int]) -> dict[str, Any]:
     return yaml.safe_load(Path(path).read_text()) or {}
 
 
@@ -128,7 +135,7 @@ class Study:
 def read_table(root: Path, directory: Path, name: str) -> pd.DataFrame | None:
     """A Parquet file in a folder inside the results root (cached until it changes), or None if absent."""
     path = inside(root, directory / name)
-    return _parquet(str(path), path.stat().st_mtime) if path.is_file() else None
+    return _parquet(str(path), version(path)) if path.is_file() else None
 
 
 def _audit(root: Path, directory: Path, spec: dict[str, Any]) -> tuple[pd.DataFrame | None, Path | None]:
@@ -143,7 +150,7 @@ def _audit(root: Path, directory: Path, spec: dict[str, Any]) -> tuple[pd.DataFr
 def load_study(root: Path, directory: Path) -> Study:
     """Read one study folder's files (cached until they change)."""
     spec_path = inside(root, directory / STUDY_FILE)
-    spec = _yaml(str(spec_path), spec_path.stat().st_mtime) if spec_path.is_file() else {}
+    spec = _yaml(str(spec_path), version(spec_path)) if spec_path.is_file() else {}
     trials = read_table(root, directory, TRIALS_FILE)
     audit, audit_source = _audit(root, directory, spec)
     return Study(root, inside(root, directory), spec, trials if trials is not None else pd.DataFrame(),

@@ -197,3 +197,19 @@ def test_sigterm_during_the_first_trial_stops_like_ctrl_c_then_resumes(tmp_path:
     assert set(trials["status"]) <= {"COMPLETED", "PRUNED", "EARLY_STOPPED"}
     assert epochs[epochs["trial_id"] == first]["epoch"].tolist()[:len(before)] == before
     assert_optuna_matches_parquet(study)
+    # the same trials as an uninterrupted study of that seed: the random searcher's draws do not depend on the data
+    # or the epochs, so a cheap uninterrupted twin (tiny images, one epoch) samples the same parameters in order
+    tiny = write_phantom(tmp_path / "tiny", PhantomSpec(train=16, val=8, test=4, image_size=32), progress=False)
+    twin = [*command[:command.index("--data")], "--data", str(tiny), *command[command.index("--space"):]]
+    for flag, value in (("--max-epochs", "1"), ("--image-size", "32"), ("--name", "uninterrupted")):
+        twin[twin.index(flag) + 1] = value
+    whole = subprocess.run(twin, capture_output=True, text=True, env=_environment(), timeout=900)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert _sampled(study) == _sampled(results / "uninterrupted")
+
+
+def _sampled(study: Path) -> list[dict[str, object]]:
+    """Each trial's sampled parameters, in the order the searcher drew them (None where a condition left one out)."""
+    rows = pq.read_table(study / "trials.parquet").to_pandas().sort_values("number")
+    params = rows[[c for c in rows.columns if c.startswith("param.")]].astype(object)
+    return params.where(params.notna(), None).to_dict("records")

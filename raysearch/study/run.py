@@ -22,7 +22,6 @@ from raysearch.data.cache import cache_issues, dataset_fingerprint, ensure_cache
 from raysearch.data.records import issues_table
 from raysearch.data.samples import DatasetIndex
 from raysearch.data.splits import SplitOutcome
-from raysearch.data.suitability import check_task_data
 from raysearch.errors import ConfigError, DataError, NoTrialFinished, StudyInterrupted
 from raysearch.search.results import epochs_table, trials_table
 from raysearch.search.space import SearchSpace, load_space
@@ -137,7 +136,6 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool, recorded: Mapping[
     _check_state(name, study_dir, resuming=resuming)
     splits = study_dataset(spec, progress=progress)
     index = splits.index
-    check_task_data(index, spec.task, task.needs)
     fingerprint = dataset_fingerprint(index, folder.image_index_file(index.root), progress=progress)
     if recorded is not None:
         _check_unchanged(recorded, folder, name=name, space=space, fingerprint=fingerprint, spec=spec, index=index)

@@ -21,6 +21,7 @@ from streamlit.testing.v1 import AppTest
 
 from raysearch.cli import main
 from raysearch.core.columns import FAILED, no_trial_finished
+from raysearch.core.layout import CACHE_DIR, IMAGE_INDEX_DIR
 from raysearch.data.phantom import write_phantom
 from raysearch.errors import ConfigError, DataError
 from raysearch.study.spec import StudySpec
@@ -260,7 +261,10 @@ def test_resume_on_changed_data_is_refused_before_any_cache_is_built(tmp_path: P
     recorded = {"name": "s", "search_space": space.to_dict(), "data": {"fingerprint": "of-the-data-it-ran-on"}}
     with pytest.raises(ConfigError, match="study.yaml: data.fingerprint: the dataset at .* changed since the study"):
         _plan(spec, progress=False, resuming=True, recorded=recorded)
-    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["s"]  # no cache/ built
+    # no preprocessing cache built: beside the study, at most the image index the fingerprint was read from
+    assert {p.name for p in (tmp_path / "results").iterdir()} <= {"s", CACHE_DIR}
+    cache = tmp_path / "results" / CACHE_DIR
+    assert not cache.exists() or [p.name for p in cache.iterdir()] == [IMAGE_INDEX_DIR]
 
 
 def test_a_crafted_trial_id_cannot_name_a_path_outside_the_study(tmp_path: Path) -> None:

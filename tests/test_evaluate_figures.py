@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import io
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 from test_dashboard import chart_text, dashboard, page  # noqa: F401  (dashboard: the fixture)
-from test_export import ATOL, RTOL, onnx_outputs
+from test_export import assert_onnx_matches_pytorch
 
 from raysearch.cli import main
 from raysearch.inference.predict import load_model
-from raysearch.inference.restore import model_input
 from raysearch.models.ensemble import EnsembleNet
 from raysearch.study.evaluate import evaluate_study
 from raysearch.tasks.bootstrap import ImageFigures, replicates
@@ -87,13 +84,6 @@ def test_export_of_an_ensemble_runs_as_one_model_in_predict_and_onnx(tiny_study_
     model = load_model(study / "model")
     assert isinstance(model.network, EnsembleNet) and len(model.network.networks) == 2
     assert model.config["trial_id"] == "ensemble-top2-flip" and len(model.config["ensemble"]["members"]) == 2
-    path = pd.read_parquet(study / "predictions.parquet")["image"].iloc[0]
-    image, _ = model_input(cv2.imread(path, cv2.IMREAD_GRAYSCALE), model.preprocessing)
-    with torch.no_grad():
-        expected = {name: value.numpy() for name, value in model.network(image).items()}
-    exported = onnx_outputs(study / "model" / "model.onnx", image)
-    assert sorted(exported) == ["logits", "polygon"]
-    for name, value in expected.items():
-        np.testing.assert_allclose(exported[name], value, atol=ATOL, rtol=RTOL, err_msg=name)
+    path = assert_onnx_matches_pytorch(model, study)
     predicted = model.predict([path])[0]
     assert predicted.ok and predicted.class_name in model.classes

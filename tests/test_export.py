@@ -18,7 +18,7 @@ import torch
 
 from raysearch.cli import main
 from raysearch.inference.export import INPUT_NAME, export_onnx, export_torchscript
-from raysearch.inference.predict import load_model
+from raysearch.inference.predict import Model, load_model
 from raysearch.inference.restore import build_model, model_input
 from raysearch.tasks import create_task
 from raysearch.training.hparams import defaults
@@ -35,6 +35,20 @@ def onnx_outputs(path: Path, image: torch.Tensor) -> dict[str, np.ndarray]:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [output.name for output in session.get_outputs()]
     return dict(zip(names, session.run(None, {INPUT_NAME: image.numpy()}), strict=True))
+
+
+def assert_onnx_matches_pytorch(model: Model, study: Path) -> str:
+    """The study's exported ONNX file gives the model's heads on its first test image (within ATOL, RTOL);
+    that image's path."""
+    path = pd.read_parquet(study / "predictions.parquet")["image"].iloc[0]
+    image, _ = model_input(cv2.imread(path, cv2.IMREAD_GRAYSCALE), model.preprocessing)
+    with torch.no_grad():
+        expected = {name: value.numpy() for name, value in model.network(image).items()}
+    exported = onnx_outputs(study / "model" / "model.onnx", image)
+    assert sorted(exported) == ["logits", "polygon"]
+    for name, value in expected.items():
+        np.testing.assert_allclose(exported[name], value, atol=ATOL, rtol=RTOL, err_msg=name)
+    return path
 
 
 @pytest.mark.slow
@@ -66,14 +80,7 @@ def test_export_command_writes_the_best_model_in_both_formats(tiny_study, tmp_pa
     assert capsys.readouterr().out.split() == ["onnx:", str(study / "model" / "model.onnx"), "torchscript:",
                                                str(study / "model" / "model.torchscript.pt")]
     model = load_model(study / "model")
-    path = pd.read_parquet(study / "predictions.parquet")["image"].iloc[0]
-    image, _ = model_input(cv2.imread(path, cv2.IMREAD_GRAYSCALE), model.preprocessing)
-    with torch.no_grad():
-        expected = {name: value.numpy() for name, value in model.network(image).items()}
-    exported = onnx_outputs(study / "model" / "model.onnx", image)
-    assert sorted(exported) == ["logits", "polygon"]
-    for name, value in expected.items():
-        np.testing.assert_allclose(exported[name], value, atol=ATOL, rtol=RTOL, err_msg=name)
+    assert_onnx_matches_pytorch(model, study)
 
     other = next(t for t in pd.read_parquet(study / "trials.parquet")["trial_id"] if t != model.config["trial_id"])
     assert main(["export", str(study), "--trial", other, "--format", "torchscript"]) == 0

@@ -12,6 +12,7 @@ from raysearch.tasks.losses import SEGMENTATION_LOSSES, regression_loss, segment
 from raysearch.tasks.metrics import (
     class_details,
     classification_metrics,
+    classification_samples,
     classification_summary,
     classification_sums,
     mask_counts,
@@ -79,9 +80,13 @@ def test_classification_sums_add_up_over_batches() -> None:
     assert sums["count"].item() == 3
     assert sums["class_loss"].item() == pytest.approx(torch.nn.functional.cross_entropy(logits, labels,
                                                                                         reduction="sum").item())
-    metrics = classification_metrics(sums)
+    samples = [classification_samples(logits[:2], labels[:2]), classification_samples(logits[2:], labels[2:])]
+    gathered = {k: torch.cat([samples[0][k], samples[1][k]]) for k in samples[0]}
+    metrics = classification_metrics({**sums, **gathered})
     assert metrics["accuracy"] == pytest.approx(2 / 3) and metrics["balanced_accuracy"] == pytest.approx(0.75)
     assert metrics["confusion_1_0"] == 1.0
+    # each class's one-vs-rest pairs: one ranked right, one tied (image 2 looks like image 0), so AUROC 0.75
+    assert metrics["auroc_0"] == pytest.approx(0.75) and metrics["auroc"] == pytest.approx(0.75)
 
 
 def test_polygon_iou_hand_computed() -> None:

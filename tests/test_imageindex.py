@@ -18,7 +18,7 @@ from raysearch.data.cache import dataset_fingerprint
 from raysearch.data.imageindex import image_facts
 from raysearch.data.images import read_grey
 from raysearch.data.samples import DatasetIndex, Sample
-from raysearch.data.sources import near_pairs
+from raysearch.data.sources import near_pairs, segment_count
 
 
 def all_pairs(a: np.ndarray, b: np.ndarray, limit: int = 32) -> list[tuple[int, int, int]]:
@@ -127,7 +127,7 @@ def test_the_indexed_search_finds_the_all_pairs_pairs_on_the_real_set(
     assert near_pairs(hashes[:500], hashes[500:]) == all_pairs(hashes[:500], hashes[500:])
 
 
-@pytest.mark.parametrize("segments", [None, 33, 12])
+@pytest.mark.parametrize("segments", [None, 33, 17, 13])
 def test_the_indexed_search_finds_every_planted_duplicate_at_every_distance(segments: int | None) -> None:
     rng = np.random.default_rng(1)
     bits = rng.integers(0, 2, size=(600, 256), dtype=np.uint8)
@@ -143,6 +143,18 @@ def test_the_indexed_search_finds_every_planted_duplicate_at_every_distance(segm
     assert near_pairs(hashes[:300], hashes[300:], segments=segments) == all_pairs(hashes[:300], hashes[300:])
     assert near_pairs(hashes[:0], hashes) == []
 
+
+def test_a_large_search_takes_longer_pieces_and_still_finds_the_all_pairs_pairs() -> None:
+    assert segment_count(4_000, 256) == 17 and segment_count(100_000, 256) == 13
+    rng = np.random.default_rng(2)
+    bits = rng.integers(0, 2, size=(60_000, 256), dtype=np.uint8)
+    for row in range(40):  # copies of rows 0-39 at 0 to 39 bits among the 60,000
+        bits[1_000 + 7 * row] = bits[row] ^ (rng.permutation(256) < row)
+    hashes = np.packbits(bits, axis=1).view(np.uint64)
+    assert segment_count(len(hashes), 256) == 13
+    found = near_pairs(hashes[:200], hashes)
+    assert found == all_pairs(hashes[:200], hashes)
+    assert {(row, 1_000 + 7 * row) for row in range(33)} <= {(i, j) for i, j, _ in found}
 
 
 def test_a_search_s_import_closure_has_no_scipy() -> None:

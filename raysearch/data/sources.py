@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import combinations
+from math import ceil, comb
 from pathlib import Path
 
 import numpy as np
 
 NEAR_DUPLICATE_BITS = 32
-MAX_SEGMENT_BITS = 24  # near_pairs counts the rows per segment value in an array of 2 ** bits
+MAX_SEGMENT_BITS = 20  # near_pairs counts the rows per piece value in an array of 2 ** bits: 8 MB stays in cache
+CANDIDATE_COST = 30  # a candidate pair (gathered, sorted, compared whole) costs ~30 probes (measured, random hashes)
 ROBOFLOW_MARK = ".rf."
 
 
@@ -34,19 +36,31 @@ def _flips(width: int, radius: int) -> np.ndarray:
                      for chosen in combinations(range(width), r)], dtype=np.int64)
 
 
+def segment_count(rows: int, width: int, limit: int = NEAR_DUPLICATE_BITS) -> int:
+    """The number of pieces for `near_pairs` over `rows` hashes of `width` bits that costs least per searched hash:
+    probes (pieces × flip masks) plus the candidates they find, `rows` / 2 ** piece bits each for spread hashes.
+    Few rows: short pieces, one flipped bit (17 pieces of 256 bits); from ~40,000 rows longer pieces with two
+    flipped bits (13), so the candidates stay a small share of the pairs as the data grows."""
+    def cost(pieces: int) -> float:
+        flips = sum(comb(ceil(width / pieces), k) for k in range(limit // pieces + 1))
+        return pieces * flips * (1 + CANDIDATE_COST * rows / 2 ** (width // pieces))
+
+    return min((p for p in range(2, limit + 2) if ceil(width / p) <= MAX_SEGMENT_BITS), key=cost)
+
+
 def near_pairs(a: np.ndarray, b: np.ndarray, limit: int = NEAR_DUPLICATE_BITS,
                segments: int | None = None) -> list[tuple[int, int, int]]:
     """(i, j, distance), ordered by (i, j), for every hash a[i], b[j] (rows of packed uint64 bits) within
     `limit` bits: the all-pairs answer, found by multi-index hashing instead of comparing every pair.
 
-    The bits are cut into `segments` pieces (default: limit // 2 + 1, so 17 pieces of 15-16 bits for 32 of
-    256): two hashes within `limit` bits differ in at most limit // segments bits of some piece (pigeonhole), so
-    every pair is found among the b rows whose piece lies within that radius of a row's piece (looked up per flip
-    mask in the b rows grouped by piece value); only those candidates are compared whole."""
+    The bits are cut into `segments` pieces (default: `segment_count`'s cheapest for len(b)): two hashes within
+    `limit` bits differ in at most limit // segments bits of some piece (pigeonhole), so every pair is found among
+    the b rows whose piece lies within that radius of a row's piece (looked up per flip mask in the b rows grouped
+    by piece value); only those candidates are compared whole."""
     if len(a) == 0 or len(b) == 0:
         return []
     width = a.shape[1] * 64
-    segments = segments or limit // 2 + 1
+    segments = segments or segment_count(len(b), width, limit)
     edges = np.linspace(0, width, segments + 1).round().astype(int)
     bounds = list(zip(edges[:-1], edges[1:], strict=True))
     radius = limit // segments

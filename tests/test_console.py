@@ -130,10 +130,11 @@ def test_the_callback_prints_each_result_each_end_and_the_study_s_counts(capsys:
 def test_a_default_run_prints_a_line_per_epoch_and_none_of_ray_s_own(two_worker_study: TinyStudy) -> None:
     """The default console (neither --quiet nor --verbose) of a real 3-trial study on 2-worker trials under ASHA."""
     out = two_worker_study.stdout
-    assert re.search(r"^trial \w+  epoch 1/2  val_score [\d.]+ \(best [\d.]+\)  [\d.]+ s/epoch  ETA \d+s$", out, re.M)
+    assert re.search(r"^trial \w+  epoch 1/2  val_score \S+ \(best \S+\)  [\d.]+ s/epoch  ETA (\d+m)?\d+s$", out,
+                     re.M), out
     assert len(re.findall(r"^trial \w+ (finished|stopped early by the scheduler at epoch 1/2): best val_score", out,
-                          re.M)) == 3
-    assert re.search(r"^trials: 3 finished, 0 running$", out, re.M)
+                          re.M)) == 3, out
+    assert re.search(r"^trials: 3 finished, 0 running$", out, re.M), out
     for noise in LIBRARY_NOISE:
         assert noise not in out + two_worker_study.stderr, noise
     assert "Best trials by" in out

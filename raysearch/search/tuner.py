@@ -133,11 +133,12 @@ def restore_tuner(search: SearchSettings, trial: TrialSettings) -> Any:
                                resume_unfinished=True, resume_errored=False, restart_errored=False)
     # The console follows this resume's mode, not the interrupted run's: Tuner.restore brings back the RunConfig
     # pickled when the study started and offers no public way to change it (ray-project/ray#41364 names this
-    # accessor as the way to reach it).
-    run_config = tuner._local_tuner.get_run_config()
-    run_config.verbose = tune_verbosity(search.console)
-    run_config.callbacks = [*(c for c in run_config.callbacks or () if not isinstance(c, TrialProgress)),
-                            *console_callbacks(search, trial)]
+    # accessor as the way to reach it). Through Ray Client the Tuner runs remotely and keeps the run's console.
+    if tuner._local_tuner is not None:
+        run_config = tuner._local_tuner.get_run_config()
+        run_config.verbose = tune_verbosity(search.console)
+        run_config.callbacks = [*(c for c in run_config.callbacks or () if not isinstance(c, TrialProgress)),
+                                *console_callbacks(search, trial)]
     return tuner
 
 

@@ -34,8 +34,13 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     for spec_field in spec_fields():
         add_spec_flag(run, spec_field)
-    run.add_argument("--quiet", action="store_true", help="no progress bars, no Ray output: raysearch's summary only")
-    run.add_argument("--verbose", action="store_true", help="Ray Tune's result of every epoch of every trial")
+    console = run.add_mutually_exclusive_group()
+    console.add_argument("--quiet", action="store_true", help="no progress bars, no per-trial lines, no Ray output: "
+                         "raysearch's summary only")
+    console.add_argument("--verbose", action="store_true", help="Ray Tune's own console instead of raysearch's "
+                         "per-trial lines: its status tables, every trial's config and result boxes, the workers' "
+                         "output and Ray's, Tune's and Optuna's log lines (default: one line per trial result with its "
+                         "ETA, one when a trial ends)")
 
 
 def spec_fields(names: Sequence[str] | None = None) -> list[Field[Any]]:
@@ -105,7 +110,9 @@ def _add_resume(commands: argparse._SubParsersAction) -> None:
     resume.add_argument("--trust", action="store_true",
                         help="resume even if the study's Ray Tune state was not signed by your key (a folder from "
                         "someone else): its pickles are loaded and can run any code, so only for authors you trust")
-    resume.add_argument("--quiet", action="store_true", help="no progress bars")
+    resume.add_argument("--quiet", action="store_true", help="no progress bars, no per-trial lines, no Ray output: "
+                        "raysearch's summary only (default: one line per trial result with its ETA, one when a trial "
+                        "ends)")
 
 
 def _add_data(commands: argparse._SubParsersAction) -> None:

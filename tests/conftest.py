@@ -119,10 +119,13 @@ class TinyStudy:
     study: Path
     data: Path
     stdout: str
+    stderr: str = ""
 
 
-def _run_tiny_study(root: Path, *options: str, environment: dict[str, str] | None = None) -> TinyStudy:
-    """`raysearch run multitask` on the tiny phantom data and space (2 trials, 2 epochs, 32 px) with `options`."""
+def _run_tiny_study(root: Path, *options: str, environment: dict[str, str] | None = None,
+                    console: tuple[str, ...] = ("--quiet",)) -> TinyStudy:
+    """`raysearch run multitask` on the tiny phantom data and space (2 trials, 2 epochs, 32 px) with `options`, its
+    console in the mode `console` chooses (`--quiet` unless told)."""
     data = write_phantom(root / "phantom", TINY_PHANTOM, progress=False)
     template = sorted((data / "train" / "images").iterdir())[0]
     shutil.copyfile(template, template.with_name(f"malformed{template.suffix}"))
@@ -134,10 +137,10 @@ def _run_tiny_study(root: Path, *options: str, environment: dict[str, str] | Non
                    | {"RAY_USAGE_STATS_ENABLED": "0"} | (environment or {}))
     command = [sys.executable, "-m", "raysearch", "run", "multitask", "--data", str(data), "--space", str(space),
                "--trials", "2", "--max-epochs", "2", "--image-size", "32", "--results", str(results),
-               "--name", TINY_STUDY_NAME, *options, "--quiet"]
+               "--name", TINY_STUDY_NAME, *options, *console]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment)
     assert done.returncode == 0, f"tiny study failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
-    return TinyStudy(results, results / TINY_STUDY_NAME, data, done.stdout)
+    return TinyStudy(results, results / TINY_STUDY_NAME, data, done.stdout, done.stderr)
 
 
 def cached_phantom(factory: pytest.TempPathFactory, spec: PhantomSpec) -> CachedDataset:
@@ -173,12 +176,12 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> TinyStudy:
 def two_worker_study(tmp_path_factory: pytest.TempPathFactory) -> TinyStudy:
     """The tiny study again with 3 trials, each on 2 Ray Train workers (half a CPU each: two trials at once), under
     ASHA (grace period 1, reduction factor 4: a trial reaching epoch 1 below 3/4 of the way between the others'
-    scores is stopped), tracked in W&B's offline mode (W&B's folders under the test's temporary folder): read it,
-    never change it."""
+    scores is stopped), tracked in W&B's offline mode (W&B's folders under the test's temporary folder), its console
+    in the default mode (neither --quiet nor --verbose): read it, never change it."""
     root = tmp_path_factory.mktemp("two-worker-study")
     return _run_tiny_study(root, "--trials", "3", "--workers-per-trial", "2", "--cpus-per-worker", "0.5",
                            "--scheduler", "asha", "--grace-period", "1", "--reduction-factor", "4",
-                           "--log", "wandb", environment=wandb_offline_environment(root))
+                           "--log", "wandb", environment=wandb_offline_environment(root), console=())
 
 
 @pytest.fixture

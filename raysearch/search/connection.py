@@ -16,11 +16,11 @@ it starts (they inherit the environment) and restored when it stops. Joining a c
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from raysearch.search.console import DEFAULT, VERBOSE, connection_levels, logger_levels, scoped_environment
 
 API_SERVER_VARIABLE = "RAY_API_SERVER_ADDRESS"
 LOOPBACK = "127.0.0.1"
@@ -30,43 +30,31 @@ EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
 @contextmanager
-def connected(address: str | None, *, quiet: bool = False) -> Iterator[None]:
+def connected(address: str | None, *, console: int = DEFAULT) -> Iterator[None]:
     """Connected to the Ray cluster at `address`, else to a new local instance that is shut down on leaving;
-    a process already connected keeps (and stays on) its connection. `quiet`: the workers' output and Ray's
-    log lines below errors are not shown on the driver."""
+    a process already connected keeps (and stays on) its connection. The workers' output reaches the driver's
+    console only in the VERBOSE `console` mode (raysearch.search.console): below it a failed trial is said in one
+    line pointing at its error file, and the rest stays in Ray's session logs; the Ray loggers named by
+    `connection_levels` are quieter while connected."""
     import ray
 
     if ray.is_initialized():
         yield
         return
-    if quiet:
-        logging.getLogger("ray").setLevel(logging.ERROR)
-    if address:
-        ray.init(address=address, log_to_driver=not quiet, configure_logging=False)
-        yield
-        return
-    port = _free_local_port()
-    with _environment(API_SERVER_VARIABLE, f"http://{LOOPBACK}:{port}"), _single_machine():
-        try:
-            ray.init(include_dashboard=True, dashboard_host=LOOPBACK, dashboard_port=port, _node_ip_address=LOOPBACK,
-                     log_to_driver=not quiet, configure_logging=False)
+    log_to_driver = console == VERBOSE
+    with logger_levels(connection_levels(console)):
+        if address:
+            ray.init(address=address, log_to_driver=log_to_driver, configure_logging=False)
             yield
-        finally:
-            ray.shutdown()
-
-
-@contextmanager
-def _environment(name: str, value: str) -> Iterator[None]:
-    """The environment variable `name` set to `value` inside the block, as it was afterwards."""
-    previous = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = previous
+            return
+        port = _free_local_port()
+        with scoped_environment({API_SERVER_VARIABLE: f"http://{LOOPBACK}:{port}"}), _single_machine():
+            try:
+                ray.init(include_dashboard=True, dashboard_host=LOOPBACK, dashboard_port=port,
+                         _node_ip_address=LOOPBACK, log_to_driver=log_to_driver, configure_logging=False)
+                yield
+            finally:
+                ray.shutdown()
 
 
 @contextmanager
@@ -77,7 +65,7 @@ def _single_machine() -> Iterator[None]:
     previous = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        with _environment(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "0"):
+        with scoped_environment({ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0"}):
             yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = previous

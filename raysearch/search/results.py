@@ -30,14 +30,28 @@ class TrialRecord:
     number: int | None = None   # the order in which the searcher sampled it (its Optuna trial number)
 
 
+ERROR_CHARACTERS = 500  # of the line kept of a failed trial's error
+
+
 def trial_status(record: TrialRecord, max_epochs: int) -> str:
     """COMPLETED (all epochs), EARLY_STOPPED (patience), PRUNED (stopped by ASHA) or FAILED."""
     if record.error or not record.epochs:
         return FAILED
-    last = record.epochs[-1]
+    return epoch_status(record.epochs[-1], max_epochs)
+
+
+def epoch_status(last: Mapping[str, Any], max_epochs: int) -> str:
+    """How a trial whose last epoch record (or Tune result) is `last` ended: COMPLETED, EARLY_STOPPED or PRUNED."""
     if last.get("stopped_early"):
         return EARLY_STOPPED
     return COMPLETED if last["epoch"] >= max_epochs else PRUNED
+
+
+def error_summary(text: str) -> str | None:
+    """The line of an error's text (a traceback, Ray's error file) that says what went wrong: its last one (the
+    exception and its message), at most ERROR_CHARACTERS long; None for an empty text."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:ERROR_CHARACTERS] if lines else None
 
 
 def best_epoch(epochs: Sequence[dict[str, Any]], score: str, mode: str) -> dict[str, Any] | None:

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from raysearch.core.layout import OPTUNA_FILE, experiment_dir, latest_checkpoint
-from raysearch.search.console import CONSOLE_METRICS
+from raysearch.search.console import CONSOLE_METRICS, DEFAULT, tune_verbosity
 from raysearch.search.history import recorded_epochs
 from raysearch.search.resources import ElasticConcurrency
-from raysearch.search.results import TrialRecord
+from raysearch.search.results import TrialRecord, error_summary
 from raysearch.search.searcher import Budget
 from raysearch.search.signing import SignSnapshots
 from raysearch.search.space import SearchSpace
@@ -41,7 +41,7 @@ class SearchSettings:
         """The Optuna study's SQLite URL (results/<study>/optuna.db, which optuna-dashboard opens)."""
         return f"sqlite:///{(self.results_dir / OPTUNA_FILE).resolve()}"
     loggers: tuple[str, ...] = ()
-    verbosity: int = 1  # Ray Tune's console: 0 nothing, 1 trial status and results, 2 every epoch's result
+    console: int = DEFAULT  # QUIET, DEFAULT or VERBOSE (raysearch.search.console)
 
 
 
@@ -104,10 +104,18 @@ def build_tuner(space: SearchSpace, search: SearchSettings, trial: TrialSettings
             name=search.name, storage_path=str(experiment_dir(search.results_dir, search.name).parent.resolve()),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=checkpoint_config(search),
-            callbacks=[SignSnapshots(), *logger_callbacks(search.loggers, search.results_dir, search.name)],
-            verbose=search.verbosity,
+            callbacks=[SignSnapshots(), *logger_callbacks(search.loggers, search.results_dir, search.name),
+                       *console_callbacks(search, trial)],
+            verbose=tune_verbosity(search.console),
         ),
     )
+
+
+def console_callbacks(search: SearchSettings, trial: TrialSettings) -> list[Any]:
+    """The callbacks that print the search's console in its mode: raysearch's progress lines in DEFAULT."""
+    from raysearch.search.progress import TrialProgress
+
+    return [TrialProgress(search.metric, trial.max_epochs)] if search.console == DEFAULT else []
 
 
 def restore_tuner(search: SearchSettings, trial: TrialSettings) -> Any:
@@ -119,8 +127,19 @@ def restore_tuner(search: SearchSettings, trial: TrialSettings) -> Any:
     refilled from the trials' recorded epochs (see raysearch.search.scheduler)."""
     from ray import tune
 
-    return tune.Tuner.restore(str(experiment_dir(search.results_dir, search.name).resolve()), trainable(trial),
-                              resume_unfinished=True, resume_errored=False, restart_errored=False)
+    from raysearch.search.progress import TrialProgress
+
+    tuner = tune.Tuner.restore(str(experiment_dir(search.results_dir, search.name).resolve()), trainable(trial),
+                               resume_unfinished=True, resume_errored=False, restart_errored=False)
+    # The console follows this resume's mode, not the interrupted run's: Tuner.restore brings back the RunConfig
+    # pickled when the study started and offers no public way to change it (ray-project/ray#41364 names this
+    # accessor as the way to reach it). Through Ray Client the Tuner runs remotely and keeps the run's console.
+    if tuner._local_tuner is not None:
+        run_config = tuner._local_tuner.get_run_config()
+        run_config.verbose = tune_verbosity(search.console)
+        run_config.callbacks = [*(c for c in run_config.callbacks or () if not isinstance(c, TrialProgress)),
+                                *console_callbacks(search, trial)]
+    return tuner
 
 
 def _wall_time(last_result: dict[str, Any], epochs: list[dict[str, Any]]) -> float:
@@ -142,8 +161,7 @@ def records_from(result_grid: Any, train_dir: Path) -> list[TrialRecord]:
         epochs = recorded_epochs(train_dir, trial_id)
         error = None
         if result.error is not None:
-            lines = [line for line in str(result.error).strip().splitlines() if line.strip()]
-            error = lines[-1][:500] if lines else type(result.error).__name__
+            error = error_summary(str(result.error)) or type(result.error).__name__
         records.append(TrialRecord(
             trial_id=trial_id, config=dict(result.config or {}), epochs=epochs, error=error,
             wall_time_s=_wall_time(result.metrics or {}, epochs),

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext, redirect_stdout
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -23,6 +22,7 @@ from raysearch.data.records import issues_table
 from raysearch.data.samples import DatasetIndex
 from raysearch.data.splits import SplitOutcome
 from raysearch.errors import ConfigError, DataError, NoTrialFinished, StudyInterrupted
+from raysearch.search.console import DEFAULT, QUIET, VERBOSE, number_text, quiet_libraries
 from raysearch.search.results import epochs_table, trials_table
 from raysearch.search.space import SearchSpace, load_space
 from raysearch.search.tracking import mlflow_tracking_uri, record_trial_outcomes, tracking_plan, trial_runs
@@ -116,7 +116,8 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool, recorded: Mapping[
           verbose: bool = False) -> _Plan:
     """Resolve `spec`; ConfigError when the study folder's state does not allow a run (or a resume), or when a
     resumed study's space or data differ from its `recorded` study.yaml (checked before any cache is built).
-    Ray Tune's console: silent without `progress`, every epoch's result with `verbose`."""
+    The search's console (raysearch.search.console): QUIET without `progress`, VERBOSE with `verbose`, else
+    DEFAULT."""
     from raysearch.search.scheduler import scheduler_settings
     from raysearch.search.searcher import Budget, sampler_settings
     from raysearch.search.trial import TrialSettings
@@ -160,7 +161,7 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool, recorded: Mapping[
             scheduler, max_epochs=spec.max_epochs, grace_period=spec.grace_period,
             reduction_factor=spec.reduction_factor),
         budget=Budget(seconds=spec.budget_seconds(), trial_epochs=spec.epoch_budget), loggers=spec.log,
-        verbosity=0 if not progress else 2 if verbose else 1,
+        console=QUIET if not progress else VERBOSE if verbose else DEFAULT,
     )
     return _Plan(spec, name, study_dir, space, hp_defaults, index, splits, fingerprint, base_cache, trial, search)
 
@@ -176,7 +177,7 @@ def _check_unchanged(recorded: Mapping[str, Any], folder: StudyFolder, *, name: 
 
 
 @contextmanager
-def _connected(address: str | None, *, quiet: bool = False) -> Iterator[None]:
+def _connected(address: str | None, *, console: int) -> Iterator[None]:
     """Connected to the Ray cluster at `address`, or to a local instance started (and stopped) here; a
     caller already connected to Ray (a notebook, a benchmark running many studies) keeps its connection.
 
@@ -189,15 +190,9 @@ def _connected(address: str | None, *, quiet: bool = False) -> Iterator[None]:
     from raysearch.search.connection import connected
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(EXPERIMENT_SNAPSHOT_S))
-    with connected(address, quiet=quiet):
+    with connected(address, console=console):
         reinstall()
         yield
-
-
-def _tune_console(quiet: bool) -> AbstractContextManager[Any]:
-    """Around `Tuner.fit`: when quiet, what Ray Tune prints on the driver's stdout is dropped (Ray 2.60 prints
-    its experiment box, result folder and TensorBoard line even at verbose=0)."""
-    return redirect_stdout(io.StringIO()) if quiet else nullcontext()
 
 
 @contextmanager
@@ -248,8 +243,8 @@ def _search(plan: _Plan, *, progress: bool, out: TextIO) -> StudyOutcome:
     from raysearch.search.tuner import build_tuner, records_from
 
     spec, index, metric, mode = plan.spec, plan.index, plan.search.metric, plan.search.mode
-    quiet = plan.search.verbosity == 0
-    with _connected(spec.address, quiet=quiet), _on_cluster(plan) as (plan, concurrency, cluster_gpus):
+    console = plan.search.console
+    with _connected(spec.address, console=console), _on_cluster(plan) as (plan, concurrency, cluster_gpus):
         plan_lines = device_plan(plan.trial.shape, min(concurrency, spec.trials), cluster_gpus)
         print("\n".join(plan_lines), file=out, flush=True)
         write_table_atomic(issues_table(index.issues), StudyFolder(plan.directory).data_issues_file)
@@ -275,9 +270,9 @@ def _search(plan: _Plan, *, progress: bool, out: TextIO) -> StudyOutcome:
         )
         write_text_atomic(yaml.safe_dump(study, sort_keys=False), StudyFolder(plan.directory).study_file)
         started = time.perf_counter()
-        tuner = build_tuner(plan.space, plan.search, plan.trial, concurrency)
-        sign_tuner(experiment_dir(plan.directory, plan.name))
-        with _tune_console(quiet):
+        with quiet_libraries(console):
+            tuner = build_tuner(plan.space, plan.search, plan.trial, concurrency)
+            sign_tuner(experiment_dir(plan.directory, plan.name))
             grid = tuner.fit()
         search_seconds = time.perf_counter() - started
         _require_finished(grid, plan, search_seconds)
@@ -317,9 +312,9 @@ def _restore(plan: _Plan, address: str | None, *, progress: bool, out: TextIO) -
     """Continue the interrupted Ray Tune search of `plan` and finish its results."""
     from raysearch.search.tuner import records_from, restore_tuner
 
-    with _connected(address, quiet=not progress), _on_cluster(plan) as (plan, _, _):
+    with _connected(address, console=plan.search.console), _on_cluster(plan) as (plan, _, _):
         started = time.perf_counter()
-        with _tune_console(not progress):
+        with quiet_libraries(plan.search.console):
             grid = restore_tuner(plan.search, plan.trial).fit()
         search_seconds = time.perf_counter() - started
         _require_finished(grid, plan, search_seconds)
@@ -409,7 +404,7 @@ def summary_table(frame: Any, space: SearchSpace, metric: str, mode: str, top: i
     params = [f"param.{p.name}" for p in space.parameters if ranked.get(f"param.{p.name}") is not None
               and ranked[f"param.{p.name}"].notna().any()]
     shown = [c for c in ["trial_id", "status", "epochs", score, *metric_columns, *params] if c in ranked.columns]
-    table = ranked[shown].astype(object).map(lambda v: "-" if _missing(v) else _number(v)).rename(
+    table = ranked[shown].astype(object).map(lambda v: "-" if _missing(v) else number_text(v)).rename(
         columns=lambda c: c.removeprefix("metric.").removesuffix(".best").removeprefix("param."))
     text = table.to_string(index=False)
     while len(text.splitlines()[0]) > SUMMARY_WIDTH and table.shape[1] > 4:
@@ -417,14 +412,6 @@ def summary_table(frame: Any, space: SearchSpace, metric: str, mode: str, top: i
         text = table.to_string(index=False)
     left_out = len(shown) - table.shape[1]
     return text + (f"\n({left_out} more columns in trials.parquet)" if left_out else "")
-
-
-def _number(value: Any) -> Any:
-    """A value as printed: whole numbers without a decimal point, other floats to 4 significant digits."""
-    value = _plain(value)
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.4g}"
-    return value
 
 
 def print_summary(outcome: StudyOutcome, space: SearchSpace, out: TextIO, top: int = 5) -> None:

@@ -231,9 +231,13 @@ def timed(run: Callable[[], Any], reads: ParquetReads) -> tuple[float, int, int]
 
 def render_pages(out: Path, names: list[str]) -> list[tuple[str, tuple[float, int, int], tuple[float, int, int]]]:
     """Each page's cold and warm render (see the module's docstring), in one process."""
-    os.environ["STREAMLIT_LOGGER_LEVEL"] = "error"  # not the bare-mode notices of every run
+    import optuna
     import streamlit as st
+    from streamlit.logger import set_log_level
     from streamlit.testing.v1 import AppTest
+
+    set_log_level("error")  # not the bare-mode notices of every run, nor Optuna's of the importance page
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     os.environ["RAYSEARCH_RESULTS"] = str(out)
     sys.path.insert(0, str(DASHBOARD))

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from raysearch.dashboard.logic import log_grid
 from streamlit.testing.v1 import AppTest
 
 from raysearch.cli import main
+from raysearch.dashboard.logic import log_grid
 from raysearch.data.audit import audit_dataset, write_audit
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "dashboard"

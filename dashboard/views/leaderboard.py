@@ -7,18 +7,6 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-from raysearch.dashboard.logic import (
-    distinct_labels,
-    filter_scope,
-    filter_trials,
-    hidden_notice,
-    log_grid,
-    log_parameters,
-    metric_columns,
-    paired_comparisons,
-    study_distributions,
-    with_intervals,
-)
 from study_data import Study, current_study, every_study_trials
 from widgets import label, numeric_format, study_header
 
@@ -32,6 +20,18 @@ from raysearch.core.columns import (
     headline_columns,
     lower_is_better,
     rank_trials,
+)
+from raysearch.dashboard.logic import (
+    distinct_labels,
+    filter_scope,
+    filter_trials,
+    hidden_notice,
+    log_grid,
+    log_parameters,
+    metric_columns,
+    paired_comparisons,
+    study_distributions,
+    with_intervals,
 )
 
 FILTERS = "leaderboard-filters"  # session state: filter scope → widget key → value

@@ -7,12 +7,12 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
-from raysearch.dashboard.logic import search_progress
 from study_data import Study, current_study, load_study, studies
 from widgets import no_data, study_header
 
 from raysearch.core.columns import PRUNED
 from raysearch.core.layout import EPOCHS_FILE, TRIALS_FILE
+from raysearch.dashboard.logic import search_progress
 from raysearch.errors import RaysearchError
 
 

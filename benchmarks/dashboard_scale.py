@@ -124,7 +124,6 @@ def sampled_parameters(spec: dict[str, Any], trials: int, seed: int) -> pa.Table
                                  {k: tuple(v) for k, v in (p.get("when") or {}).items()})
                        for name, p in described["parameters"].items())
     space = SearchSpace(spec["task"], parameters, described.get("fixed") or {})
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     records = []
     for number in range(trials):
@@ -231,13 +230,8 @@ def timed(run: Callable[[], Any], reads: ParquetReads) -> tuple[float, int, int]
 
 def render_pages(out: Path, names: list[str]) -> list[tuple[str, tuple[float, int, int], tuple[float, int, int]]]:
     """Each page's cold and warm render (see the module's docstring), in one process."""
-    import optuna
     import streamlit as st
-    from streamlit.logger import set_log_level
     from streamlit.testing.v1 import AppTest
-
-    set_log_level("error")  # not the bare-mode notices of every run, nor Optuna's of the importance page
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     os.environ["RAYSEARCH_RESULTS"] = str(out)
     sys.path.insert(0, str(DASHBOARD))
@@ -288,8 +282,10 @@ def report(rows: list[tuple[str, tuple[float, int, int], tuple[float, int, int]]
     lines = ["| page | cold s | warm s | warm/cold | Parquet reads cold (footers) | warm (footers) |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for title, (cold, cold_tables, cold_footers), (warm, warm_tables, warm_footers) in rows:
-        timing = f"{cold:.2f} | {warm:.2f} | {warm / cold:.2f}" if cold == cold else "— | — | —"
-        lines.append(f"| {title} | {timing} | {cold_tables} ({cold_footers}) | {warm_tables} ({warm_footers}) |")
+        measured = cold == cold  # the session walk-through counts reads only
+        timing = f"{cold:.2f} | {warm:.2f} | {warm / cold:.2f}" if measured else "— | — | —"
+        warm_reads = f"{warm_tables} ({warm_footers})" if measured else "—"
+        lines.append(f"| {title} | {timing} | {cold_tables} ({cold_footers}) | {warm_reads} |")
     return "\n".join(lines)
 
 
@@ -302,6 +298,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=Path, help="where the real tiny studies are run once and kept "
                                                    "(default: in the temporary folder)")
     arguments = parser.parse_args()
+    import optuna
+    from streamlit.logger import set_log_level
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study it creates
+    set_log_level("error")  # not Streamlit's bare-mode notices of every AppTest run
     with tempfile.TemporaryDirectory(prefix="dashboard-scale-") as scratch:
         seeds = seed_studies(arguments.seeds or Path(scratch) / "seeds")
         out = arguments.out or Path(scratch) / "results"

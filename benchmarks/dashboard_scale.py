@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -255,6 +256,7 @@ def render_pages(out: Path, names: list[str]) -> list[tuple[str, tuple[float, in
             app.multiselect(key="progress-overlay").set_value(names[1:]))
 
     rows = []
+    logging.disable(logging.WARNING)  # not Streamlit's notices of running outside `streamlit run`, each run
     with ParquetReads().counting() as reads:
         st.cache_data.clear()
         app = opened()
@@ -272,6 +274,7 @@ def render_pages(out: Path, names: list[str]) -> list[tuple[str, tuple[float, in
         for path in PAGES.values():
             checked(app.switch_page(path))
             checked(app)
+        logging.disable(logging.NOTSET)
         rows.append((f"Every page in one session ({len(set(reads.tables))} files)",
                      (float("nan"), sum(reads.tables.values()), sum(reads.footers.values())), (float("nan"), 0, 0)))
     return rows
@@ -299,10 +302,8 @@ def main() -> None:
                                                    "(default: in the temporary folder)")
     arguments = parser.parse_args()
     import optuna
-    from streamlit.logger import set_log_level
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study it creates
-    set_log_level("error")  # not Streamlit's bare-mode notices of every AppTest run
     with tempfile.TemporaryDirectory(prefix="dashboard-scale-") as scratch:
         seeds = seed_studies(arguments.seeds or Path(scratch) / "seeds")
         out = arguments.out or Path(scratch) / "results"

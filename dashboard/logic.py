@@ -55,7 +55,7 @@ def filter_trials(frame: pd.DataFrame, *, statuses: Iterable[str] | None = None,
         keep &= frame[column].isna() | frame[column].isin(list(allowed))
     for column, (low, high) in (ranges or {}).items():
         keep &= frame[column].isna() | frame[column].between(low, high)
-    return frame[keep]
+    return frame if keep.all() else frame[keep]  # no copy of a big table when nothing is filtered out
 
 
 def pareto_front(frame: pd.DataFrame, objective: str, mode: str, costs: Sequence[str]) -> pd.Series:

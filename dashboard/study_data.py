@@ -7,13 +7,13 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import streamlit as st
-import yaml
 
 from raysearch.core.columns import FAILED, no_trial_finished, score_column
 from raysearch.core.files import inside
@@ -26,6 +26,7 @@ from raysearch.core.layout import (
     TRIALS_FILE,
     StudyFolder,
     find_studies,
+    parse_yaml,
 )
 from raysearch.dashboard.logic import audit_locations
 from raysearch.data.images import ImageError, read_grey
@@ -64,30 +65,60 @@ def _parquet(path: str, version: tuple[int, int]) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=1024)
 def _yaml(path: str, version: tuple[int, int]) -> dict[str, Any]:
-    return yaml.safe_load(Path(path).read_text()) or {}
+    return parse_yaml(Path(path).read_text()) or {}
 
 
 @dataclass(frozen=True)
 class Study:
-    """One study's results, read from its folder inside the results root."""
+    """One study's results, read from its folder inside the results root: study.yaml and trials.parquet at once,
+    the other tables when a page first asks for them (every path checked by `load_study`)."""
 
     root: Path
     directory: Path
     spec: dict[str, Any]
     trials: pd.DataFrame
-    epochs: pd.DataFrame | None
-    predictions: pd.DataFrame | None
-    audit: pd.DataFrame | None
-    audit_source: Path | None
-    ensembles: pd.DataFrame | None = None  # `evaluate --ensemble K`: one row per ensemble, test columns
+
+    @cached_property
+    def epochs(self) -> pd.DataFrame | None:
+        return read_table(self.root, self.directory, EPOCHS_FILE)
+
+    @cached_property
+    def predictions(self) -> pd.DataFrame | None:
+        return read_table(self.root, self.directory, PREDICTIONS_FILE)
+
+    @cached_property
+    def ensembles(self) -> pd.DataFrame | None:
+        """`evaluate --ensemble K`: one row per ensemble, test columns."""
+        return read_table(self.root, self.directory, ENSEMBLES_FILE)
+
+    @cached_property
+    def _audit(self) -> tuple[pd.DataFrame | None, Path | None]:
+        """The study's data audit (see dashboard_logic.audit_locations) and where it was found."""
+        for candidate in audit_locations(self.directory, self.root, self.spec):
+            found = read_table(self.root, candidate.parent, candidate.name)
+            if found is not None:
+                return found, candidate
+        return None, None
+
+    @property
+    def audit(self) -> pd.DataFrame | None:
+        return self._audit[0]
+
+    @property
+    def audit_source(self) -> Path | None:
+        return self._audit[1]
 
     @property
     def name(self) -> str:
         return self.directory.name
 
+    def versions(self, *names: str) -> tuple[tuple[int, int] | None, ...]:
+        """The versions of the study's files `names` (None where absent): a cache key that changes with them."""
+        return tuple(version(p) if (p := self.directory / name).is_file() else None for name in names)
+
     @property
     def task(self) -> str:
-        return str(self.spec.get("task", "?"))
+        return task_of(self.spec)
 
     @property
     def metric(self) -> str:
@@ -132,34 +163,60 @@ class Study:
             return None
 
 
+def task_of(spec: dict[str, Any]) -> str:
+    """The task a study.yaml names ("?" if none)."""
+    return str(spec.get("task", "?"))
+
+
 def read_table(root: Path, directory: Path, name: str) -> pd.DataFrame | None:
     """A Parquet file in a folder inside the results root (cached until it changes), or None if absent."""
     path = inside(root, directory / name)
     return _parquet(str(path), version(path)) if path.is_file() else None
 
 
-def _audit(root: Path, directory: Path, spec: dict[str, Any]) -> tuple[pd.DataFrame | None, Path | None]:
-    """The study's data audit (see dashboard_logic.audit_locations) and where it was found."""
-    for candidate in audit_locations(directory, root, spec):
-        found = read_table(root, candidate.parent, candidate.name)
-        if found is not None:
-            return found, candidate
-    return None, None
+def _spec(root: Path, directory: Path) -> tuple[str, tuple[int, int] | None]:
+    """Where a study's study.yaml is, checked to lie inside the root, and its version (None when absent)."""
+    path = inside(root, directory / STUDY_FILE)
+    return str(path), version(path) if path.is_file() else None
+
+
+def _read_spec(path: str, found: tuple[int, int] | None) -> dict[str, Any]:
+    return _yaml(path, found) if found else {}
 
 
 def load_study(root: Path, directory: Path) -> Study:
-    """Read one study folder's files (cached until they change)."""
-    spec_path = inside(root, directory / STUDY_FILE)
-    spec = _yaml(str(spec_path), version(spec_path)) if spec_path.is_file() else {}
+    """One study folder: study.yaml and trials.parquet read (cached until they change), and every path of its
+    other tables checked to lie inside the root, for the pages that read them."""
+    for name in (EPOCHS_FILE, PREDICTIONS_FILE, ENSEMBLES_FILE):
+        inside(root, directory / name)
+    spec = _read_spec(*_spec(root, directory))
+    for candidate in audit_locations(directory, root, spec):
+        inside(root, candidate)
     trials = read_table(root, directory, TRIALS_FILE)
-    audit, audit_source = _audit(root, directory, spec)
-    return Study(root, inside(root, directory), spec, trials if trials is not None else pd.DataFrame(),
-                 read_table(root, directory, EPOCHS_FILE), read_table(root, directory, PREDICTIONS_FILE),
-                 audit, audit_source, read_table(root, directory, ENSEMBLES_FILE))
+    return Study(root, inside(root, directory), spec, trials if trials is not None else pd.DataFrame())
+
+
+def every_study_trials(root: Path) -> pd.DataFrame:
+    """The trials of every readable study in the results root, with `study` and `task` columns. Only their
+    trials.parquet and study.yaml are read; the table is kept until one of these files changes."""
+    found = []
+    for directory in studies(root)[0]:
+        trials = inside(root, directory / TRIALS_FILE)
+        found.append((directory.name, str(trials), version(trials), *_spec(root, directory)))
+    return _every_study_trials(tuple(found))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _every_study_trials(found: tuple[tuple[str, str, tuple[int, int], str, tuple[int, int] | None], ...]
+                        ) -> pd.DataFrame:
+    frames = [_parquet(trials, trials_version).assign(study=name, task=task_of(_read_spec(spec, spec_version)))
+              for name, trials, trials_version, spec, spec_version in found]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 @st.cache_data(show_spinner=False, max_entries=4096)
-def _problem(directory: str, modified: tuple[float, ...]) -> str | None:
+def _problem(directory: str, versions: tuple[tuple[int, int] | None, ...]) -> str | None:
     """Why a study folder cannot be read (one line naming the file and the field), None when it can."""
     try:
         StudyFolder(Path(directory)).check_readable()
@@ -168,11 +225,11 @@ def _problem(directory: str, modified: tuple[float, ...]) -> str | None:
     return None
 
 
-def _modified(directory: Path) -> tuple[float, ...]:
-    """The modification times of the files `_problem` reads (0 where absent), so its answer is cached until
-    they change."""
+def _versions(directory: Path) -> tuple[tuple[int, int] | None, ...]:
+    """The versions of the files `_problem` reads (None where absent), so its answer is cached until they
+    change."""
     paths = (directory / STUDY_FILE, directory / TRIALS_FILE, directory / EPOCHS_FILE)
-    return tuple(p.stat().st_mtime if p.is_file() else 0.0 for p in paths)
+    return tuple(version(p) if p.is_file() else None for p in paths)
 
 
 def studies(root: Path) -> tuple[list[Path], list[str]]:
@@ -185,7 +242,7 @@ def studies(root: Path) -> tuple[list[Path], list[str]]:
         except RaysearchError as error:
             refused.append(str(error))
             continue
-        problem = _problem(str(directory), _modified(directory))
+        problem = _problem(str(directory), _versions(directory))
         if problem is None:
             found.append(directory)
         else:

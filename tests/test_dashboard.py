@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from raysearch.dashboard.logic import log_grid
 from streamlit.testing.v1 import AppTest
 
 from raysearch.cli import main
+from raysearch.dashboard.logic import log_grid
 from raysearch.data.audit import audit_dataset, write_audit
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "dashboard"
@@ -292,3 +292,50 @@ def test_broken_studies_are_one_line_each_and_the_good_one_stays_usable(dashboar
         load_study(truncated)
     with pytest.raises(DataError, match=rf"^{malformed / 'study.yaml'}: search_space: expected a mapping"):
         load_study(malformed)
+
+
+def small_study(directory: Path, trials: int, seed: int) -> None:
+    """A study folder as `raysearch run` leaves it, as far as the dashboard's study list reads it: study.yaml,
+    trials.parquet and epochs.parquet of `trials` trials."""
+    from raysearch.core.layout import STUDY_KEYS
+
+    directory.mkdir(parents=True)
+    spec = dict.fromkeys(STUDY_KEYS, {}) | {"name": directory.name, "task": "classification", "seed": seed,
+                                             "scheduler": {"metric": "val_score", "mode": "max"}}
+    (directory / "study.yaml").write_text(yaml.safe_dump(spec))
+    rng = np.random.default_rng(seed)
+    ids = [f"{directory.name}-{i}" for i in range(trials)]
+    pd.DataFrame({"trial_id": ids, "number": range(trials), "status": "COMPLETED", "epochs": 2,
+                  "param.lr": rng.uniform(1e-3, 1e-2, trials),
+                  "metric.val_score.best": rng.uniform(0, 1, trials)}).to_parquet(directory / "trials.parquet")
+    pd.DataFrame({"trial_id": np.repeat(ids, 2), "epoch": np.tile([1, 2], trials),
+                  "val_score": rng.uniform(0, 1, 2 * trials)}).to_parquet(directory / "epochs.parquet")
+
+
+def test_comparing_every_study_reads_each_table_once_until_it_changes(dashboard, monkeypatch, tmp_path: Path) -> None:
+    """The leaderboard over every study reads each trials.parquet once over reruns, never another study's epochs,
+    and reads a trials.parquet again once it changed (its mtime and size)."""
+    import streamlit as st
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from dashboard_scale import ParquetReads
+
+    results = tmp_path / "results"
+    for i, name in enumerate(("alpha", "beta", "gamma")):
+        small_study(results / name, 4, i)
+    st.cache_data.clear()
+    with ParquetReads().counting() as reads:
+        app = dashboard(results)
+        app.toggle(key="all-studies").set_value(True).run()
+        app.run()
+        assert not app.exception and len(app.dataframe[0].value) == 12
+        expected = {str(results / name / "trials.parquet"): 1 for name in ("alpha", "beta", "gamma")}
+        assert reads.tables == expected  # and no epochs.parquet: the leaderboard does not show epochs
+
+        reads.reset()
+        small_study(tmp_path / "grown", 5, 7)
+        (results / "gamma" / "trials.parquet").write_bytes((tmp_path / "grown" / "trials.parquet").read_bytes())
+        app.run()
+        assert not app.exception and len(app.dataframe[0].value) == 13
+        assert reads.tables == {str(results / "gamma" / "trials.parquet"): 1}
+        assert reads.footers == {str(results / "gamma" / name): 1 for name in ("trials.parquet", "epochs.parquet")}

@@ -7,19 +7,7 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-from raysearch.dashboard.logic import (
-    distinct_labels,
-    filter_scope,
-    filter_trials,
-    hidden_notice,
-    log_grid,
-    log_parameters,
-    metric_columns,
-    paired_comparisons,
-    study_distributions,
-    with_intervals,
-)
-from study_data import Study, current_study, load_study, studies
+from study_data import Study, current_study, every_study_trials
 from widgets import label, numeric_format, study_header
 
 from raysearch.core.columns import (
@@ -33,15 +21,26 @@ from raysearch.core.columns import (
     lower_is_better,
     rank_trials,
 )
+from raysearch.dashboard.logic import (
+    distinct_labels,
+    filter_scope,
+    filter_trials,
+    hidden_notice,
+    log_grid,
+    log_parameters,
+    metric_columns,
+    paired_comparisons,
+    study_distributions,
+    with_intervals,
+)
 
 FILTERS = "leaderboard-filters"  # session state: filter scope → widget key → value
 
 
 def trials_of(study: Study, everything: bool) -> pd.DataFrame:
     """The study's trials, or every study's in the results folder, with `study` and `task` columns."""
-    chosen = [load_study(study.root, s) for s in studies(study.root)[0]] if everything else [study]
-    frames = [s.trials.assign(study=s.name, task=s.task) for s in chosen if not s.trials.empty]
-    return pd.concat(frames, ignore_index=True) if frames else study.trials
+    frame = every_study_trials(study.root) if everything else study.trials.assign(study=study.name, task=study.task)
+    return study.trials if frame.empty else frame
 
 
 def remembered(scope: str) -> dict[str, Any]:
@@ -193,20 +192,20 @@ def main() -> None:
     parameters_hidden = len(filter_trials(frame, **kept)) < len(frame)
     choices, ranges = parameter_filters(frame, scope, log_parameters(study_distributions(study.spec)),
                                         expanded=parameters_hidden)
-    shown = rank_trials(filter_trials(frame, statuses=statuses, tasks=tasks, choices=choices, ranges=ranges),
-                        column, mode)
-    notice = hidden_notice(len(shown), len(frame))
+    kept_trials = filter_trials(frame, statuses=statuses, tasks=tasks, choices=choices, ranges=ranges)
+    notice = hidden_notice(len(kept_trials), len(frame))
     if notice:
         warning, reset = st.columns([4, 1], vertical_alignment="center")
         warning.warning(notice, icon=":material/filter_alt:")
         reset.button("Show every trial", on_click=reset_filters, args=(scope,), key=f"reset:{scope}",
                      help="Reset the status, task and parameter filters of this view")
-    tests = [c for name in ("test.", "test_clean.") for c in headline_columns(shown.columns, name) if c != column][:8]
-    tests = with_intervals(tests, shown.columns)
-    vals = [c for c in headline_columns(shown.columns, "metric.val_") if c.endswith(".best") and c != column][:6]
-    params = [c for c in shown.columns if c.startswith("param.") and shown[c].nunique(dropna=True) > 1]
+    tests = [c for name in ("test.", "test_clean.") for c in headline_columns(frame.columns, name) if c != column][:8]
+    tests = with_intervals(tests, frame.columns)
+    vals = [c for c in headline_columns(frame.columns, "metric.val_") if c.endswith(".best") and c != column][:6]
+    params = [c for c in frame.columns if c.startswith("param.") and kept_trials[c].nunique(dropna=True) > 1]
     order = ["rank", *(["study", "task"] if everything else []), "trial_id", "status", column, *tests, *vals,
              "epochs", "params", "latency_ms", *params]
+    shown = rank_trials(kept_trials[[c for c in dict.fromkeys(order) if c in frame]], column, mode)  # not every column
     st.subheader(f"{len(shown)} of {len(frame)} trials, ranked by {label(column)}")
     st.dataframe(shown[[c for c in dict.fromkeys(order) if c in shown]], hide_index=True,
                  column_config={**{c: st.column_config.Column(label(c)) for c in params},

@@ -7,22 +7,31 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
-from raysearch.dashboard.logic import search_progress
-from study_data import current_study, load_study, studies
+from study_data import Study, current_study, load_study, studies
 from widgets import no_data, study_header
 
 from raysearch.core.columns import PRUNED
+from raysearch.core.layout import EPOCHS_FILE, TRIALS_FILE
+from raysearch.dashboard.logic import search_progress
 from raysearch.errors import RaysearchError
 
 
-def progress_of(study) -> pd.DataFrame | None:
+def progress_of(study: Study) -> pd.DataFrame | None:
     """The study's best-so-far curve, or None when it has no trials or epochs yet."""
-    if study.epochs is None or study.trials.empty or study.metric not in study.epochs:
+    return _progress(str(study.directory), study.versions(TRIALS_FILE, EPOCHS_FILE), study.metric, study.mode,
+                     study)
+
+
+@st.cache_data(show_spinner=False, max_entries=1024)
+def _progress(directory: str, versions: tuple, metric: str, mode: str, _study: Study) -> pd.DataFrame | None:
+    """`progress_of`, computed once per version of the study's trials and epochs tables (`_study` is not hashed:
+    the folder, the versions, the metric and the mode are the key)."""
+    if _study.epochs is None or _study.trials.empty or metric not in _study.epochs:
         return None
-    return search_progress(study.trials, study.epochs, study.metric, study.mode)
+    return search_progress(_study.trials, _study.epochs, metric, mode)
 
 
-def label_of(study) -> str:
+def label_of(study: Study) -> str:
     """A study's name with its searcher and scheduler (as study.yaml records them)."""
     searcher = study.spec.get("searcher", {}).get("name", "tpe")
     scheduler = study.spec.get("scheduler", {}).get("name", "asha")

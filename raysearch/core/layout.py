@@ -81,6 +81,15 @@ SCHEDULER_FIELDS: dict[str, type] = {"metric": str, "mode": str}
 TABLE_COLUMNS = {TRIALS_FILE: ("trial_id", "status"), EPOCHS_FILE: ("trial_id", "epoch")}
 
 
+YAML_LOADER = yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader  # libyaml's parser: ~20x faster
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as plain Python values, read safely (no tag builds an object), with libyaml's parser where
+    PyYAML has it: a dashboard reads a study.yaml of hundreds of lines per study."""
+    return yaml.load(text, Loader=YAML_LOADER)
+
+
 def check_study(study: Any, path: Path) -> dict[str, Any]:
     """`study` (study.yaml as parsed) when it has every key, each of its type; else a DataError naming `path` and
     the field."""
@@ -296,7 +305,7 @@ class StudyFolder:
         if not self.study_file.is_file():
             raise DataError(f"{self.directory}: not a study folder (no {STUDY_FILE})")
         try:
-            study = yaml.safe_load(self.study_file.read_text())
+            study = parse_yaml(self.study_file.read_text())
         except yaml.YAMLError as error:
             raise DataError(f"{self.study_file}: not valid YAML ({str(error).splitlines()[0]})") from None
         except (OSError, UnicodeDecodeError) as error:

@@ -40,9 +40,9 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
-from raysearch.dashboard.logic import compute_to_reach, search_progress
 
 from raysearch.core.bundled import search_spaces_dir
+from raysearch.dashboard.logic import compute_to_reach, search_progress
 from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.study.run import run_study
 from raysearch.study.spec import StudySpec

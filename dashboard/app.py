@@ -10,9 +10,9 @@ import os
 import urllib.request
 
 import streamlit as st
-from raysearch.dashboard.logic import ray_dashboard_candidates
 from study_data import load_study, ray_dashboard_url, results_root, studies
 
+from raysearch.dashboard.logic import ray_dashboard_candidates
 from raysearch.errors import RaysearchError
 
 PAGES = [

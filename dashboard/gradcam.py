@@ -14,11 +14,11 @@ import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from raysearch.dashboard.logic import study_distributions, typed_params
 from torch import nn
 
 from raysearch.core.files import inside
 from raysearch.core.layout import StudyFolder
+from raysearch.dashboard.logic import study_distributions, typed_params
 from raysearch.errors import DataError
 from raysearch.inference.restore import build_model, model_input, trial_hyperparameters
 from raysearch.tasks import create_task

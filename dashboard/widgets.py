@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
-from raysearch.dashboard.logic import dataset_attribution
 from study_data import Study
 
 from raysearch.core.columns import rank_trials
+from raysearch.dashboard.logic import dataset_attribution
 
 
 def label(column: str) -> str:

@@ -9,6 +9,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+from raysearch.core.columns import lower_is_better
+from raysearch.core.files import inside
 from raysearch.dashboard.logic import (
     BONE_FRACTURE_ATTRIBUTION,
     audit_locations,
@@ -37,9 +40,6 @@ from raysearch.dashboard.logic import (
     top_parameters,
     unranked_parameters,
 )
-
-from raysearch.core.columns import lower_is_better
-from raysearch.core.files import inside
 from raysearch.errors import DataError
 from raysearch.search.space import parse_space
 

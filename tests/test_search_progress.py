@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from raysearch.dashboard.logic import compute_to_reach, search_progress
 from streamlit.testing.v1 import AppTest
+
+from raysearch.dashboard.logic import compute_to_reach, search_progress
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "dashboard"
 TRIALS = pd.DataFrame({"trial_id": ["b", "a", "c"], "number": [0, 1, 2],

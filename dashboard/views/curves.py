@@ -6,11 +6,11 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
-from raysearch.dashboard.logic import curve_selection, stop_points
 from study_data import current_study
 from widgets import no_data, study_header, trial_order
 
 from raysearch.core.columns import EARLY_STOPPED, PRUNED, is_per_class
+from raysearch.dashboard.logic import curve_selection, stop_points
 
 CURVE_SELECTIONS, LAST_SELECTION = "curve-selections", ""  # session state: study → trials drawn ("" the last)
 STOP_SYMBOLS = {PRUNED: ("x", "stopped by ASHA"), EARLY_STOPPED: ("square", "stopped by patience")}

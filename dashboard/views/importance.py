@@ -6,6 +6,9 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
+from study_data import Study, current_study
+from widgets import label, no_data, study_header
+
 from raysearch.dashboard.logic import (
     IMPORTANCE_EVALUATORS,
     importance_notice,
@@ -16,8 +19,6 @@ from raysearch.dashboard.logic import (
     top_parameters,
     unranked_parameters,
 )
-from study_data import Study, current_study
-from widgets import label, no_data, study_header
 
 AXES = 6  # parameters drawn in parallel coordinates unless the user adds more
 

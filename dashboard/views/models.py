@@ -9,6 +9,10 @@ import numpy as np
 import pandas as pd
 import plotly.express as px
 import streamlit as st
+from study_data import Study, current_study
+from widgets import no_data, study_header, trial_order
+
+from raysearch.core.columns import headline_columns, metric_name
 from raysearch.dashboard.logic import (
     confusion_from_metrics,
     confusion_from_predictions,
@@ -17,10 +21,6 @@ from raysearch.dashboard.logic import (
     reliability,
     roc_curves,
 )
-from study_data import Study, current_study
-from widgets import no_data, study_header, trial_order
-
-from raysearch.core.columns import headline_columns, metric_name
 from raysearch.errors import RaysearchError
 from raysearch.inference.overlay import draw_overlay
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import plotly.express as px
 import streamlit as st
-from raysearch.dashboard.logic import metric_columns, model_names, pareto_front
 from study_data import current_study
 from widgets import label, no_data, study_header
 
 from raysearch.core.columns import lower_is_better
+from raysearch.dashboard.logic import metric_columns, model_names, pareto_front
 
 COSTS = {"params": "parameters", "latency_ms": "latency (ms per image)"}
 

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_DATA = ROOT / ".gpu" / "bone-fracture-labelled"   # what ../shared/tools/gpu-bundle packs
 SHARED_DATA = ROOT.parent / "shared" / "datasets" / "bone-fracture-yolo"
 SUMMARY_FILE, DMON_FILE = "summary.txt", "dmon.log"
-PASS, FAIL, INFO, NA_ON_CPU = "PASS", "FAIL", "info", "n/a on CPU"
+PASS, FAIL, INFO, NA_ON_CPU, SKIPPED = "PASS", "FAIL", "info", "n/a on CPU", "skipped"
 GPU_MARK = "pytest.mark.gpu"
 MARGIN_S = 15.0          # kept free before the deadline
 SM_BUSY_TARGET = 70.0    # % of one GPU kept busy by the packed search
@@ -478,7 +478,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=450.0, help="seconds for the whole run (default: 450)")
     parser.add_argument("--trials-per-gpu", type=int, help="packing of the real searches (default: the device plan's)")
     parser.add_argument("--cpu-smoke", action="store_true", help="every step at toy size on the CPU")
+    parser.add_argument("--steps", help="run only these steps, comma-separated (default: all: "
+                        f"{','.join(step.name for step in STEPS)}); the others' rows say skipped")
     return parser.parse_args(argv)
+
+
+def chosen_steps(args: argparse.Namespace) -> list[str]:
+    """The names of the steps to run (all without --steps); exits with one line naming an unknown one."""
+    names = [step.name for step in STEPS]
+    if args.steps is None:
+        return names
+    chosen = [name.strip() for name in args.steps.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in names]
+    if unknown or not chosen:
+        sys.exit(f"gpu_acceptance: --steps: unknown step {', '.join(unknown) or '(none given)'}; "
+                 f"choose from {', '.join(names)}")
+    return chosen
 
 
 def checked_data(args: argparse.Namespace) -> Path | None:
@@ -501,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.trials_per_gpu is not None and args.trials_per_gpu < 1:
         sys.exit(f"gpu_acceptance: --trials-per-gpu must be at least 1, got {args.trials_per_gpu}")
     data = checked_data(args)
+    steps = chosen_steps(args)
     deadline = time.monotonic() + args.budget
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu-acceptance-"))
@@ -518,6 +534,11 @@ def main(argv: list[str] | None = None) -> int:
     complete = True
     with ExitStack() as stack:
         for step in STEPS:
+            if step.name not in steps:
+                for row in summary.rows:
+                    if row.step == step.name:
+                        row.figure, row.verdict = "left out (--steps)", SKIPPED
+                continue
             if step.needs_ray and ctx.address is None:
                 start_ray(stack, ctx)
             complete &= run_step(step, ctx, summary)

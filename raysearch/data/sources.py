@@ -24,10 +24,23 @@ CANDIDATE_COST = 30  # a candidate pair (gathered, sorted, compared whole) costs
 ROBOFLOW_MARK = ".rf."
 
 
-def _segment_keys(hashes: np.ndarray, bounds: Sequence[tuple[int, int]]) -> list[np.ndarray]:
-    """Each hash's bits start:end as an integer, per segment."""
-    bits = np.unpackbits(np.ascontiguousarray(hashes).view(np.uint8), axis=1).astype(np.int64)
-    return [bits[:, start:end] @ (1 << np.arange(end - start - 1, -1, -1, dtype=np.int64)) for start, end in bounds]
+def _bits(hashes: np.ndarray) -> np.ndarray:
+    """The hashes' bits, one column each."""
+    return np.unpackbits(np.ascontiguousarray(hashes).view(np.uint8), axis=1)
+
+
+def _pieces(bits: np.ndarray, segments: int) -> list[np.ndarray]:
+    """The bit columns of each piece: dealt out in turn from the most even bit (set in half the rows) to the most
+    constant, so that every piece mixes informative bits. Perceptual hashes have near-constant bits (the DCT's
+    lowest frequencies); contiguous pieces of them would put most rows under a few piece values."""
+    evenness = np.abs(bits.mean(axis=0) - 0.5) if len(bits) else np.zeros(bits.shape[1])
+    order = np.argsort(evenness, kind="stable")
+    return [np.sort(order[k::segments]) for k in range(segments)]
+
+
+def _piece_keys(bits: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Each row's bits of `columns` as an integer."""
+    return bits[:, columns].astype(np.int64) @ (1 << np.arange(len(columns) - 1, -1, -1, dtype=np.int64))
 
 
 def _flips(width: int, radius: int) -> np.ndarray:
@@ -53,38 +66,36 @@ def near_pairs(a: np.ndarray, b: np.ndarray, limit: int = NEAR_DUPLICATE_BITS,
     """(i, j, distance), ordered by (i, j), for every hash a[i], b[j] (rows of packed uint64 bits) within
     `limit` bits: the all-pairs answer, found by multi-index hashing instead of comparing every pair.
 
-    The bits are cut into `segments` pieces (default: `segment_count`'s cheapest for len(b)): two hashes within
-    `limit` bits differ in at most limit // segments bits of some piece (pigeonhole), so every pair is found among
-    the b rows whose piece lies within that radius of a row's piece (looked up per flip mask in the b rows grouped
-    by piece value); only those candidates are compared whole."""
+    The bits are dealt into `segments` pieces (`_pieces`; default: `segment_count`'s cheapest for len(b)): two
+    hashes within `limit` bits differ in at most limit // segments bits of some piece (pigeonhole), so every pair
+    is found among the b rows whose piece lies within that radius of a row's piece (looked up per flip mask in the
+    b rows grouped by piece value); only those candidates are compared whole."""
     if len(a) == 0 or len(b) == 0:
         return []
     width = a.shape[1] * 64
     segments = segments or segment_count(len(b), width, limit)
-    edges = np.linspace(0, width, segments + 1).round().astype(int)
-    bounds = list(zip(edges[:-1], edges[1:], strict=True))
+    if ceil(width / segments) > MAX_SEGMENT_BITS:
+        raise ValueError(f"near_pairs: {segments} segments of {width} bits are wider than {MAX_SEGMENT_BITS} bits")
     radius = limit // segments
+    bits_a, bits_b = _bits(a), _bits(b)
     found = []
-    for keys_a, keys_b, (start, end) in zip(_segment_keys(a, bounds), _segment_keys(b, bounds), bounds, strict=True):
-        if end - start > MAX_SEGMENT_BITS:
-            raise ValueError(f"near_pairs: {segments} segments of {width} bits are wider than {MAX_SEGMENT_BITS} bits")
+    for columns in _pieces(bits_b, segments):
+        keys_a, keys_b = _piece_keys(bits_a, columns), _piece_keys(bits_b, columns)
         order = np.argsort(keys_b, kind="stable")
-        sizes = np.bincount(keys_b, minlength=1 << (end - start))  # b rows per segment value
+        sizes = np.bincount(keys_b, minlength=1 << len(columns))  # b rows per piece value
         starts = np.cumsum(sizes) - sizes  # where each value's rows begin in `order`
-        for flip in _flips(end - start, radius):
+        for flip in _flips(len(columns), radius):
             probe = keys_a ^ flip
             counts, first = sizes[probe], starts[probe]
-            rows = np.repeat(np.arange(len(a)), counts)
+            i = np.repeat(np.arange(len(a)), counts)
             offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-            found.append(rows * len(b) + order[np.repeat(first, counts) + offsets])
-    candidates = np.sort(np.concatenate(found))  # a sort: numpy 2.3's hashing np.unique is far slower here
-    if not candidates.size:  # no piece of any a row lies near a b row's
-        return []
-    candidates = candidates[np.concatenate(([True], candidates[1:] != candidates[:-1]))]
-    i, j = candidates // len(b), candidates % len(b)
+            j = order[np.repeat(first, counts) + offsets]
+            close = np.bitwise_count(a[i] ^ b[j]).sum(axis=1) <= limit  # compared whole at once: few stay
+            found.append(i[close] * len(b) + j[close])
+    pairs = np.unique(np.concatenate(found))  # a pair near in several pieces is found once per piece
+    i, j = pairs // len(b), pairs % len(b)
     distance = np.bitwise_count(a[i] ^ b[j]).sum(axis=1)
-    close = distance <= limit
-    return [(int(x), int(y), int(d)) for x, y, d in zip(i[close], j[close], distance[close], strict=True)]
+    return [(int(x), int(y), int(d)) for x, y, d in zip(i, j, distance, strict=True)]
 
 
 def roboflow_source(path: Path | str) -> str | None:

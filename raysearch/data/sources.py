@@ -90,12 +90,12 @@ def near_pairs(a: np.ndarray, b: np.ndarray, limit: int = NEAR_DUPLICATE_BITS,
             i = np.repeat(np.arange(len(a)), counts)
             offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
             j = order[np.repeat(first, counts) + offsets]
-            close = np.bitwise_count(a[i] ^ b[j]).sum(axis=1) <= limit  # compared whole at once: few stay
-            found.append(i[close] * len(b) + j[close])
-    pairs = np.unique(np.concatenate(found))  # a pair near in several pieces is found once per piece
-    i, j = pairs // len(b), pairs % len(b)
-    distance = np.bitwise_count(a[i] ^ b[j]).sum(axis=1)
-    return [(int(x), int(y), int(d)) for x, y, d in zip(i, j, distance, strict=True)]
+            distance = np.bitwise_count(a[i] ^ b[j]).sum(axis=1)  # compared whole at once: few stay
+            close = distance <= limit
+            found.append((i[close] * len(b) + j[close], distance[close]))
+    codes, distances = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    pairs, first = np.unique(codes, return_index=True)  # a pair near in several pieces is found once per piece
+    return [(int(p // len(b)), int(p % len(b)), int(d)) for p, d in zip(pairs, distances[first], strict=True)]
 
 
 def roboflow_source(path: Path | str) -> str | None:

@@ -116,10 +116,15 @@ def quiet_libraries(console: int) -> Iterator[None]:
         optuna.logging.set_verbosity(previous)
 
 
+def plain_value(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds (any other value as it is)."""
+    return value.item() if hasattr(value, "item") else value
+
+
 def number_text(value: Any) -> str:
     """A value as the console prints it: whole numbers without a decimal point, other floats to 4 significant
     digits (numpy scalars as the Python values they hold)."""
-    value = value.item() if hasattr(value, "item") else value
+    value = plain_value(value)
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.4g}"
     return str(value)

@@ -22,7 +22,7 @@ from raysearch.data.records import issues_table
 from raysearch.data.samples import DatasetIndex
 from raysearch.data.splits import SplitOutcome
 from raysearch.errors import ConfigError, DataError, NoTrialFinished, StudyInterrupted
-from raysearch.search.console import DEFAULT, QUIET, VERBOSE, number_text, quiet_libraries
+from raysearch.search.console import DEFAULT, QUIET, VERBOSE, number_text, plain_value, quiet_libraries
 from raysearch.search.results import epochs_table, trials_table
 from raysearch.search.space import SearchSpace, load_space
 from raysearch.search.tracking import mlflow_tracking_uri, record_trial_outcomes, tracking_plan, trial_runs
@@ -422,7 +422,7 @@ def print_summary(outcome: StudyOutcome, space: SearchSpace, out: TextIO, top: i
     ranked = frame.sort_values(score_column(outcome.metric), ascending=outcome.mode == "min", na_position="last")
     if len(ranked):
         best = ranked.iloc[0]
-        values = {p.name: _typed(p, _plain(best.get(f"param.{p.name}"))) for p in space.parameters}
+        values = {p.name: _typed(p, plain_value(best.get(f"param.{p.name}"))) for p in space.parameters}
         params = {name: value for name, value in values.items() if not _missing(value)}
         print(f"\nBest configuration ({best['trial_id']}): {params}", file=out)
     print(f"\nSearch took {outcome.search_seconds:.0f} s; compute spent: {outcome.trial_epochs} trial-epochs, "
@@ -443,11 +443,6 @@ def _typed(parameter: Any, value: Any) -> Any:
     if isinstance(parameter.distribution, CategoricalDistribution):
         return next((choice for choice in parameter.distribution.choices if choice == value), value)
     return value
-
-
-def _plain(value: Any) -> Any:
-    """A numpy scalar as the Python value it holds (for printing)."""
-    return value.item() if hasattr(value, "item") else value
 
 
 def _missing(value: Any) -> bool:

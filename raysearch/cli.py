@@ -266,14 +266,14 @@ def _data(args: argparse.Namespace) -> None:
 
 
 def _audit(args: argparse.Namespace) -> None:
-    from raysearch.core.layout import AUDIT_DIR, DEFAULT_RESULTS, image_index_file
+    from raysearch.core.layout import AUDIT_DIR, DEFAULT_RESULTS
     from raysearch.data.audit import audit_dataset, format_audit, write_audit
     from raysearch.data.records import SplitRatios
     from raysearch.errors import DataError
 
     results = DEFAULT_RESULTS if args.out is None else args.out  # where the image index is kept
     audit = audit_dataset(args.path, args.format, split_ratios=SplitRatios.parse(args.split_ratios),
-                          columns=args.columns, index_file=image_index_file(results, args.path),
+                          columns=args.columns, results=results,
                           progress=not args.quiet)
     print(format_audit(audit))
     written = write_audit(audit, args.out or Path(DEFAULT_RESULTS) / AUDIT_DIR / audit.name)

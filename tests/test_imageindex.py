@@ -3,6 +3,7 @@ near-duplicate search against the all-pairs one."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -13,10 +14,12 @@ import numpy as np
 import pytest
 
 from raysearch.core.layout import image_index_file
-from raysearch.data import imageindex
+from raysearch.data import imageindex, records
+from raysearch.data.audit import audit_dataset
 from raysearch.data.cache import dataset_fingerprint
 from raysearch.data.imageindex import image_facts
 from raysearch.data.images import read_grey
+from raysearch.data.loading import load_dataset
 from raysearch.data.samples import DatasetIndex, Sample
 from raysearch.data.sources import near_pairs, segment_count
 
@@ -97,6 +100,65 @@ def test_the_fingerprint_reads_digests_from_the_index_and_follows_a_changed_file
     assert dataset_fingerprint(dataset, index, progress=False) == unindexed and decodes == []
     _rewrite(images[0], np.zeros((40, 48), np.uint8))
     assert dataset_fingerprint(dataset, index, progress=False) != unindexed and decodes == [images[0]]
+
+
+@pytest.fixture
+def headers(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every file whose header a dataset scan opens (a spy around the real header reader the scan checks use)."""
+    seen: list[Path] = []
+    real = records.inspect_image
+
+    def spy(path: Path) -> object:
+        seen.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(records, "inspect_image", spy)
+    return seen
+
+
+def _class_folders(root: Path) -> Path:
+    """Two class folders of three PNGs each, and a JPEG cut short (a problem the scan must list)."""
+    rng = np.random.default_rng(2)
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(root / name / f"{i}.png"), (rng.random((40, 48)) * 255).astype(np.uint8))
+    ok, jpeg = cv2.imencode(".jpg", np.full((40, 48), 90, np.uint8))
+    (root / "b" / "cut.jpg").write_bytes(jpeg.tobytes()[:-100])
+    return root
+
+
+def _scan(data: Path, results: Path) -> DatasetIndex:
+    return load_dataset(str(data), results=results, progress=False, out=io.StringIO())
+
+
+def test_a_second_scan_opens_no_unchanged_image_and_a_changed_or_cut_image_is_checked_again(
+        tmp_path: Path, headers: list[Path]) -> None:
+    data, results = _class_folders(tmp_path / "data"), tmp_path / "results"
+    first = _scan(data, results)
+    assert len(first.samples) == 6 and [i.path.name for i in first.issues] == ["cut.jpg"]
+    image_facts([s.image_path for s in first.samples], image_index_file(results, first.root), progress=False)
+    headers.clear()
+    second = _scan(data, results)
+    assert headers == [data / "b" / "cut.jpg"]  # kept images are indexed; the run never indexes a problem file
+    assert second.samples == first.samples and second.issues == first.issues
+    headers.clear()
+    changed, cut = data / "a" / "0.png", data / "b" / "1.png"
+    _rewrite(changed, np.zeros((40, 48), np.uint8))
+    cut.write_bytes(cut.read_bytes()[:-30])
+    third = _scan(data, results)
+    assert sorted(headers) == sorted([changed, cut, data / "b" / "cut.jpg"])
+    assert sorted(i.path.name for i in third.issues) == ["1.png", "cut.jpg"] and len(third.samples) == 5
+    assert "truncated image" in next(i.message for i in third.issues if i.path == cut)
+
+
+def test_a_second_audit_opens_no_file_and_finds_the_same_problems(tmp_path: Path, headers: list[Path]) -> None:
+    data, results = _class_folders(tmp_path / "data"), tmp_path / "results"
+    first = audit_dataset(data, results=results, progress=False)
+    headers.clear()
+    second = audit_dataset(data, results=results, progress=False)
+    assert headers == []  # the audit indexes every file it scans, problem files too
+    assert second.rows("issues") == first.rows("issues") and len(first.rows("issues")) == 1
 
 
 @pytest.fixture(scope="module")

@@ -25,10 +25,10 @@ import numpy as np
 import pyarrow as pa
 
 from raysearch.core.files import write_table_atomic
-from raysearch.core.layout import AUDIT_FILE
+from raysearch.core.layout import AUDIT_FILE, image_index_file
 from raysearch.data.formats import scan_dataset
-from raysearch.data.imageindex import HASH_SIZE, Pixels, image_facts
-from raysearch.data.records import DEFAULT_SPLIT, Record, Scan, SplitRatios
+from raysearch.data.imageindex import HASH_SIZE, Pixels, image_facts, indexed_checks
+from raysearch.data.records import DEFAULT_SPLIT, Record, Scan, SplitRatios, opening_every_file
 from raysearch.data.samples import SPLITS, DataIssue
 from raysearch.data.sources import NEAR_DUPLICATE_BITS, group_sources, near_pairs
 from raysearch.data.splits import EVALUATED, in_train_source, join_patients, recommend_policy
@@ -283,12 +283,15 @@ def _fatal(audit: Audit) -> None:
 
 
 def audit_dataset(root: Path, format: str | None = None, *, split_ratios: SplitRatios = DEFAULT_SPLIT,
-                  columns: str | None = None, index_file: Path | None = None, progress: bool = True) -> Audit:
+                  columns: str | None = None, results: Path | None = None, progress: bool = True) -> Audit:
     """Audit the dataset at `root` (format detected unless given); every image's decode facts come from the
-    dataset's image index `index_file` (`raysearch.data.imageindex`: images new or changed since are decoded)."""
+    dataset's image index in the results root `results` (`raysearch.data.imageindex`: images new or changed since
+    are decoded; None: no index, every image is decoded)."""
     root = Path(root)
-    scan = scan_dataset(root, format, split_ratios=split_ratios, columns=columns)
+    checks_for = opening_every_file if results is None else indexed_checks(results)
+    scan = scan_dataset(root, format, split_ratios=split_ratios, columns=columns, checks_for=checks_for)
     paths = [r.sample.image_path for r in scan.records]
+    index_file = None if results is None else image_index_file(results, scan.root)
     pixels = [f.pixels for f in image_facts(paths, index_file, progress=progress, desc="audit: decode and hash")]
     name = (root.parent if root.is_file() else root).resolve().name
     audit = Audit(name=name, root=scan.root, format=scan.format, classes=scan.classes)

@@ -11,7 +11,16 @@ from pathlib import Path
 import numpy as np
 
 from raysearch.data.images import is_image
-from raysearch.data.records import DEFAULT_SPLIT, Record, Scan, SplitRatios, image_problem, split_folders
+from raysearch.data.records import (
+    DEFAULT_SPLIT,
+    ChecksFor,
+    FileChecks,
+    Record,
+    Scan,
+    SplitRatios,
+    opening_every_file,
+    split_folders,
+)
 from raysearch.data.samples import DataIssue, Sample
 from raysearch.errors import DataError
 
@@ -24,9 +33,9 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image(p))
 
 
-def _record(image: Path, split: str, class_id: int) -> Record:
+def _record(image: Path, split: str, class_id: int, checks: FileChecks) -> Record:
     sample = Sample(image, split, class_id=class_id)
-    problem = image_problem(image)
+    problem = checks.problem(image)
     if problem is not None:
         return Record(sample, "malformed", (DataIssue(image, problem),))
     return Record(sample, "labelled")
@@ -38,8 +47,10 @@ def _stray(folder: Path, split: str) -> list[Record]:
             for image in _images(folder)]
 
 
-def scan_class_folders(root: Path, ratios: SplitRatios = DEFAULT_SPLIT) -> Scan:
+def scan_class_folders(root: Path, ratios: SplitRatios = DEFAULT_SPLIT,
+                       checks_for: ChecksFor = opening_every_file) -> Scan:
     """Every image under `root`'s class folders, with its split (from the folders or a seeded stratified split)."""
+    checks = checks_for(root)
     splits = split_folders(root)
     layout = {split: {d.name: d for d in _class_dirs(folder)} for split, folder in splits.items()}
     if not splits:
@@ -54,5 +65,6 @@ def scan_class_folders(root: Path, ratios: SplitRatios = DEFAULT_SPLIT) -> Scan:
         for name, folder in folders.items():
             images = _images(folder)
             assigned = [split] * len(images) if split else ratios.assign(len(images), rng)
-            records += [_record(image, s, classes.index(name)) for image, s in zip(images, assigned, strict=True)]
+            records += [_record(image, s, classes.index(name), checks)
+                        for image, s in zip(images, assigned, strict=True)]
     return Scan(root=root, format="class-folders", classes=classes, records=records)

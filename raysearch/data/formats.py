@@ -19,11 +19,13 @@ from raysearch.data.images import is_image
 from raysearch.data.masks import has_image_mask_folders, scan_image_masks
 from raysearch.data.records import (
     DEFAULT_SPLIT,
+    ChecksFor,
     EmptyLabels,
     OnError,
     Scan,
     SplitRatios,
     index_from,
+    opening_every_file,
     split_folders,
 )
 from raysearch.data.samples import DatasetIndex
@@ -31,11 +33,11 @@ from raysearch.data.table import find_table, is_label_table, parse_columns, scan
 from raysearch.data.yolo import find_data_yaml, scan_yolo
 from raysearch.errors import ConfigError, DataError
 
-Scanner = Callable[[Path, SplitRatios, dict[str, str]], Scan]
+Scanner = Callable[[Path, SplitRatios, dict[str, str], ChecksFor], Scan]
 FORMATS: dict[str, Scanner] = {
-    "yolo": lambda root, ratios, columns: scan_yolo(root),
-    "class-folders": lambda root, ratios, columns: scan_class_folders(root, ratios),
-    "image-mask": lambda root, ratios, columns: scan_image_masks(root, ratios),
+    "yolo": lambda root, ratios, columns, checks_for: scan_yolo(root, checks_for),
+    "class-folders": lambda root, ratios, columns, checks_for: scan_class_folders(root, ratios, checks_for),
+    "image-mask": lambda root, ratios, columns, checks_for: scan_image_masks(root, ratios, checks_for),
     "table": scan_table,
 }
 
@@ -65,9 +67,10 @@ def detect_format(root: Path) -> str:
 
 
 def scan_dataset(root: Path, format: str | None = None, *, split_ratios: SplitRatios = DEFAULT_SPLIT,
-                 columns: str | None = None) -> Scan:
+                 columns: str | None = None, checks_for: ChecksFor = opening_every_file) -> Scan:
     """Every image file of the dataset at `root` with its label status, before anything is dropped; `columns`
-    names a label table's columns (`raysearch.data.table.parse_columns`).
+    names a label table's columns (`raysearch.data.table.parse_columns`); `checks_for` how each file is checked
+    (`raysearch.data.imageindex.indexed_checks`: from the image index where it knows the file).
 
     Paths are made absolute: trials decode the images again from other working directories (Ray's).
     """
@@ -78,7 +81,7 @@ def scan_dataset(root: Path, format: str | None = None, *, split_ratios: SplitRa
         raise ConfigError(f"--format: unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     if not root.exists():
         raise DataError(f"{root}: does not exist")
-    return FORMATS[format](root, split_ratios, parse_columns(columns))
+    return FORMATS[format](root, split_ratios, parse_columns(columns), checks_for)
 
 
 def load_dataset(
@@ -89,12 +92,14 @@ def load_dataset(
     empty_labels: EmptyLabels = "skip",
     split_ratios: SplitRatios = DEFAULT_SPLIT,
     columns: str | None = None,
+    checks_for: ChecksFor = opening_every_file,
 ) -> DatasetIndex:
     """Read the dataset at `root` (format detected unless given) into a DatasetIndex.
 
     Problems (corrupt image, malformed label line, coordinate outside [0, 1], mask size mismatch) are
     skipped and listed in `index.issues`, or with on_error="error" stop with a one-line DataError. Images
     with empty label files are skipped and counted, or with empty_labels="background" kept as "no fracture".
+    Each file is checked by `checks_for` (see `scan_dataset`).
     """
-    scan = scan_dataset(root, format, split_ratios=split_ratios, columns=columns)
+    scan = scan_dataset(root, format, split_ratios=split_ratios, columns=columns, checks_for=checks_for)
     return index_from(scan, on_error=on_error, empty_labels=empty_labels)

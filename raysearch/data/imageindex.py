@@ -5,6 +5,8 @@ its perceptual hash (near-duplicates, source groups) and its decode facts (size,
 decoded pixels). They are kept in `<results>/cache/images/<dataset key>.parquet`, one row per image keyed by
 (absolute path, size, mtime_ns): an image whose file is unchanged is not read again, one that changed (or is
 new) is decoded and hashed again, so its content digest, and with it the data fingerprint, follows the file.
+The index also keeps what a dataset scan asks of each file (`records.image_problem`, the displayed size), so a
+second scan of unchanged images opens none of them (`indexed_checks`).
 
 New images are decoded in parallel threads (OpenCV's decoder, Pillow's resize, OpenCV's DCT and hashlib release
 the GIL; measured in docs/performance.md), with a progress bar.
@@ -25,14 +27,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysearch.core.files import write_table_atomic
+from raysearch.core.layout import image_index_file
 from raysearch.data.images import ImageError, read_image, to_grey8
+from raysearch.data.records import ChecksFor, FileChecks, image_problem, image_size
 
-INDEX_VERSION = 2  # bump when what a row means changes: older index files are then ignored
+INDEX_VERSION = 3  # bump when what a row means changes: older index files are then ignored
 SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
                     ("file_digest", pa.string()), ("decoded", pa.bool_()), ("width", pa.int32()),
                     ("height", pa.int32()), ("channels", pa.int32()), ("pixel_digest", pa.string()),
                     ("phash", pa.binary(32)), ("bits", pa.int32()), ("peak", pa.int64()), ("modality", pa.string()),
-                    ("photometric", pa.string()), ("patient", pa.string())],
+                    ("photometric", pa.string()), ("patient", pa.string()), ("problem", pa.string())],
                    metadata={"raysearch_image_index": str(INDEX_VERSION)})
 PIXEL_FACTS = ("width", "height", "channels", "pixel_digest", "phash", "bits", "peak", "modality", "photometric",
                "patient")  # the columns of a decoded image, in Pixels' order
@@ -61,10 +65,12 @@ class Pixels:
 
 @dataclass(frozen=True)
 class ImageFacts:
-    """One image file: the digest of its bytes, and what decoding it told (None: it cannot be decoded)."""
+    """One image file: the digest of its bytes, what decoding it told (None: it cannot be decoded) and why it
+    cannot be trained on (`records.image_problem`; None: it can)."""
 
     file_digest: str
     pixels: Pixels | None
+    problem: str | None = None
 
 
 def _dct_scale(size: int) -> np.ndarray:
@@ -112,10 +118,19 @@ def decode_facts(path: Path) -> Pixels | None:
 
 def inspect_file(path: Path) -> ImageFacts:
     """Everything the index keeps about one image file."""
-    return ImageFacts(file_digest(path), decode_facts(path))
+    return ImageFacts(file_digest(path), decode_facts(path), image_problem(path))
 
 
-def _read_index(path: Path) -> dict[tuple[str, int, int], ImageFacts]:
+Key = tuple[str, int, int]  # (absolute path, size, mtime_ns): an index row holds while a file's key is unchanged
+
+
+def file_key(path: Path | str) -> Key:
+    """The key of a file's row in the index (OSError when it cannot be stat'ed)."""
+    found = os.stat(path)
+    return os.path.abspath(path), found.st_size, found.st_mtime_ns
+
+
+def _read_index(path: Path) -> dict[Key, ImageFacts]:
     """The rows of an index file by (path, size, mtime_ns); {} when absent or written by another index version."""
     if not path.is_file():
         return {}
@@ -129,19 +144,19 @@ def _read_index(path: Path) -> dict[tuple[str, int, int], ImageFacts]:
         values = {name: rows[name][i] for name in PIXEL_FACTS}
         values["phash"] = np.frombuffer(values["phash"], dtype=np.uint64).copy() if values["phash"] else None
         pixels = Pixels(*values.values()) if rows["decoded"][i] else None
-        found[key] = ImageFacts(rows["file_digest"][i], pixels)
+        found[key] = ImageFacts(rows["file_digest"][i], pixels, rows["problem"][i])
     return found
 
 
-def _write_index(path: Path, entries: dict[tuple[str, int, int], ImageFacts]) -> None:
+def _write_index(path: Path, entries: dict[Key, ImageFacts]) -> None:
     columns: dict[str, list] = {field.name: [] for field in SCHEMA}
     for (name, size, mtime), facts in entries.items():
         p = facts.pixels
         facts_of = ([None] * len(PIXEL_FACTS) if p is None else
                     [p.width, p.height, p.channels, p.content, p.phash.tobytes(), p.bits, p.peak, p.modality,
                      p.photometric, p.patient])
-        for column, value in zip(columns, (name, size, mtime, facts.file_digest, p is not None, *facts_of),
-                                 strict=True):
+        row = (name, size, mtime, facts.file_digest, p is not None, *facts_of, facts.problem)
+        for column, value in zip(columns, row, strict=True):
             columns[column].append(value)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_table_atomic(pa.table(columns, schema=SCHEMA), path)
@@ -156,10 +171,7 @@ def image_facts(paths: Sequence[Path | str], index_file: Path | None, *, progres
 
     if not paths:
         return []
-    keys = []
-    for p in paths:
-        found = os.stat(p)
-        keys.append((os.path.abspath(p), found.st_size, found.st_mtime_ns))
+    keys = [file_key(p) for p in paths]
     known = {} if index_file is None else _read_index(index_file)
     missing = sorted({key for key in keys if key not in known})
     if missing:
@@ -173,3 +185,31 @@ def image_facts(paths: Sequence[Path | str], index_file: Path | None, *, progres
         if index_file is not None:
             _write_index(index_file, known)
     return [known[key] for key in keys]
+
+
+def indexed_checks(results: Path | str) -> ChecksFor:
+    """The file checks of a dataset scan (`records.FileChecks`) answered from the dataset's image index in the
+    results root `results` for every file it holds unchanged (same path, size and mtime); other files (new,
+    changed, masks) are opened as without an index."""
+    def checks(root: Path) -> FileChecks:
+        known = _read_index(image_index_file(results, root))
+
+        def facts(path: Path) -> ImageFacts | None:
+            try:
+                return known.get(file_key(path))
+            except OSError:
+                return None
+
+        def problem(path: Path) -> str | None:
+            found = facts(path)
+            return image_problem(path) if found is None else found.problem
+
+        def size(path: Path) -> tuple[int, int] | None:
+            found = facts(path)
+            if found is None or found.pixels is None:
+                return image_size(path)
+            return found.pixels.width, found.pixels.height
+
+        return FileChecks(problem, size)
+
+    return checks

@@ -9,6 +9,7 @@ error), and images whose label file is empty are skipped and counted (or kept as
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -137,6 +138,24 @@ def image_problem(path: Path) -> str | None:
         handle.seek(max(handle.tell() - TAIL_BYTES, 0))
         tail = handle.read().rstrip(b"\x00\r\n\t ")
     return None if tail.endswith(marker) else f"truncated image: no {what} at the end of the file"
+
+
+@dataclass(frozen=True)
+class FileChecks:
+    """How a scanner checks each image file: why it cannot be trained on (`image_problem`) and its displayed size
+    (`image_size`). `raysearch.data.imageindex.indexed_checks` answers both from the image index for the files
+    it holds unchanged, so that a second scan of a dataset opens none of them."""
+
+    problem: Callable[[Path], str | None] = image_problem
+    size: Callable[[Path], tuple[int, int] | None] = image_size
+
+
+ChecksFor = Callable[[Path], FileChecks]  # the file checks of the dataset at a scanner's root
+
+
+def opening_every_file(root: Path) -> FileChecks:
+    """The file checks that open every file (no image index)."""
+    return FileChecks()
 
 
 def index_from(scan: Scan, *, on_error: OnError = "skip", empty_labels: EmptyLabels = "skip") -> DatasetIndex:

@@ -17,7 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from raysearch.data.records import DEFAULT_SPLIT, SPLIT_FOLDERS, Record, Scan, SplitRatios, image_problem
+from raysearch.data.records import (
+    DEFAULT_SPLIT,
+    SPLIT_FOLDERS,
+    ChecksFor,
+    FileChecks,
+    Record,
+    Scan,
+    SplitRatios,
+    opening_every_file,
+)
 from raysearch.data.samples import DataIssue, Sample
 from raysearch.errors import ConfigError, DataError
 
@@ -95,7 +104,8 @@ def _header_columns(table: Path, header: list[str], named: dict[str, str]) -> di
     return found
 
 
-def _row(table: Path, line: int, row: dict[str, str], columns: dict[str, str]) -> tuple[Sample, str | None, str]:
+def _row(table: Path, row: dict[str, str], columns: dict[str, str],
+         checks: FileChecks) -> tuple[Sample, str | None, str]:
     """A row's sample (split '' when the table gives none), its problem or None, and its class name."""
     cell = {role: (row.get(name) or "").strip() for role, name in columns.items()}
     image = table.parent / cell["path"]
@@ -109,11 +119,12 @@ def _row(table: Path, line: int, row: dict[str, str], columns: dict[str, str]) -
         return sample, "empty class", ""
     if cell.get("split") and not split:
         return sample, f"unknown split {cell['split']!r} (expected {', '.join(SPLIT_NAMES)})", ""
-    problem = image_problem(image)
+    problem = checks.problem(image)
     return sample, None if problem is None else f"image {cell['path']}: {problem}", cell["label"]
 
 
-def scan_table(root: Path, ratios: SplitRatios = DEFAULT_SPLIT, columns: dict[str, str] | None = None) -> Scan:
+def scan_table(root: Path, ratios: SplitRatios = DEFAULT_SPLIT, columns: dict[str, str] | None = None,
+               checks_for: ChecksFor = opening_every_file) -> Scan:
     """Every row of the label table at `root` (a CSV, or a folder holding one) as a record."""
     table = find_table(root)
     if table is None:
@@ -121,7 +132,8 @@ def scan_table(root: Path, ratios: SplitRatios = DEFAULT_SPLIT, columns: dict[st
     with open(table, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         found = _header_columns(table, list(reader.fieldnames or []), columns or {})
-        rows = [(reader.line_num, *_row(table, reader.line_num, row, found)) for row in reader]
+        checks = checks_for(table)
+        rows = [(reader.line_num, *_row(table, row, found, checks)) for row in reader]
     classes = sorted({name for *_, name in rows if name})
     if not classes:
         raise DataError(f"{table}: no row with an image and a class")

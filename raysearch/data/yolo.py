@@ -17,12 +17,14 @@ from raysearch.data.images import is_image
 from raysearch.data.polygons import to_four_points
 from raysearch.data.records import (
     SPLIT_FOLDERS,
+    ChecksFor,
     EmptyLabels,
+    FileChecks,
     OnError,
     Record,
     Scan,
-    image_problem,
     index_from,
+    opening_every_file,
 )
 from raysearch.data.samples import DataIssue, DatasetIndex, Sample, Shape
 from raysearch.errors import DataError
@@ -136,14 +138,14 @@ def read_label_file(label: Path, num_classes: int) -> tuple[list[tuple[int, Shap
     return shapes, issues
 
 
-def _record(image: Path, split: str, num_classes: int) -> Record:
+def _record(image: Path, split: str, num_classes: int, checks: FileChecks) -> Record:
     """What one image and its label file give: a labelled, empty, missing or malformed record."""
     bare = Sample(image, split, mask_path=_mask_path(image))
     label = label_path(image)
-    problem = image_problem(image)
+    problem = checks.problem(image)
     if problem is not None:
         return Record(bare, "malformed", (DataIssue(image, problem),))
-    mask_problem = image_problem(bare.mask_path) if bare.mask_path is not None else None
+    mask_problem = checks.problem(bare.mask_path) if bare.mask_path is not None else None
     if mask_problem is not None:
         return Record(bare, "malformed", (DataIssue(bare.mask_path, f"mask: {mask_problem}"),))
     if not label.is_file():
@@ -167,7 +169,7 @@ def _record(image: Path, split: str, num_classes: int) -> Record:
     return Record(Sample(image, split, first.class_id, polygon, shapes, bare.mask_path), "labelled")
 
 
-def scan_yolo(root: Path) -> Scan:
+def scan_yolo(root: Path, checks_for: ChecksFor = opening_every_file) -> Scan:
     """Every image of a YOLO dataset (`root` is its folder or its data.yaml) with its label status."""
     yaml_path = find_data_yaml(root)
     if yaml_path is None:
@@ -179,8 +181,9 @@ def scan_yolo(root: Path) -> Scan:
     if not isinstance(config, dict):
         raise DataError(f"{yaml_path}: expected a mapping with names: and train:/val:/test: entries")
     classes = _class_names(config, yaml_path)
+    checks = checks_for(yaml_path.parent)
     records = [
-        _record(image, split, len(classes))
+        _record(image, split, len(classes), checks)
         for split, folders in _split_dirs(config, _dataset_root(config, yaml_path), yaml_path).items()
         for folder in folders
         for image in sorted(p for p in folder.iterdir() if is_image(p))

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -43,6 +44,7 @@ from raysearch.study.retention import DEFAULT_KEEP, folder_size, parse_keep
 
 CLASSES = ("elbow", "wrist", "shoulder")
 DUPLICATE_SHARE = 0.02
+ORIGINALS = 200  # duplicates copy one of the first ORIGINALS images
 
 
 def phantom(rng: np.random.Generator, side: int) -> np.ndarray:
@@ -58,22 +60,34 @@ def phantom(rng: np.random.Generator, side: int) -> np.ndarray:
     return image.clip(0, 255).astype(np.uint8)
 
 
+def _image(index: int, side: int, seed: int) -> np.ndarray:
+    """Image `index` of a generated set: a phantom of its own seed, or (DUPLICATE_SHARE of them) a brighter copy
+    of one of the first ORIGINALS images' phantoms."""
+    rng = np.random.default_rng((seed, index))
+    if index and rng.random() < DUPLICATE_SHARE:
+        source = int(rng.integers(min(index, ORIGINALS)))
+        return cv2.add(phantom(np.random.default_rng((seed, source, 0)), side), int(rng.integers(5, 20)))
+    return phantom(np.random.default_rng((seed, index, 0)), side)
+
+
+def _write_images(root: Path, indices: range, side: int, seed: int) -> None:
+    for i in indices:
+        path = root / CLASSES[i % len(CLASSES)] / f"{i:06d}.jpg"
+        cv2.imwrite(str(path), _image(i, side, seed), [cv2.IMWRITE_JPEG_QUALITY, 90])
+
+
 def write_set(root: Path, count: int, side: int, seed: int = 0) -> None:
-    """`count` images in class folders under `root` (kept between runs: generated once per size and side)."""
+    """`count` images in class folders under `root`, written by one process per CPU (kept between runs:
+    generated once per size and side)."""
     if (root / ".complete").is_file():
         return
-    rng = np.random.default_rng(seed)
-    originals: list[np.ndarray] = []
-    for i in range(count):
-        folder = root / CLASSES[i % len(CLASSES)]
-        folder.mkdir(parents=True, exist_ok=True)
-        if originals and rng.random() < DUPLICATE_SHARE:
-            image = cv2.add(originals[int(rng.integers(len(originals)))], int(rng.integers(5, 20)))
-        else:
-            image = phantom(rng, side)
-            if len(originals) < 200:
-                originals.append(image)
-        cv2.imwrite(str(folder / f"{i:06d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    for name in CLASSES:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    step = 256
+    with ProcessPoolExecutor() as pool:
+        for done in [pool.submit(_write_images, root, range(start, min(start + step, count)), side, seed)
+                     for start in range(0, count, step)]:
+            done.result()
     (root / ".complete").touch()
 
 

@@ -180,6 +180,8 @@ def _add_results(commands: argparse._SubParsersAction) -> None:
     dashboard.add_argument("--ray-dashboard", metavar="URL",
                            help="a Ray dashboard to link when it answers, e.g. http://127.0.0.1:8265 (only this, "
                            "$RAY_DASHBOARD_URL, $RAY_ADDRESS's host and localhost are ever probed)")
+    dashboard.add_argument("--verbose", action="store_true",
+                           help="Streamlit's own log lines too (default: only its URL lines and warnings)")
 
 
 def _add_weights(commands: argparse._SubParsersAction) -> None:
@@ -335,7 +337,8 @@ def _weights(args: argparse.Namespace) -> None:
 
 def _dashboard(args: argparse.Namespace) -> None:
     """Replace this process with the Streamlit server (so stopping `raysearch dashboard` stops the server),
-    private by default: bound to --host (localhost) and with Streamlit's usage statistics off."""
+    private by default: bound to --host (localhost) and with Streamlit's usage statistics off; Streamlit's log
+    below warnings (its server's start line) only with --verbose."""
     from raysearch.core.bundled import dashboard_app
     from raysearch.errors import ConfigError
 
@@ -344,7 +347,8 @@ def _dashboard(args: argparse.Namespace) -> None:
     app = dashboard_app()
     command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.host,
                "--server.port", str(args.port), "--browser.gatherUsageStats", "false",
-               "--client.toolbarMode", "minimal", "--", "--results", str(args.results.resolve())]
+               "--client.toolbarMode", "minimal", "--logger.level", "info" if args.verbose else "warning",
+               "--", "--results", str(args.results.resolve())]
     if args.ray_dashboard:
         command += ["--ray-dashboard", args.ray_dashboard]
     sys.stdout.flush()

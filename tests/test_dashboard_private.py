@@ -67,7 +67,7 @@ def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, int]]:
     results.mkdir()
     environment = {**os.environ, "STREAMLIT_SERVER_HEADLESS": "true"}
     process = subprocess.Popen([sys.executable, "-m", "raysearch", "dashboard", str(results), "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
     try:
         wait_for(lambda: answers(f"http://127.0.0.1:{port}") or process.poll() is not None, 120,
                  "the dashboard to answer")
@@ -90,6 +90,9 @@ def test_dashboard_listens_on_localhost_only_and_stops_with_raysearch(served) ->
     process.wait(timeout=60)
     assert not alive(process.pid)
     assert not answers(f"http://127.0.0.1:{port}")
+    # What the user sees: Streamlit's URL lines, not its server's log (that takes --verbose).
+    said = process.stdout.read() + process.stderr.read()
+    assert f"URL: http://127.0.0.1:{port}" in said and "Uvicorn" not in said and "INFO" not in said, said
 
 
 class _RayDashboard(BaseHTTPRequestHandler):

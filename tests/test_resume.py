@@ -16,7 +16,7 @@ import pytest
 from ray_processes import alive, kill_all, kill_driver_when, title, wait_for
 from test_search_choices import SPACE, assert_optuna_matches_parquet
 
-from raysearch.core.layout import latest_checkpoint, read_history
+from raysearch.core.layout import BEST_FILE, STATE_FILE, latest_checkpoint, read_history
 from raysearch.data.phantom import PhantomSpec, write_phantom
 from raysearch.errors import ConfigError
 from raysearch.search.history import has_finished
@@ -59,6 +59,13 @@ def _mid_trial(study: Path, experiment: Path) -> bool:
     return any(2 <= len(_checkpointed(study, trial_id)) <= EPOCHS - 2 for trial_id in _running(experiment))
 
 
+def _thinned(study: Path) -> list[str]:
+    """The trials whose latest checkpoint holds their best weights but no resumable state any more."""
+    folders = [f for f in (study / "train").iterdir() if f.is_dir()] if (study / "train").is_dir() else []
+    return [f.name for f in folders if (checkpoint := latest_checkpoint(f)) is not None
+            and (checkpoint / BEST_FILE).is_file() and not (checkpoint / STATE_FILE).exists()]
+
+
 def test_resume_refuses_a_folder_that_is_not_a_study(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no study.yaml"):
         resume_study(tmp_path)
@@ -67,7 +74,8 @@ def test_resume_refuses_a_folder_that_is_not_a_study(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_driver_killed_mid_study_then_resumed(tmp_path: Path) -> None:
     # Epochs of about 2 s here (128 px, 480 images): slow enough that Tune's 2 s snapshots see a trial
-    # mid-way, whatever the machine's load.
+    # mid-way, whatever the machine's load. With --keep-checkpoints best, a trial gives up its resumable state
+    # as soon as it ends: the driver is killed once one has, while a later trial is mid-way.
     data = write_phantom(tmp_path / "phantom", PhantomSpec(train=480, val=16, test=8, image_size=128),
                          progress=False)
     results, study = tmp_path / "results", tmp_path / "results" / "resumed"
@@ -78,11 +86,12 @@ def test_driver_killed_mid_study_then_resumed(tmp_path: Path) -> None:
                      "fixed: {model: vgg, conv_layers: 3, patience: 0}\n")
     command = [sys.executable, "-m", "raysearch", "run", "multitask", "--data", str(data), "--space", str(space),
                "--trials", str(TRIALS), "--max-epochs", str(EPOCHS), "--image-size", "128", "--concurrency", "1",
-               "--seed", "3", "--results", str(results), "--name", "resumed", "--quiet"]
-    local_ray = kill_driver_when(command, lambda: _mid_trial(study, experiment), "a trial in progress",
-                                 _environment())
+               "--seed", "3", "--results", str(results), "--name", "resumed", "--quiet", "--keep-checkpoints", "best"]
+    local_ray = kill_driver_when(command, lambda: _mid_trial(study, experiment) and _thinned(study),
+                                 "a trial in progress after one that ended gave up its state", _environment())
     interrupted = {trial_id: _checkpointed(study, trial_id) for trial_id in _running(experiment)}
     assert interrupted, "a trial was running when the driver was killed"
+    assert not set(_thinned(study)) & set(interrupted), "a running trial keeps its resumable state"
     assert not (study / "trials.parquet").exists()
 
     # The local Ray instance that the killed driver started dies with it: its GCS and raylet exit at once
@@ -106,6 +115,7 @@ def test_driver_killed_mid_study_then_resumed(tmp_path: Path) -> None:
     epochs = pq.read_table(study / "epochs.parquet").to_pandas()
     assert len(trials) == TRIALS and trials["trial_id"].is_unique
     assert set(trials["status"]) <= {"COMPLETED", "PRUNED"}
+    assert sorted(_thinned(study)) == sorted(trials["trial_id"]), "best: every trial keeps its best weights only"
     for trial_id, group in epochs.groupby("trial_id"):
         count = trials.set_index("trial_id").loc[trial_id, "epochs"]
         assert group["epoch"].tolist() == list(range(1, count + 1)), trial_id

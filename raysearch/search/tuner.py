@@ -42,6 +42,7 @@ class SearchSettings:
         return f"sqlite:///{(self.results_dir / OPTUNA_FILE).resolve()}"
     loggers: tuple[str, ...] = ()
     console: int = DEFAULT  # QUIET, DEFAULT or VERBOSE (raysearch.search.console)
+    keep_top: int | None = None  # finished trials outside the top K are thinned as they end (None: none is)
 
 
 
@@ -105,7 +106,7 @@ def build_tuner(space: SearchSpace, search: SearchSettings, trial: TrialSettings
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=checkpoint_config(search),
             callbacks=[SignSnapshots(), *logger_callbacks(search.loggers, search.results_dir, search.name),
-                       *console_callbacks(search, trial)],
+                       *console_callbacks(search, trial), *thinning_callbacks(search, trial)],
             verbose=tune_verbosity(search.console),
         ),
     )
@@ -116,6 +117,14 @@ def console_callbacks(search: SearchSettings, trial: TrialSettings) -> list[Any]
     from raysearch.search.progress import TrialProgress
 
     return [TrialProgress(search.metric, trial.max_epochs)] if search.console == DEFAULT else []
+
+
+def thinning_callbacks(search: SearchSettings, trial: TrialSettings) -> list[Any]:
+    """The callback that thins finished trials outside the top K as they end (raysearch.search.thinning)."""
+    from raysearch.search.thinning import ThinFinishedTrials
+
+    return [] if search.keep_top is None else [ThinFinishedTrials(Path(trial.storage_path), search.keep_top,
+                                                                   search.mode)]
 
 
 def restore_tuner(search: SearchSettings, trial: TrialSettings) -> Any:

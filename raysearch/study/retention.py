@@ -1,8 +1,9 @@
 """What a finished study keeps on disk (`--keep-checkpoints`), one copy of each weights file, and its size.
 
 While a trial runs, its folder holds its resumable state (`state.pt`: weights, optimizer, scheduler, RNG) and
-its best weights (`best_model.pt`). Once the study has its results, every trial outside the top K by the
-study's ranking (`StudyFolder.ranked_trials`) keeps only its best weights and its epoch history:
+its best weights (`best_model.pt`). A finished trial clearly outside the top K gives up its resumable state as
+soon as it ends (`raysearch.search.thinning`); once the study has its results, every trial outside the top K by
+the study's ranking (`StudyFolder.ranked_trials`) keeps only its best weights and its epoch history:
 
 - `all`: everything is kept;
 - `top-K` (the default, `top-3`): the K best trials keep everything, the others their best weights;
@@ -21,12 +22,12 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from raysearch.core.layout import BEST_FILE, CHECKPOINT_GLOB, HISTORY_FILE, StudyFolder
+from raysearch.core.layout import StudyFolder
 from raysearch.errors import ConfigError
+from raysearch.search.thinning import thin_trial
 
 ALL, BEST, TOP = "all", "best", "top"
 DEFAULT_KEEP = "top-3"
-KEPT_OF_OTHERS = (BEST_FILE, HISTORY_FILE)  # what a trial outside the top K keeps of its checkpoint
 WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors", ".ckpt")  # files worth keeping once
 
 
@@ -53,13 +54,8 @@ def keep_checkpoints(study_dir: Path, keep: str) -> list[Path]:
         ranked = folder.ranked_trials()
         keep_all = set(ranked["trial_id"].head(top)) if top else set()
         for trial in sorted(folder.train_dir.iterdir()) if folder.train_dir.is_dir() else ():
-            if trial.name in keep_all:
-                continue
-            for checkpoint in trial.glob(CHECKPOINT_GLOB):
-                for path in checkpoint.rglob("*"):
-                    if path.is_file() and path.name not in KEPT_OF_OTHERS:
-                        path.unlink()
-                        removed.append(path)
+            if trial.name not in keep_all:
+                removed += thin_trial(trial)
     link_identical(study_dir)
     return removed
 

@@ -28,7 +28,7 @@ from raysearch.search.space import SearchSpace, load_space
 from raysearch.search.tracking import mlflow_tracking_uri, record_trial_outcomes, tracking_plan, trial_runs
 from raysearch.study.dataset import study_dataset
 from raysearch.study.lock import refuse_if_held, study_lock
-from raysearch.study.retention import describe_size, folder_size, keep_checkpoints
+from raysearch.study.retention import describe_size, folder_size, keep_checkpoints, parse_keep
 from raysearch.study.signals import reinstall, stop_signals
 from raysearch.study.spec import StudySpec, resolved_study
 from raysearch.tasks import create_task
@@ -162,6 +162,7 @@ def _plan(spec: StudySpec, *, progress: bool, resuming: bool, recorded: Mapping[
             reduction_factor=spec.reduction_factor),
         budget=Budget(seconds=spec.budget_seconds(), trial_epochs=spec.epoch_budget), loggers=spec.log,
         console=QUIET if not progress else VERBOSE if verbose else DEFAULT,
+        keep_top=parse_keep(spec.keep_checkpoints),
     )
     return _Plan(spec, name, study_dir, space, hp_defaults, index, splits, fingerprint, base_cache, trial, search)
 

@@ -20,6 +20,7 @@ prints the disk per finished trial outside the top K against its best weights.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import platform
 import subprocess
@@ -34,8 +35,8 @@ import numpy as np
 
 from raysearch.core.layout import BEST_FILE, CHECKPOINT_GLOB, StudyFolder, image_index_file
 from raysearch.data.cache import build_cache, dataset_fingerprint
-from raysearch.data.formats import load_dataset
 from raysearch.data.imageindex import image_facts
+from raysearch.data.loading import load_dataset
 from raysearch.data.preprocess import Preprocessing
 from raysearch.data.records import SplitRatios
 from raysearch.data.sources import near_pairs
@@ -94,7 +95,7 @@ def write_set(root: Path, count: int, side: int, seed: int = 0) -> None:
 def start_up(data: Path, results: Path) -> tuple[float, list]:
     """What `raysearch run` does with the images before Ray starts; seconds, and the samples."""
     started = time.perf_counter()
-    index = load_dataset(data, "class-folders", split_ratios=SplitRatios())
+    index = load_dataset(str(data), format="class-folders", results=results, progress=False, out=io.StringIO())
     index_file = image_index_file(results, index.root)
     outcome = apply_split_policy(index, None, ratios=SplitRatios(), seed=0, index_file=index_file, progress=False)
     dataset_fingerprint(outcome.index, index_file, progress=False)

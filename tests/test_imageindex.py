@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 
 from raysearch.core.layout import image_index_file
-from raysearch.data import imageindex, records
+from raysearch.data import imageindex, records, sources
 from raysearch.data.audit import audit_dataset
 from raysearch.data.cache import dataset_fingerprint
 from raysearch.data.imageindex import image_facts
 from raysearch.data.images import read_grey
 from raysearch.data.loading import load_dataset
 from raysearch.data.samples import DatasetIndex, Sample
-from raysearch.data.sources import near_pairs, segment_count
+from raysearch.data.sources import known_near_pairs, near_pairs, segment_count
 
 
 def all_pairs(a: np.ndarray, b: np.ndarray, limit: int = 32) -> list[tuple[int, int, int]]:
@@ -187,6 +187,25 @@ def test_the_indexed_search_finds_the_all_pairs_pairs_on_the_real_set(
     assert len(expected) > len(hashes) + 300  # the export's augmented copies are near-duplicates of each other
     assert near_pairs(hashes, hashes) == expected
     assert near_pairs(hashes[:500], hashes[500:]) == all_pairs(hashes[:500], hashes[500:])
+
+
+def test_near_pairs_are_searched_once_per_set_of_hashes_and_again_when_one_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(4)
+    hashes = np.packbits(rng.integers(0, 2, size=(300, 256), dtype=np.uint8), axis=1).view(np.uint64)
+    hashes[150] = hashes[3] ^ np.uint64(0b111)  # a near-duplicate at 3 bits
+    searches: list[int] = []
+    real = sources.near_pairs
+    monkeypatch.setattr(sources, "near_pairs", lambda a, b: searches.append(len(a)) or real(a, b))
+    kept = tmp_path / "index.pairs.npz"
+    expected = all_pairs(hashes, hashes)
+    assert known_near_pairs(hashes, kept) == expected and searches == [300]
+    assert known_near_pairs(hashes, kept) == expected and searches == [300]  # read back: no search
+    changed = hashes.copy()
+    changed[7] = changed[150]
+    assert known_near_pairs(changed, kept) == all_pairs(changed, changed) and searches == [300, 300]
+    kept.write_bytes(b"not numbers")
+    assert known_near_pairs(changed, kept) == all_pairs(changed, changed) and searches == [300, 300, 300]
 
 
 @pytest.mark.parametrize("segments", [None, 33, 17, 13])

@@ -14,6 +14,7 @@ the GIL; measured in docs/performance.md), with a progress bar.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Sequence
@@ -131,9 +132,19 @@ def file_key(path: Path | str) -> Key:
 
 
 def _read_index(path: Path) -> dict[Key, ImageFacts]:
-    """The rows of an index file by (path, size, mtime_ns); {} when absent or written by another index version."""
-    if not path.is_file():
+    """The rows of an index file by (path, size, mtime_ns); {} when absent or written by another index version.
+    Read once per version of the file (a start reads it for the scan, the split policy and the fingerprint):
+    the index is only ever replaced whole (a new inode), so inode, size and mtime name a version."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
         return {}
+    return _read_index_version(str(path), found.st_ino, found.st_size, found.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_index_version(path: str, inode: int, size: int, mtime_ns: int) -> dict[Key, ImageFacts]:
+    """`_read_index` of one version of the file (the result is shared: never changed by a caller)."""
     table = pq.read_table(path)
     if table.schema.metadata is None or table.schema.metadata.get(b"raysearch_image_index") != str(
             INDEX_VERSION).encode():

@@ -11,12 +11,17 @@ two different radiographs come closer than 40 bits. Roboflow names every exporte
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Sequence
 from itertools import combinations
 from math import ceil, comb
 from pathlib import Path
 
 import numpy as np
+
+from raysearch.core.files import atomic_file
+from raysearch.core.layout import near_pairs_file
 
 NEAR_DUPLICATE_BITS = 32
 MAX_SEGMENT_BITS = 20  # near_pairs counts the rows per piece value in an array of 2 ** bits: 8 MB stays in cache
@@ -100,13 +105,35 @@ def near_pairs(a: np.ndarray, b: np.ndarray, limit: int = NEAR_DUPLICATE_BITS,
 
 def roboflow_source(path: Path | str) -> str | None:
     """The source image a Roboflow export copy was made from (`xray_jpg.rf.1a2b.jpg` → `xray_jpg`), else None."""
-    name = Path(path).name
+    name = os.path.basename(path)
     return name.split(ROBOFLOW_MARK, 1)[0] if ROBOFLOW_MARK in name else None
 
 
-def group_sources(paths: Sequence[Path | str], hashes: Sequence[np.ndarray | None]) -> np.ndarray:
+def known_near_pairs(hashes: np.ndarray, pairs_file: Path | None) -> list[tuple[int, int, int]]:
+    """`near_pairs(hashes, hashes)`, kept in `pairs_file` (`layout.near_pairs_file`) with the digest of the hashes
+    it was found for and read back while they are the same, so a second start on unchanged data searches nothing.
+    A file that cannot be read is searched again (it holds numbers only: nothing in it is executed)."""
+    digest = np.frombuffer(hashlib.blake2b(np.ascontiguousarray(hashes).tobytes(), digest_size=16).digest(),
+                           dtype=np.uint8)
+    if pairs_file is not None and pairs_file.is_file():
+        try:
+            with np.load(pairs_file, allow_pickle=False) as kept:
+                if np.array_equal(kept["digest"], digest):
+                    return [(int(i), int(j), int(d)) for i, j, d in kept["pairs"]]
+        except (OSError, ValueError, KeyError):
+            pass
+    pairs = near_pairs(hashes, hashes)
+    if pairs_file is not None:
+        with atomic_file(pairs_file) as staging, open(staging, "wb") as handle:
+            np.savez(handle, digest=digest, pairs=np.array(pairs, dtype=np.int64).reshape(-1, 3))
+    return pairs
+
+
+def group_sources(paths: Sequence[Path | str], hashes: Sequence[np.ndarray | None],
+                  pairs_file: Path | None = None) -> np.ndarray:
     """A source-group id per image: images sharing a Roboflow source stem or lying within the near-duplicate
-    distance of each other (transitively) share a group; an id is the smallest index in its group."""
+    distance of each other (transitively) share a group; an id is the smallest index in its group. The pairs are
+    kept in `pairs_file` (`known_near_pairs`; None: searched every time)."""
     parent = list(range(len(paths)))
 
     def root(i: int) -> int:
@@ -127,7 +154,7 @@ def group_sources(paths: Sequence[Path | str], hashes: Sequence[np.ndarray | Non
     decoded = [i for i, h in enumerate(hashes) if h is not None]
     if decoded:
         stacked = np.stack([hashes[i] for i in decoded])
-        for i, j, _ in near_pairs(stacked, stacked):
+        for i, j, _ in known_near_pairs(stacked, pairs_file):
             if i < j:
                 join(decoded[i], decoded[j])
     return np.array([root(i) for i in range(len(paths))], dtype=np.int64)
@@ -140,4 +167,5 @@ def source_groups(paths: Sequence[Path | str], *, index_file: Path | None = None
     from raysearch.data.imageindex import image_facts
 
     facts = image_facts(paths, index_file, progress=progress, desc="splits: hash images by source")
-    return group_sources(paths, [f.pixels and f.pixels.phash for f in facts])
+    pairs_file = None if index_file is None else near_pairs_file(index_file)
+    return group_sources(paths, [f.pixels and f.pixels.phash for f in facts], pairs_file)

@@ -136,7 +136,7 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
 
 def _add_results(commands: argparse._SubParsersAction) -> None:
     from raysearch.core.layout import DEFAULT_RESULTS
-    from raysearch.core.options import RESAMPLES, TTA_MODES
+    from raysearch.core.options import NO_TTA, RESAMPLES, TTA_MODES
 
     evaluate = commands.add_parser("evaluate", help="evaluate a finished study's best trials on the test split")
     evaluate.add_argument("study", type=Path, help="study folder (RESULTS/STUDY_NAME)")
@@ -153,7 +153,7 @@ def _add_results(commands: argparse._SubParsersAction) -> None:
                           help="bootstrap resamples of the test images, for the 95 %% intervals (default: %(default)s)")
     evaluate.add_argument("--ensemble", type=int, default=0,
                           help="also evaluate the mean of the K best trials as one model (default: none)")
-    evaluate.add_argument("--tta", default=TTA_MODES[0], choices=TTA_MODES,
+    evaluate.add_argument("--tta", default=NO_TTA, choices=TTA_MODES,
                           help="test-time augmentation of the ensemble (default: %(default)s)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     predict = commands.add_parser("predict", help="label new radiographs with an exported model")
@@ -168,7 +168,7 @@ def _add_results(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--trial", help="export this trial instead of the best (replaces STUDY/model)")
     export.add_argument("--ensemble", type=int, default=0,
                         help="export the mean of the K best trials as one model instead (replaces STUDY/model)")
-    export.add_argument("--tta", default=TTA_MODES[0], choices=TTA_MODES,
+    export.add_argument("--tta", default=NO_TTA, choices=TTA_MODES,
                         help="test-time augmentation of the exported ensemble (default: %(default)s)")
     dashboard = commands.add_parser("dashboard", help="open the Streamlit dashboard on a results folder")
     dashboard.add_argument("results", type=Path, nargs="?", default=Path(DEFAULT_RESULTS),

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from raysearch.core.files import write_table_atomic
-from raysearch.core.layout import AUDIT_FILE, image_index_file
+from raysearch.core.layout import AUDIT_FILE, image_index_file, near_pairs_file
 from raysearch.data.formats import scan_dataset
 from raysearch.data.imageindex import HASH_SIZE, Pixels, image_facts, indexed_checks
 from raysearch.data.records import DEFAULT_SPLIT, Record, Scan, SplitRatios, opening_every_file
@@ -257,10 +257,10 @@ def _split_warnings(audit: Audit) -> None:
                   detail="no labelled validation images: raysearch run carves a seeded validation split from train")
 
 
-def _count_sources(audit: Audit, scan: Scan, pixels: list[Pixels | None]) -> None:
+def _count_sources(audit: Audit, scan: Scan, pixels: list[Pixels | None], pairs_file: Path | None) -> None:
     """Validation and test images with a source (Roboflow stem or near-duplicate) in train, and the split
-    policy recommended for them (`raysearch.data.splits`)."""
-    groups = group_sources([r.sample.image_path for r in scan.records], [p and p.phash for p in pixels])
+    policy recommended for them (`raysearch.data.splits`); the near-duplicate pairs kept in `pairs_file`."""
+    groups = group_sources([r.sample.image_path for r in scan.records], [p and p.phash for p in pixels], pairs_file)
     groups = join_patients(groups, _patients(scan, pixels))
     splits = [r.sample.split for r in scan.records]
     flags = in_train_source(splits, groups)
@@ -304,7 +304,7 @@ def audit_dataset(root: Path, format: str | None = None, *, split_ratios: SplitR
     _count_duplicates(audit, scan, pixels)
     _count_masks(audit, scan)
     _split_warnings(audit)
-    _count_sources(audit, scan, pixels)
+    _count_sources(audit, scan, pixels, None if index_file is None else near_pairs_file(index_file))
     _fatal(audit)
     for problem in audit.fatal:
         audit.add("fatal", "training_impossible", 1, detail=problem)

@@ -34,6 +34,7 @@ from raysearch.core.layout import (
     WEIGHTS_FILE,
     StudyFolder,
 )
+from raysearch.core.options import NO_TTA, check_tta, ensemble_name
 from raysearch.errors import ConfigError, DataError
 from raysearch.inference.restore import build_model, check_ensemble, trial_hyperparameters
 from raysearch.tasks import create_task
@@ -81,7 +82,7 @@ def write_model(study_dir: Path, out: Path, trial_id: str | None = None) -> None
     (out / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def export_ensemble(study_dir: Path, ensemble: int, tta: str = "none") -> Path:
+def export_ensemble(study_dir: Path, ensemble: int, tta: str = NO_TTA) -> Path:
     """Export the `ensemble` best trials as one model to `<study>/model/` (see `write_ensemble`), built beside the
     old folder and swapped in when complete; returns that folder."""
     folder = StudyFolder(study_dir)
@@ -90,16 +91,15 @@ def export_ensemble(study_dir: Path, ensemble: int, tta: str = "none") -> Path:
     return folder.model_dir
 
 
-def write_ensemble(study_dir: Path, out: Path, ensemble: int, tta: str = "none") -> None:
+def write_ensemble(study_dir: Path, out: Path, ensemble: int, tta: str = NO_TTA) -> None:
     """The `ensemble` best trials as one model (`models.ensemble.EnsembleNet`, with `tta`) in the folder `out`:
     config.yaml names the members and keeps each one's hyperparameters under `ensemble`, weights.pt holds the
     ensemble's state dict; `predict`, `Model` and ONNX then run it as one network."""
-    from raysearch.models.ensemble import TTA_MODES, EnsembleNet
+    from raysearch.models.ensemble import EnsembleNet
 
     if ensemble < 1:
         raise ConfigError(f"--ensemble: must be at least 1, got {ensemble}")
-    if tta not in TTA_MODES:
-        raise ConfigError(f"--tta: unknown {tta!r}; valid: {', '.join(TTA_MODES)}")
+    check_tta(tta)
     folder = StudyFolder(Path(study_dir))
     study = folder.read_study()
     members = [folder.trial_row(t) for t in folder.ranked_trials(study)["trial_id"][:ensemble]]
@@ -113,7 +113,7 @@ def write_ensemble(study_dir: Path, out: Path, ensemble: int, tta: str = "none")
         hps.append(trial_hyperparameters(study, row))
         networks.append(load_weights(build_model(task, hps[-1], len(study["data"]["classes"])), checkpoint,
                                      torch.device("cpu")))
-    name = f"ensemble-top{ensemble}" + ("" if tta == "none" else f"-{tta}")
+    name = ensemble_name(ensemble, tta)
     config = {
         "study": study["name"], "trial_id": name, "task": study["task"], "classes": study["data"]["classes"],
         "hyperparameters": hps[0], "preprocessing": asdict(preprocessing_of(hps[0])),
@@ -198,7 +198,7 @@ def export_formats(model_dir: Path, formats: Sequence[str]) -> dict[str, Path]:
 
 
 def export_study(path: Path, formats: Sequence[str], *, trial_id: str | None = None, ensemble: int = 0,
-                 tta: str = "none") -> dict[str, Path]:
+                 tta: str = NO_TTA) -> dict[str, Path]:
     """Write `formats` for a study's model: `path` is a study folder (its `model/` is exported first when
     absent, or replaced by `trial_id`'s, or by the ensemble of the `ensemble` best trials) or an exported model
     folder itself; returns the files by format.

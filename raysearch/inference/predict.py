@@ -25,6 +25,7 @@ from torch import nn
 from raysearch.core.devices import torch_device
 from raysearch.core.files import atomic_folder, check_writable_folder
 from raysearch.core.layout import CONFIG_FILE, WEIGHTS_FILE, StudyFolder
+from raysearch.core.options import NO_TTA
 from raysearch.data.images import ImageError, array_grey8, is_image, read_grey
 from raysearch.data.preprocess import Placement, Preprocessing
 from raysearch.errors import ConfigError, DataError, RaysearchError
@@ -176,7 +177,7 @@ def _network(task: Task, config: Mapping[str, Any]) -> nn.Module:
     if not isinstance(ensemble, dict) or not isinstance(ensemble.get("hyperparameters"), list):
         raise ValueError("expected a mapping with a list of members' hyperparameters")
     return EnsembleNet([build_model(task, hp, len(config["classes"])) for hp in ensemble["hyperparameters"]],
-                       ensemble.get("tta", "none"))
+                       ensemble.get("tta", NO_TTA))
 
 
 def read_model_config(path: Path) -> dict[str, Any]:

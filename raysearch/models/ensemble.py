@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from raysearch.core.options import TTA_MODES
+from raysearch.core.options import FLIP_TTA, NO_TTA, TTA_MODES
 
 EPSILON = 1e-7
 
@@ -33,7 +33,7 @@ class EnsembleNet(nn.Module):
     `logits` = log of the mean class probabilities (so softmax gives that mean), `polygon` = the mean polygon,
     `mask` = the logit of the mean mask probability (so logit > 0 is mean probability > ½)."""
 
-    def __init__(self, networks: Sequence[nn.Module], tta: str = "none") -> None:
+    def __init__(self, networks: Sequence[nn.Module], tta: str = NO_TTA) -> None:
         super().__init__()
         if tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
@@ -45,7 +45,7 @@ class EnsembleNet(nn.Module):
         views = []
         for network in self.networks:
             views.append(network(image))
-            if self.tta == "flip":
+            if self.tta == FLIP_TTA:
                 mirrored = dict(network(image.flip(-1)))
                 if "polygon" in mirrored:
                     mirrored["polygon"] = mirrored_polygons(mirrored["polygon"])

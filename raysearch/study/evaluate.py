@@ -40,6 +40,7 @@ from raysearch.core.columns import PAIRED_PREFIX, headline_columns, metric_name
 from raysearch.core.devices import torch_device
 from raysearch.core.files import atomic_folder, inside, write_table_atomic
 from raysearch.core.layout import PREDICTIONS_DIR, StudyFolder
+from raysearch.core.options import NO_TTA, check_tta, ensemble_name
 from raysearch.data.cache import META_FILE, CachedDataset, cache_key, dataset_fingerprint, ensure_cache, load_cache
 from raysearch.data.images import ImageError, read_grey
 from raysearch.data.preprocess import fit, placement
@@ -48,7 +49,7 @@ from raysearch.data.splits import PUBLISHED, in_train_source
 from raysearch.errors import ConfigError, DataError
 from raysearch.inference.overlay import write_png
 from raysearch.inference.restore import build_model, check_ensemble, restore_trial, trial_hyperparameters
-from raysearch.models.ensemble import TTA_MODES, EnsembleNet
+from raysearch.models.ensemble import EnsembleNet
 from raysearch.study import scoring
 from raysearch.study.dataset import study_dataset
 from raysearch.tasks import create_task
@@ -409,7 +410,7 @@ def _models(study_dir: Path, study: Mapping[str, Any], rows: list[Mapping[str, A
 def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epochs: int | None = None,
                    address: str | None = None, progress: bool = True, out: TextIO = sys.stdout,
                    positive_class: str | None = None, target_sensitivity: float | None = None,
-                   resamples: int = scoring.RESAMPLES, ensemble: int = 0, tta: str = "none") -> pd.DataFrame:
+                   resamples: int = scoring.RESAMPLES, ensemble: int = 0, tta: str = NO_TTA) -> pd.DataFrame:
     """Evaluate the `top` best trials on the test split (see module docstring); returns their test metrics.
     Retraining runs on the Ray cluster at `address` (default: the current connection, else a local Ray).
 
@@ -424,8 +425,7 @@ def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epoch
             raise ConfigError(f"{flag}: must be at least 1, got {value}")
     if ensemble < 0:
         raise ConfigError(f"--ensemble: must be at least 1 (0: no ensemble), got {ensemble}")
-    if tta not in TTA_MODES:
-        raise ConfigError(f"--tta: unknown {tta!r}; valid: {', '.join(TTA_MODES)}")
+    check_tta(tta)
     study_dir = Path(study_dir)
     folder = StudyFolder(study_dir)
     study = folder.read_study()
@@ -456,7 +456,7 @@ def evaluate_study(study_dir: Path, *, top: int = 1, repeats: int = 1, max_epoch
                      progress, out)
     if ensemble:
         first = models[members[0]][0]
-        name = f"ensemble-top{ensemble}" + ("" if tta == "none" else f"-{tta}")
+        name = ensemble_name(ensemble, tta)
         models[name] = [Model(name, 0, study["seed"], EnsembleNet([models[t][0].network for t in members], tta).eval(),
                               first.hp)]
     results: dict[str, dict[str, float]] = {}

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from raysearch.core.columns import score_column
 from raysearch.core.layout import CONFIG_FILE, TRIALS_FILE, StudyFolder, read_parquet
+from raysearch.core.options import NO_TTA
 from raysearch.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ class Study:
         return Model.from_trial(self.directory, wanted)
 
     def export(self, formats: Sequence[str] = ("onnx", "torchscript"), *,
-               trial_id: str | None = None, ensemble: int = 0, tta: str = "none") -> dict[str, Path]:
+               trial_id: str | None = None, ensemble: int = 0, tta: str = NO_TTA) -> dict[str, Path]:
         """Export a trial (default: the best), or the ensemble of the `ensemble` best, to `model/` with its ONNX
         and TorchScript files; returns them."""
         from raysearch.inference.export import export_study

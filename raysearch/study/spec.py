@@ -118,8 +118,9 @@ class StudySpec:
         "track the study in mlflow, wandb or tensorboard (repeat the flag or give a comma list); MLflow goes to "
         "$MLFLOW_TRACKING_URI, else to STUDY/mlflow/", action="append", metavar="BACKEND"))
     keep_checkpoints: str = field(default=DEFAULT_KEEP, metadata=flag(
-        "once the study ends: every trial keeps its best weights, the K best trials everything (optimizer state "
-        "included); best: none keeps more; all: nothing removed", metavar="best|top-K|all"))
+        "as trials end and once the study ends: every trial keeps its best weights, the K best trials everything "
+        "(optimizer state included); a running trial keeps its state; best: none keeps more; all: nothing removed",
+        metavar="best|top-K|all"))
 
     def __post_init__(self) -> None:
         from raysearch.search.tracking import parse_loggers

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from raysearch.core.layout import image_index_file
-from raysearch.data import imageindex, records, sources
+from raysearch.data import imageindex, masklevels, records, sources
 from raysearch.data.audit import audit_dataset
 from raysearch.data.cache import dataset_fingerprint
 from raysearch.data.imageindex import image_facts
@@ -22,6 +22,7 @@ from raysearch.data.images import read_grey
 from raysearch.data.loading import load_dataset
 from raysearch.data.samples import DatasetIndex, Sample
 from raysearch.data.sources import known_near_pairs, near_pairs, segment_count
+from raysearch.errors import DataError
 
 
 def all_pairs(a: np.ndarray, b: np.ndarray, limit: int = 32) -> list[tuple[int, int, int]]:
@@ -150,6 +151,41 @@ def test_a_second_scan_opens_no_unchanged_image_and_a_changed_or_cut_image_is_ch
     assert sorted(headers) == sorted([changed, cut, data / "b" / "cut.jpg"])
     assert sorted(i.path.name for i in third.issues) == ["1.png", "cut.jpg"] and len(third.samples) == 5
     assert "truncated image" in next(i.message for i in third.issues if i.path == cut)
+
+
+def test_a_second_segmentation_scan_opens_and_decodes_no_unchanged_mask(
+        tmp_path: Path, headers: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    data, results = tmp_path / "data", tmp_path / "results"
+    for folder in ("images", "masks"):
+        (data / folder).mkdir(parents=True)
+    for i in range(4):
+        cv2.imwrite(str(data / "images" / f"{i}.png"), (rng.random((40, 48)) * 255).astype(np.uint8))
+        cv2.imwrite(str(data / "masks" / f"{i}.png"), np.kron(np.eye(2, dtype=np.uint8), np.ones((20, 24), np.uint8))
+                    * (i + 1))  # mask 0 is 0/1; masks 1-3 are 0 and one level; all binary
+    cv2.imwrite(str(data / "masks" / "3.png"), np.arange(40 * 48, dtype=np.uint8).reshape(40, 48) % 3)  # 0, 1, 2
+    decoded: list[Path] = []
+    real = masklevels.read_array
+    monkeypatch.setattr(masklevels, "read_array", lambda path: decoded.append(Path(path)) or real(path))
+
+    def scan() -> DatasetIndex:
+        return load_dataset(str(data), results=results, binarise_masks=True, progress=False, out=io.StringIO())
+
+    first = scan()
+    assert len(first.samples) == 4 and len(decoded) == 4
+    image_facts([s.image_path for s in first.samples], image_index_file(results, first.root), progress=False)
+    headers.clear()
+    decoded.clear()
+    out = io.StringIO()
+    second = load_dataset(str(data), results=results, binarise_masks=True, progress=False, out=out)
+    assert headers == [] and decoded == []  # neither an image's nor a mask's header opened, no mask decoded
+    assert second.samples == first.samples and "1 masks with values other than 0/1/255 binarised" in out.getvalue()
+    with pytest.raises(DataError, match=r"3.png: mask values 0, 1, 2 are not 0/1/255"):
+        load_dataset(str(data), results=results, progress=False, out=io.StringIO())  # the kept levels refuse it
+    _rewrite(data / "masks" / "3.png", np.zeros((40, 48), np.uint8))
+    decoded.clear()
+    scan()
+    assert decoded == [data / "masks" / "3.png"]
 
 
 def test_a_second_audit_opens_no_file_and_finds_the_same_problems(tmp_path: Path, headers: list[Path]) -> None:

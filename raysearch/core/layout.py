@@ -158,6 +158,11 @@ def image_index_file(results: Path | str, dataset_root: Path | str) -> Path:
     return Path(results) / CACHE_DIR / IMAGE_INDEX_DIR / f"{key}.parquet"
 
 
+def mask_index_file(index_file: Path) -> Path:
+    """Where the facts of a dataset's masks are kept, beside its image index (`raysearch.data.imageindex`)."""
+    return Path(index_file).with_suffix(".masks.parquet")
+
+
 def near_pairs_file(index_file: Path) -> Path:
     """Where the near-duplicate pairs of an image index's hashes are kept (`raysearch.data.sources`)."""
     return Path(index_file).with_suffix(".pairs.npz")

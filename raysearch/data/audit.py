@@ -14,9 +14,7 @@ the summary states how many validation and test images have a source in train an
 
 from __future__ import annotations
 
-import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -27,12 +25,12 @@ import pyarrow as pa
 from raysearch.core.files import write_table_atomic
 from raysearch.core.layout import AUDIT_FILE, image_index_file, near_pairs_file
 from raysearch.data.formats import scan_dataset
-from raysearch.data.imageindex import HASH_SIZE, Pixels, image_facts, indexed_checks
+from raysearch.data.imageindex import HASH_SIZE, Pixels, image_facts, indexed_checks, mask_facts
+from raysearch.data.masklevels import describe_levels
 from raysearch.data.records import DEFAULT_SPLIT, Record, Scan, SplitRatios, opening_every_file
 from raysearch.data.samples import SPLITS, DataIssue
 from raysearch.data.sources import NEAR_DUPLICATE_BITS, group_sources, near_pairs
 from raysearch.data.splits import EVALUATED, in_train_source, join_patients, recommend_policy
-from raysearch.data.suitability import describe_levels, other_levels
 
 NEARLY_EMPTY = 5
 SCHEMA = pa.schema([("section", pa.string()), ("split", pa.string()), ("class", pa.string()), ("key", pa.string()),
@@ -239,12 +237,12 @@ def _count_duplicates(audit: Audit, scan: Scan, pixels: list[Pixels | None]) -> 
                 audit.add("duplicate_pairs", kind, distance, split=pair, path=str(left[i][0]), detail=str(right[j][0]))
 
 
-def _count_masks(audit: Audit, scan: Scan) -> None:
-    """Masks whose values are not 0/1/255 (e.g. class labels), which `raysearch run` refuses unless binarising."""
+def _count_masks(audit: Audit, scan: Scan, index_file: Path | None) -> None:
+    """Masks whose values are not 0/1/255 (e.g. class labels), which `raysearch run` refuses unless binarising;
+    their values kept beside the image index `index_file` (`imageindex.mask_facts`)."""
     masked = [r for r in scan.records if r.sample.mask_path is not None]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        levels = list(pool.map(other_levels, [r.sample.mask_path for r in masked]))
-    for record, found in zip(masked, levels, strict=True):
+    facts = mask_facts([r.sample.mask_path for r in masked], index_file)
+    for record, found in zip(masked, (list(f.levels) for f in facts), strict=True):
         if found:
             audit.add("issues", "mask_values", 1, split=record.sample.split, path=str(record.sample.mask_path),
                       detail=f"mask values {describe_levels(found)} are not 0/1/255 (raysearch run needs "
@@ -302,7 +300,7 @@ def audit_dataset(root: Path, format: str | None = None, *, split_ratios: SplitR
     _count_patients(audit, scan, pixels)
     _count_polygons(audit, scan)
     _count_duplicates(audit, scan, pixels)
-    _count_masks(audit, scan)
+    _count_masks(audit, scan, index_file)
     _split_warnings(audit)
     _count_sources(audit, scan, pixels, None if index_file is None else near_pairs_file(index_file))
     _fatal(audit)

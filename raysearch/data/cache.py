@@ -26,9 +26,9 @@ import numpy as np
 from raysearch.core.files import atomic_folder, require_space, storage_error, write_text_atomic
 from raysearch.data.imageindex import file_digest, image_facts
 from raysearch.data.images import ImageError, read_grey
+from raysearch.data.masklevels import mask_levels
 from raysearch.data.preprocess import Preprocessing, enhance, fit, placement
 from raysearch.data.samples import SPLITS, DataIssue, DatasetIndex, Sample
-from raysearch.data.suitability import mask_levels
 from raysearch.errors import DataError
 
 CACHE_VERSION = 2

@@ -12,21 +12,19 @@
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from raysearch.data.images import ImageError, read_array
+from raysearch.data.imageindex import keep_mask_facts, mask_facts
+from raysearch.data.masklevels import describe_levels
 from raysearch.data.records import SplitRatios
 from raysearch.data.samples import DatasetIndex, Sample
 from raysearch.errors import DataError
 
-BINARY_LEVELS = frozenset({0, 1, 255})
 TARGETS: dict[str, tuple[str, Callable[[Sample], bool]]] = {
     "class": ("image classes (class folders or YOLO labels)", lambda s: s.class_id is not None),
     "polygon": ("polygons (YOLO labels)", lambda s: s.polygon is not None),
@@ -79,46 +77,18 @@ def carve_validation(index: DatasetIndex, ratios: SplitRatios) -> int:
     return len(moved)
 
 
-def mask_levels(path: Path) -> np.ndarray | None:
-    """The grey levels of a mask as read for training (colour masks: the brightest channel, or alpha when the
-    colour is empty; EXIF orientation applied, as to images); None when unreadable."""
-    try:
-        raw = read_array(path)
-    except ImageError:
-        return None
-    if raw.ndim == 3:
-        colour = raw[..., :3].max(axis=2)
-        raw = colour if colour.any() or raw.shape[2] < 4 else raw[..., 3]
-    return raw
-
-
-def other_levels(path: Path) -> list[int]:
-    """The values of a mask when they are not 0/1/255 nor 0 and one level; [] for a binary (or unreadable) mask."""
-    levels = mask_levels(path)
-    if levels is None:
-        return []
-    found = np.unique(levels).tolist()
-    nonzero = [v for v in found if v]
-    return [] if set(found) <= BINARY_LEVELS or len(nonzero) == 1 else found
-
-
-def check_mask_levels(index: DatasetIndex, *, binarise: bool) -> tuple[int, str]:
-    """How many masks hold values other than 0/1/255 (or 0 and one level), and the first as `path: values`.
+def check_mask_levels(index: DatasetIndex, *, binarise: bool, index_file: Path | None = None) -> tuple[int, str]:
+    """How many masks hold values other than 0/1/255 (or 0 and one level), and the first as `path: values`; the
+    masks' values are kept beside the image index `index_file` (`imageindex.mask_facts`: read once per mask).
 
     Without `binarise`, any such mask is a DataError naming it and the flag that accepts it."""
     paths = [s.mask_path for s in index.samples if s.mask_path is not None]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        found = [(p, levels) for p, levels in zip(paths, pool.map(other_levels, paths), strict=True) if levels]
-    if not found:
-        return 0, ""
-    path, levels = found[0]
-    first = f"{path}: mask values {describe_levels(levels)}"
-    if not binarise:
+    facts = mask_facts(paths, index_file, keep=False)  # kept only once the masks are accepted
+    found = [(p, list(f.levels)) for p, f in zip(paths, facts, strict=True) if f.levels]
+    first = f"{found[0][0]}: mask values {describe_levels(found[0][1])}" if found else ""
+    if found and not binarise:
         raise DataError(f"{first} are not 0/1/255 ({len(found)} such masks); --binarise-masks treats every nonzero "
                         "value as foreground")
+    if index_file is not None:
+        keep_mask_facts(paths, facts, index_file)
     return len(found), first
-
-
-def describe_levels(levels: list[int]) -> str:
-    """Mask values for a message: all of them when few, else the range and count."""
-    return ", ".join(map(str, levels)) if len(levels) <= 6 else f"{levels[0]}..{levels[-1]} ({len(levels)} levels)"

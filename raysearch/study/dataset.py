@@ -22,8 +22,8 @@ def study_dataset(spec: StudySpec, *, progress: bool = True, out: TextIO | None 
     out = out or sys.stdout
     index = load_dataset(spec.data, format=spec.format, on_error=spec.on_error, empty_labels=spec.empty_labels,
                          split_ratios=spec.split_ratios, binarise_masks=spec.binarise_masks, columns=spec.columns,
-                         results=spec.results, progress=progress, out=out)
-    check_task_data(index, spec.task, create_task(spec.task).needs)
+                         results=spec.results, progress=progress, out=out,
+                         check=lambda read: check_task_data(read, spec.task, create_task(spec.task).needs))
     outcome = apply_split_policy(index, spec.splits_policy, ratios=SplitRatios.parse(spec.split_ratios),
                                  seed=spec.seed, test_split=spec.test_split,
                                  index_file=image_index_file(spec.results, index.root),

@@ -6,7 +6,8 @@ decoded pixels). They are kept in `<results>/cache/images/<dataset key>.parquet`
 (absolute path, size, mtime_ns): an image whose file is unchanged is not read again, one that changed (or is
 new) is decoded and hashed again, so its content digest, and with it the data fingerprint, follows the file.
 The index also keeps what a dataset scan asks of each file (`records.image_problem`, the displayed size), so a
-second scan of unchanged images opens none of them (`indexed_checks`).
+second scan of unchanged images opens none of them (`indexed_checks`); masks have an index of their own beside it
+(`<dataset key>.masks.parquet`: problem, size, non-binary values; `mask_facts`).
 
 New images are decoded in parallel threads (OpenCV's decoder, Pillow's resize, OpenCV's DCT and hashlib release
 the GIL; measured in docs/performance.md), with a progress bar.

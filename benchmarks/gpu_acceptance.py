@@ -219,7 +219,8 @@ def pytest_counts(output: str) -> dict[str, int]:
 def gpu_tests(ctx: Context, log: Path, figures: Figures) -> None:
     """The gpu-marked tests (deselected, so none run, without CUDA)."""
     files = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "tests").glob("test_*.py")) if GPU_MARK in p.read_text()]
-    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *files]
+    # `-o addopts=`: in one process, without pytest-xdist (pyproject's addopts ask for it; the GPU machine may lack it)
+    command = [sys.executable, "-m", "pytest", "-o", "addopts=", "-m", "gpu", "-q", "-p", "no:cacheprovider", *files]
     try:
         output, error = run_logged(command, log, ctx.cap("gpu-tests")), None
     except StepError as failure:

@@ -21,6 +21,10 @@ class StorageError(RaysearchError):
     """A place raysearch writes to is full, over quota, read-only or not writable by this user."""
 
 
+class ClusterError(RaysearchError):
+    """The Ray cluster at --address could not be reached, or refused the connection."""
+
+
 class StudyInterrupted(RaysearchError):
     """The search stopped before every trial finished; its state is saved for `raysearch resume`. A study that a
     signal stopped exits with 128 + the signal's number (143 for SIGTERM), as a process killed by it would."""

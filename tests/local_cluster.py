@@ -10,13 +10,28 @@ node; `ray stop` would also stop the Ray instances of other tests running beside
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ray_processes import alive, descendants, kill_all, wait_for
+
+
+@contextmanager
+def node_root() -> Iterator[Path]:
+    """A short folder under /tmp for nodes' temp dirs (Ray's Unix sockets live below it, at most 107 bytes of
+    path: pytest's own temporary folders are too deep under pytest-xdist), removed on leaving."""
+    root = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -41,10 +56,9 @@ def head_options(port: int, client_port: int | None = None) -> list[str]:
 def start_node(root: Path, name: str, address: str, *options: str, cpus: int = 1,
                environment: dict[str, str] | None = None) -> subprocess.Popen:
     """One `ray start --block` node of `cpus` CPUs in the cluster at `address`, with its own temp dir under
-    `root` and its own ports; returns once the node is up. `root` must be short: Ray's Unix sockets live
-    below it (at most 107 bytes of path). RAY_ADDRESS tells the node's processes which cluster is theirs:
-    Ray Train's PlacementGroupCleaner otherwise finds every Ray instance on the machine, cannot choose, and
-    never frees a finished trial's workers, so the next trial waits forever."""
+    `root` (`node_root`) and its own ports; returns once the node is up. RAY_ADDRESS tells the node's processes
+    which cluster is theirs: Ray Train's PlacementGroupCleaner otherwise finds every Ray instance on the machine,
+    cannot choose, and never frees a finished trial's workers, so the next trial waits forever."""
     temp, log = root / name, root / f"{name}.log"
     temp.mkdir()
     command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", f"--num-cpus={cpus}",

@@ -13,10 +13,8 @@ environment whose imports are not yet compiled, that is too short, so the head h
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from local_cluster import free_port, head_options, start_node, stop_nodes, token_environment
+from local_cluster import free_port, head_options, node_root, start_node, stop_nodes, token_environment
 from ray_processes import wait_for
 
 from raysearch.data.phantom import PhantomSpec, write_phantom
@@ -58,24 +56,29 @@ def _autoscaler_config(gcs_address: str) -> dict:
 class Cluster:
     address: str
     client_address: str
+    head_temp: Path
+
+    def client_server_logs(self) -> str:
+        """The end of each Ray Client server's error log on the head: why a ray:// connection failed there."""
+        logs = sorted(self.head_temp.glob("session_*/logs/ray_client_server*.err"))
+        return "\n".join(f"--- {log.name}:\n{log.read_text(errors='replace')[-2000:]}" for log in logs)
 
 
 @pytest.fixture(scope="module")
 def autoscaling_cluster() -> Iterator[Cluster]:
     """A head node of 0 CPUs with an autoscaler that can add one worker."""
-    root = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))
     port, client_port = free_port(), free_port()
     address = f"127.0.0.1:{port}"
-    config = root / "autoscaler.json"
-    config.write_text(json.dumps(_autoscaler_config(address)))
-    head = start_node(root, "head", address, *head_options(port, client_port), f"--autoscaling-config={config}",
-                      cpus=0, environment={"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-                                                 "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "300"})
-    try:
-        yield Cluster(address, f"ray://127.0.0.1:{client_port}")
-    finally:
-        stop_nodes(head)
-        shutil.rmtree(root, ignore_errors=True)
+    with node_root() as root:
+        config = root / "autoscaler.json"
+        config.write_text(json.dumps(_autoscaler_config(address)))
+        head = start_node(root, "head", address, *head_options(port, client_port), f"--autoscaling-config={config}",
+                          cpus=0, environment={"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+                                               "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "300"})
+        try:
+            yield Cluster(address, f"ray://127.0.0.1:{client_port}", root / "head")
+        finally:
+            stop_nodes(head)
 
 
 def _alive_nodes(address: str) -> int:
@@ -130,6 +133,6 @@ def test_a_trial_no_node_type_fits_fails_after_the_wait_with_a_one_line_error(
     assert run.returncode != 0
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("raysearch: error: --wait-for-nodes: no node that fits one trial (1 worker of 4 CPU) joined "
-                           "the cluster within 5 s"), run.stderr[-3000:]
+                           "the cluster within 5 s"), run.stderr[-3000:] + autoscaling_cluster.client_server_logs()
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "results" / "too-big" / "trials.parquet").exists()

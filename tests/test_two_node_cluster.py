@@ -5,17 +5,15 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from local_cluster import free_port, head_options, start_node, stop_nodes, token_environment
+from local_cluster import free_port, head_options, node_root, start_node, stop_nodes, token_environment
 
 from raysearch.data.phantom import PhantomSpec, write_phantom
 
@@ -23,17 +21,15 @@ from raysearch.data.phantom import PhantomSpec, write_phantom
 @pytest.fixture
 def two_nodes() -> Iterator[str]:
     """A head node and a worker node of one CPU each; yields the cluster's address."""
-    root = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))
     port = free_port()
     address = f"127.0.0.1:{port}"
-    head = start_node(root, "head", address, *head_options(port))
-    nodes = [head]
-    try:
-        nodes.append(start_node(root, "worker", address, f"--address={address}"))
-        yield address
-    finally:
-        stop_nodes(*nodes)
-        shutil.rmtree(root, ignore_errors=True)
+    with node_root() as root:
+        nodes = [start_node(root, "head", address, *head_options(port))]
+        try:
+            nodes.append(start_node(root, "worker", address, f"--address={address}"))
+            yield address
+        finally:
+            stop_nodes(*nodes)
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from local_cluster import free_port, head_options, start_node, stop_nodes, token_environment
+from local_cluster import free_port, head_options, node_root, start_node, stop_nodes, token_environment
 
 from raysearch.data.phantom import PhantomSpec, write_phantom
 
@@ -31,14 +31,17 @@ time.sleep(600)
 
 
 @pytest.fixture(scope="module")
-def other_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def other_ray() -> Iterator[str]:
     """Another Ray instance on this machine (2 CPUs, worker groups given 2 s to start): its GCS address."""
-    root = Path(tmp_path_factory.mktemp("wg", numbered=True))
-    address = f"127.0.0.1:{free_port()}"
-    head = start_node(root, "head", address, *head_options(int(address.rsplit(":", 1)[1])), cpus=2,
-                      environment={"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "2"})
-    yield address
-    stop_nodes(head)
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    with node_root() as root:
+        head = start_node(root, "head", address, *head_options(port), cpus=2,
+                          environment={"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "2"})
+        try:
+            yield address
+        finally:
+            stop_nodes(head)
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,12 @@ it starts (they inherit the environment) and restored when it stops. Joining a c
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from raysearch.errors import ClusterError
 from raysearch.search.console import DEFAULT, VERBOSE, connection_levels, logger_levels, scoped_environment
 
 API_SERVER_VARIABLE = "RAY_API_SERVER_ADDRESS"
@@ -44,7 +46,7 @@ def connected(address: str | None, *, console: int = DEFAULT) -> Iterator[None]:
     log_to_driver = console == VERBOSE
     with logger_levels(connection_levels(console)):
         if address:
-            ray.init(address=address, log_to_driver=log_to_driver, configure_logging=False)
+            _join(address, log_to_driver=log_to_driver)
             yield
             return
         port = _free_local_port()
@@ -55,6 +57,26 @@ def connected(address: str | None, *, console: int = DEFAULT) -> Iterator[None]:
                 yield
             finally:
                 ray.shutdown()
+
+
+def _join(address: str, *, log_to_driver: bool) -> None:
+    """Connect to the cluster at `address`; ClusterError with Ray's reason in one line where it can't (no cluster
+    there, or a Ray Client server on the head that failed to start for this connection). Ray Client's warning
+    that the connection timed out is not shown: the error says it."""
+    import ray
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Ray Client connection timed out", category=UserWarning)
+            ray.init(address=address, log_to_driver=log_to_driver, configure_logging=False)
+    except ConnectionError as error:
+        raise ClusterError(f"--address {address}: could not connect to the Ray cluster: {_reason(error)}") from None
+
+
+def _reason(error: Exception) -> str:
+    """The last line of an error's message: Ray Client sends the head's whole traceback, whose last line says why."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 @contextmanager

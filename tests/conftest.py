@@ -1,6 +1,7 @@
 """Shared fixtures.
 
-`tiny_study`: ONE real results folder, made once per test session by running `raysearch run multitask` as
+`tiny_study`: ONE real results folder, made once per test run (by whichever pytest-xdist process asks first: the
+other waits for it and reads the same folder) by running `raysearch run multitask` as
 a user would (subprocess, local Ray) on a tiny phantom dataset, for the tests that read finished results
 (evaluation, export, dashboard, Ray's result tools, MLflow tracking: it runs with `--log mlflow,tensorboard`).
 Tests that change the folder work on `tiny_study_copy`. `two_worker_study`: the same study with 3 2-worker trials
@@ -26,9 +27,11 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray  # imported once here, so that the guard below costs nothing per test (and forked runners inherit it)
+from filelock import FileLock
 
 from raysearch.data.cache import CachedDataset, dataset_fingerprint, ensure_cache, load_cache
 from raysearch.data.formats import load_dataset
@@ -38,6 +41,7 @@ from raysearch.training.hparams import defaults, preprocessing_of
 STUDY_FIXTURES = frozenset({"tiny_study", "tiny_study_copy", "two_worker_study"})
 FAIL_ON_SKIP = "RAYSEARCH_FAIL_ON_SKIP"
 TINY_STUDY_NAME = "tiny"
+SHARED_STUDY_DONE = "done"
 TINY_MALFORMED_LABEL = "0 0.1 0.1 x 0.2 0.3 0.3\n"  # one bad label file in the tiny study's data: skipped, listed
 TINY_PHANTOM = PhantomSpec(train=48, val=16, test=16, image_size=64)
 # Small VGGs only, so that every trial, evaluation and retraining of the tiny study takes seconds on a CPU.
@@ -166,10 +170,34 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("RAYSEARCH_KEY_FILE", str(Path(tempfile.mkdtemp(prefix="raysearch-key-")) / "signing.key"))
 
 
+def _shared_root(factory: pytest.TempPathFactory, name: str) -> Path:
+    """The folder `name` in the temporary folder of the whole test run: under pytest-xdist the one its processes
+    share (each has its own below it)."""
+    base = factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+
+
+def _shared_study(root: Path, *options: str, **settings: Any) -> TinyStudy:
+    """The tiny study in `root` (`_run_tiny_study` with `options` and `settings`, from `_shared_root`), run once
+    per test run: by the first pytest-xdist process to ask while the others wait on its lock; they all read the
+    same folder, and the run's output from files beside it."""
+    with FileLock(f"{root}.lock"):
+        if not (root / SHARED_STUDY_DONE).is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            study = _run_tiny_study(root, *options, **settings)
+            (root / "stdout.txt").write_text(study.stdout)
+            (root / "stderr.txt").write_text(study.stderr)
+            (root / SHARED_STUDY_DONE).touch()
+    results = root / "results"
+    return TinyStudy(results, results / TINY_STUDY_NAME, root / "phantom", (root / "stdout.txt").read_text(),
+                     (root / "stderr.txt").read_text())
+
+
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> TinyStudy:
     """A real finished study (2 trials, 2 epochs, 32 px): read it, never change it."""
-    return _run_tiny_study(tmp_path_factory.mktemp("tiny-study"), "--log", "mlflow,tensorboard")
+    return _shared_study(_shared_root(tmp_path_factory, "tiny-study"), "--log", "mlflow,tensorboard")
 
 
 @pytest.fixture(scope="session")
@@ -178,10 +206,10 @@ def two_worker_study(tmp_path_factory: pytest.TempPathFactory) -> TinyStudy:
     ASHA (grace period 1, reduction factor 4: a trial reaching epoch 1 below 3/4 of the way between the others'
     scores is stopped), tracked in W&B's offline mode (W&B's folders under the test's temporary folder), its console
     in the default mode (neither --quiet nor --verbose): read it, never change it."""
-    root = tmp_path_factory.mktemp("two-worker-study")
-    return _run_tiny_study(root, "--trials", "3", "--workers-per-trial", "2", "--cpus-per-worker", "0.5",
-                           "--scheduler", "asha", "--grace-period", "1", "--reduction-factor", "4",
-                           "--log", "wandb", environment=wandb_offline_environment(root), console=())
+    root = _shared_root(tmp_path_factory, "two-worker-study")
+    return _shared_study(root, "--trials", "3", "--workers-per-trial", "2", "--cpus-per-worker",
+                         "0.5", "--scheduler", "asha", "--grace-period", "1", "--reduction-factor", "4",
+                         "--log", "wandb", environment=wandb_offline_environment(root), console=())
 
 
 @pytest.fixture

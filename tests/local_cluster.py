@@ -22,6 +22,8 @@ from pathlib import Path
 
 from ray_processes import alive, descendants, kill_all, wait_for
 
+STOP_GRACE_S = 10
+
 
 @contextmanager
 def node_root() -> Iterator[Path]:
@@ -79,12 +81,13 @@ def start_node(root: Path, name: str, address: str, *options: str, cpus: int = 1
 
 def stop_nodes(*nodes: subprocess.Popen) -> None:
     """Stop nodes: SIGTERM to their `ray start --block` processes, which stop their node's processes
-    (SIGKILL to what is left after a minute, nodes an autoscaler started below them included)."""
+    (SIGKILL to what is left after STOP_GRACE_S, nodes an autoscaler started below them included: an idle node
+    stops in about 2 s, but after a study some of its processes took 30 s)."""
     below = [pid for node in nodes for pid in descendants(node.pid)]
     for node in nodes:
         node.send_signal(signal.SIGTERM)
     try:
-        wait_for(lambda: not any(alive(pid) for pid in [*below, *(node.pid for node in nodes)]), 60,
+        wait_for(lambda: not any(alive(pid) for pid in [*below, *(node.pid for node in nodes)]), STOP_GRACE_S,
                  "the nodes' processes to exit")
     except AssertionError:
         kill_all([*below, *(node.pid for node in nodes)])
